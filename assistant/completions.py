@@ -1,0 +1,195 @@
+"""The completion service behind `POST /v1/completions`: request -> engine job -> response,
+plain JSON or server-sent events, with queueing and cancellation on client disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from splice.assistant.errors import ApiError
+from splice.assistant.metrics import Metrics
+from splice.assistant.scheduler import GenerationScheduler, QueueFull
+from splice.assistant.schemas import Choice, CompletionRequest, CompletionResponse, TimingInfo, Usage
+from splice.assistant.settings import Settings
+from splice.completion.engine import CompletionEngine, CompletionInput, CompletionResult, GenerationParams
+
+DISCONNECT_POLL_S = 0.05
+
+
+class CompletionService:
+    def __init__(
+        self, engine: CompletionEngine, scheduler: GenerationScheduler, metrics: Metrics, settings: Settings
+    ) -> None:
+        self.engine = engine
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.settings = settings
+
+    def served_names(self) -> set[str]:
+        return {self.engine.loaded.model_id, self.settings.model, "default"}
+
+    def to_job(self, req: CompletionRequest) -> tuple[CompletionInput, GenerationParams]:
+        """Check what pydantic cannot (it depends on the served model and settings)."""
+        if req.model and req.model not in self.served_names():
+            raise ApiError(
+                404,
+                "model_not_found",
+                f"model {req.model!r} is not served here; this server serves {self.engine.loaded.model_id!r}",
+            )
+        prefix, suffix = req.prefix_suffix()
+        if not prefix and not suffix:
+            raise ApiError(422, "empty_prompt", "prompt is empty: give a non-empty prefix (prompt) or suffix")
+        max_tokens = req.max_tokens if req.max_tokens is not None else self.settings.default_max_tokens
+        limit = min(self.settings.max_tokens_limit, self.engine.context_window - 16)
+        if max_tokens > limit:
+            raise ApiError(422, "invalid_request", f"max_tokens: must be at most {limit} (got {max_tokens})")
+        params = GenerationParams(
+            max_tokens=max_tokens,
+            temperature=req.temperature if req.temperature is not None else 0.0,
+            top_p=req.top_p if req.top_p is not None else 1.0,
+            seed=req.seed,
+            stop=tuple(req.stop or ()),
+        )
+        filepath = req.segments.filepath if req.segments else None
+        return CompletionInput(prefix=prefix, suffix=suffix, language=req.language, filepath=filepath), params
+
+    async def _start(self, job: Callable[[], CompletionResult]) -> asyncio.Future[CompletionResult]:
+        self.metrics.queue_depth.set(self.scheduler.waiting + 1)
+        try:
+            awaitable = await self.scheduler.submit(job)
+        except QueueFull as exc:
+            self.metrics.rejected.inc()
+            raise ApiError(
+                429,
+                "queue_full",
+                f"the model is busy and {exc.waiting} requests are already waiting; "
+                f"retry in {exc.retry_after_s} s",
+                headers={"Retry-After": str(exc.retry_after_s)},
+            ) from exc
+        finally:
+            self.metrics.queue_depth.set(self.scheduler.waiting)
+        return asyncio.ensure_future(awaitable)
+
+    def _record(self, result: CompletionResult) -> None:
+        self.metrics.prompt_tokens.inc(result.prompt_tokens)
+        self.metrics.completion_tokens.inc(result.completion_tokens)
+        self.metrics.completions.labels(finish_reason=result.finish_reason).inc()
+        if result.completion_tokens:
+            self.metrics.ttft.observe(result.timings.first_token_ms / 1000.0)
+
+    def _response(self, cid: str, result: CompletionResult, queue_ms: float) -> CompletionResponse:
+        t = result.timings
+        return CompletionResponse(
+            id=cid,
+            created=int(time.time()),
+            model=self.engine.loaded.model_id,
+            choices=[Choice(index=0, text=result.text, finish_reason=result.finish_reason)],
+            usage=Usage(
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                total_tokens=result.prompt_tokens + result.completion_tokens,
+                trimmed_prompt_tokens=result.trimmed_prompt_tokens,
+            ),
+            timings=TimingInfo(
+                queue_ms=round(queue_ms, 2),
+                prompt_ms=round(t.prompt_ms, 2),
+                first_token_ms=round(t.first_token_ms, 2),
+                total_ms=round(t.total_ms, 2),
+                tokens_per_second=round(t.tokens_per_second, 2),
+            ),
+        )
+
+    async def complete(self, req: CompletionRequest, request: Request) -> JSONResponse:
+        inp, params = self.to_job(req)
+        cancel = threading.Event()
+        watcher = asyncio.create_task(_watch_disconnect(request, cancel))
+        queued = time.perf_counter()
+        started: list[float] = []
+
+        def job() -> CompletionResult:
+            started.append(time.perf_counter())
+            return self.engine.complete(inp, params, cancel=cancel)
+
+        try:
+            future = await self._start(job)
+            result = await future
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from exc
+        finally:
+            watcher.cancel()
+        self._record(result)
+        body = self._response(_new_id(), result, ((started or [queued])[0] - queued) * 1000.0)
+        return JSONResponse(body.model_dump())
+
+    async def stream(self, req: CompletionRequest, request: Request) -> StreamingResponse:
+        inp, params = self.to_job(req)
+        cid = _new_id()
+        cancel = threading.Event()
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[str | None] = asyncio.Queue()
+        queued = time.perf_counter()
+        started: list[float] = []
+
+        def on_text(delta: str) -> None:
+            loop.call_soon_threadsafe(deltas.put_nowait, delta)
+
+        def job() -> CompletionResult:
+            started.append(time.perf_counter())
+            return self.engine.complete(inp, params, cancel=cancel, on_text=on_text)
+
+        future = await self._start(job)
+        future.add_done_callback(lambda _: deltas.put_nowait(None))
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                while (delta := await deltas.get()) is not None:
+                    yield _sse(_chunk(cid, self.engine.loaded.model_id, delta, None))
+                try:
+                    result = future.result()
+                except ValueError as exc:
+                    yield _sse({"error": {"code": "invalid_request", "message": str(exc)}})
+                    return
+                self._record(result)
+                final = self._response(cid, result, ((started or [queued])[0] - queued) * 1000.0).model_dump()
+                final["choices"] = [{"index": 0, "text": "", "finish_reason": result.finish_reason}]
+                yield _sse(final)
+                yield "data: [DONE]\n\n"
+            finally:
+                cancel.set()  # a client that went away stops the generation
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+
+async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
+    while not cancel.is_set():
+        if await request.is_disconnected():
+            cancel.set()
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+def _new_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex[:24]}"
+
+
+def _chunk(cid: str, model: str, text: str, finish: str | None) -> dict[str, object]:
+    return {
+        "id": cid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": text, "finish_reason": finish}],
+    }
+
+
+def _sse(data: dict[str, object]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"

@@ -1,0 +1,42 @@
+"""Prometheus metrics of one app instance (own registry, so several apps can share a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "splice_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "splice_request_latency_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "splice_time_to_first_token_seconds",
+            "Time to first generated token",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter("splice_prompt_tokens", "Prompt tokens encoded", registry=r)
+        self.completion_tokens = Counter("splice_completion_tokens", "Tokens generated", registry=r)
+        self.completions = Counter(
+            "splice_completions", "Completions by finish reason", ["finish_reason"], registry=r
+        )
+        self.rejected = Counter(
+            "splice_queue_rejections", "Requests refused with 429 (queue full)", registry=r
+        )
+        self.queue_depth = Gauge("splice_queue_depth", "Requests waiting for the model", registry=r)
+        self.events = Counter("splice_events", "Telemetry events by type", ["type"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

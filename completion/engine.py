@@ -1,0 +1,286 @@
+"""The completion engine: segments -> prompt -> prefill -> decode -> post-processing.
+
+One `CompletionEngine` owns one loaded model and is driven by one thread at a time (the
+service serialises generations per model). Every request re-encodes its whole prompt here
+(full recomputation); this is the baseline that the document KV caches of issue 3 replace.
+
+Phases are verbs: `prepare` builds the token prompt, `prefill` encodes it, `decode_one_token`
+extends it by one token. Decoding is greedy unless a temperature > 0 is asked for, so the
+same text gives the same completion on every path (REST, streaming, CLI).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from transformers import DynamicCache
+
+from splice.completion.fim import FimPrompt, FimTemplate, build_prompt, resolve_template, stop_token_ids
+from splice.completion.models import LoadedModel
+from splice.completion.postprocess import is_finished, postprocess, stable_prefix
+
+log = logging.getLogger(__name__)
+
+FinishReason = Literal["stop", "length", "cancelled", "scope"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine settings, one object passed down from the service settings."""
+
+    fim_template: str = "auto"
+    fim_mode: str = "psm"
+    context_window: int | None = None  # None: the model's max_position_embeddings
+    max_prompt_tokens: int | None = None  # None: the context window minus max_tokens
+
+    def __post_init__(self) -> None:
+        if self.context_window is not None and self.context_window < 16:
+            raise ValueError("context_window must be at least 16 tokens")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 8:
+            raise ValueError("max_prompt_tokens must be at least 8 tokens")
+
+
+@dataclass(frozen=True)
+class CompletionInput:
+    """The document around the cursor, as in the editor (CRLF and tabs preserved)."""
+
+    prefix: str
+    suffix: str = ""
+    language: str | None = None
+    filepath: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        if not 0.0 <= self.temperature <= 2.0 or math.isnan(self.temperature):
+            raise ValueError("temperature must be in [0, 2]")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError("top_p must be in (0, 1]")
+
+
+@dataclass
+class Timings:
+    prompt_ms: float = 0.0  # prefill of the prompt
+    first_token_ms: float = 0.0  # request start -> first generated token (TTFT)
+    decode_ms: float = 0.0  # all decode steps after the first token
+    total_ms: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return 0.0 if self.decode_ms <= 0 else 1000.0 * self._decoded / self.decode_ms
+
+    _decoded: int = field(default=0, repr=False)
+
+
+@dataclass
+class CompletionResult:
+    text: str  # post-processed suggestion ("" when nothing useful was generated)
+    raw: str  # decoded model output before post-processing
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    trimmed_prompt_tokens: int
+    timings: Timings
+
+
+TextSink = Callable[[str], None]
+
+
+class CompletionEngine:
+    """Full-recompute completion for one model."""
+
+    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
+        self.loaded = loaded
+        self.config = config or EngineConfig()
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.template: FimTemplate = resolve_template(self.tokenizer, self.config.fim_template)
+        if self.config.fim_mode not in self.template.modes:
+            raise ValueError(
+                f"FIM mode {self.config.fim_mode!r} is not supported by template {self.template.name!r} "
+                f"(supported: {', '.join(self.template.modes)})"
+            )
+        self.stop_ids = stop_token_ids(self.tokenizer, self.template)
+        self.context_window = self.config.context_window or loaded.context_window
+
+    @property
+    def device(self) -> torch.device:
+        return self.loaded.device
+
+    def max_prompt_tokens(self, max_tokens: int) -> int:
+        """Prompt budget: what the context window leaves after the tokens to generate."""
+        budget = self.context_window - max_tokens
+        if self.config.max_prompt_tokens is not None:
+            budget = min(budget, self.config.max_prompt_tokens)
+        return budget
+
+    def prepare(self, inp: CompletionInput, max_tokens: int) -> FimPrompt:
+        """Token prompt for `inp`, trimmed to the budget (see `splice.completion.fim`)."""
+        if max_tokens >= self.context_window - 8:
+            raise ValueError(
+                f"max_tokens={max_tokens} leaves no room for a prompt in the "
+                f"{self.context_window}-token context"
+            )
+        # The model sees LF line endings; post-processing restores the file's own.
+        prefix = inp.prefix.replace("\r\n", "\n")
+        suffix = inp.suffix.replace("\r\n", "\n")
+        return build_prompt(
+            self.tokenizer,
+            self.template,
+            prefix,
+            suffix,
+            mode=self.config.fim_mode,
+            max_prompt_tokens=self.max_prompt_tokens(max_tokens),
+        )
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: list[int]) -> tuple[DynamicCache, torch.Tensor]:
+        """Encode the prompt; returns the KV cache and the last position's logits [V]."""
+        ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)  # [1, S]
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.past_key_values, out.logits[0, -1].float()
+
+    @torch.inference_mode()
+    def decode_one_token(self, cache: DynamicCache, token: int) -> torch.Tensor:
+        ids = torch.tensor([[token]], dtype=torch.long, device=self.device)  # [1, 1]
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1].float()
+
+    def complete(
+        self,
+        inp: CompletionInput,
+        params: GenerationParams,
+        *,
+        cancel: threading.Event | None = None,
+        on_text: TextSink | None = None,
+    ) -> CompletionResult:
+        """Generate one suggestion. `on_text` receives stable text deltas while decoding
+        (their concatenation equals `result.text`); `cancel` stops decoding early."""
+        start = time.perf_counter()
+        timings = Timings()
+        prompt = self.prepare(inp, params.max_tokens)
+        generator = _make_generator(params, self.device)
+        stops = tuple(s for s in params.stop if s)
+
+        cache, logits = self.prefill(prompt.input_ids)
+        timings.prompt_ms = (time.perf_counter() - start) * 1000.0
+
+        generated: list[int] = []
+        raw = ""
+        emitted = ""
+        finish: FinishReason = "length"
+        decode_start = time.perf_counter()
+        while True:
+            if cancel is not None and cancel.is_set():
+                finish = "cancelled"
+                break
+            token = _sample(logits, params, generator)
+            if not generated:
+                timings.first_token_ms = (time.perf_counter() - start) * 1000.0
+                decode_start = time.perf_counter()
+            if token in self.stop_ids:
+                finish = "stop"
+                break
+            generated.append(token)
+            raw = str(self.tokenizer.decode(generated, skip_special_tokens=True))
+            cut = _find_stop(raw, stops)
+            if cut is not None:
+                raw = raw[:cut]
+                finish = "stop"
+                break
+            if is_finished(raw, inp.prefix, inp.suffix):
+                finish = "scope"
+                break
+            if len(generated) >= params.max_tokens:
+                break
+            if on_text is not None:
+                emitted = _emit(on_text, emitted, _streamable(raw, stops), inp)
+            logits = self.decode_one_token(cache, token)
+        timings._decoded = max(len(generated) - 1, 0)
+        timings.decode_ms = (time.perf_counter() - decode_start) * 1000.0 if generated else 0.0
+
+        text = postprocess(raw, inp.prefix, inp.suffix)
+        if on_text is not None:
+            if text.startswith(emitted):
+                if len(text) > len(emitted):
+                    on_text(text[len(emitted) :])
+            else:  # would mean stable_prefix broke its contract; the stream is already out
+                log.error("streamed text %r is not a prefix of the final text %r", emitted, text)
+        timings.total_ms = (time.perf_counter() - start) * 1000.0
+        return CompletionResult(
+            text=text,
+            raw=raw,
+            finish_reason=finish,
+            prompt_tokens=len(prompt.input_ids),
+            completion_tokens=len(generated),
+            trimmed_prompt_tokens=prompt.trimmed_prefix_tokens + prompt.trimmed_suffix_tokens,
+            timings=timings,
+        )
+
+
+def _make_generator(params: GenerationParams, device: torch.device) -> torch.Generator | None:
+    if params.temperature == 0.0:
+        return None
+    generator = torch.Generator(device=device)
+    if params.seed is not None:
+        generator.manual_seed(params.seed)
+    else:
+        generator.seed()
+    return generator
+
+
+def _sample(logits: torch.Tensor, params: GenerationParams, generator: torch.Generator | None) -> int:
+    """Greedy at temperature 0, else temperature + nucleus sampling. logits: [V] fp32."""
+    if generator is None:
+        return int(torch.argmax(logits).item())
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
+        sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
+        choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
+        return int(order[choice].item())
+    return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def _find_stop(raw: str, stops: tuple[str, ...]) -> int | None:
+    hits = [i for i in (raw.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _streamable(raw: str, stops: tuple[str, ...]) -> str:
+    """`raw` minus what may still change: a trailing partial UTF-8 character, or a tail that
+    could be the start of a stop sequence (which would then be cut away)."""
+    raw = raw.rstrip("\ufffd")
+    hold = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(raw)), 0, -1):
+            if raw.endswith(stop[:k]):
+                hold = max(hold, k)
+                break
+    return raw[: len(raw) - hold]
+
+
+def _emit(on_text: TextSink, emitted: str, raw: str, inp: CompletionInput) -> str:
+    stable = stable_prefix(raw, inp.prefix, inp.suffix)
+    if len(stable) > len(emitted) and stable.startswith(emitted):
+        on_text(stable[len(emitted) :])
+        return stable
+    return emitted

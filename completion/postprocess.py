@@ -1,0 +1,345 @@
+"""Turn a model's raw completion into the text the editor inserts at the cursor.
+
+The model keeps writing until a stop token or its token budget: past the end of the block
+the cursor is in, into text that already follows the cursor, with its own idea of
+indentation and line endings. This module cuts and reshapes that output. It is pure string
+work (no model, no tokenizer), so each rule is a small function with golden tests that mark
+the cursor (`tests/unit/golden/postprocess/`).
+
+`postprocess` applies the rules in this order:
+
+1. `normalise_newlines`: `\\r\\n` and a lone `\\r` in the raw output become `\\n`.
+2. Truncate. Cursor mid-line (the rest of its line has non-whitespace): `first_line`.
+   Otherwise `limit_scope`: stop before the first line that leaves the cursor's block.
+3. Drop what the suffix already has: `drop_suffix_overlap` (mid-line) or
+   `drop_duplicate_suffix_lines` (multi-line).
+4. `trim_trailing_whitespace` (multi-line only; the start of the first line is kept).
+5. `convert_indentation` to the document's tabs or spaces.
+6. `to_line_endings`: `\\r\\n` when most of the document's line breaks are `\\r\\n`.
+7. A whitespace-only result becomes "" (no suggestion).
+
+Widths of indentation count a tab as 4 columns (`TAB_WIDTH`), not as a jump to a tab stop,
+both when comparing lines for the scope and when converting spaces to tabs.
+
+Streaming: `stable_prefix` returns the part of the final suggestion that no continuation of
+the raw output can change, and `is_finished` says when nothing can change any more. Both
+reason on the normalised raw text, whose complete lines (those followed by a newline) are
+fixed: more tokens only extend its last line or add lines.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["is_finished", "postprocess", "stable_prefix"]
+
+TAB_WIDTH = 4
+DEFAULT_INDENT_UNIT = 4
+# A cursor line ending with one of these (and a completion that starts a new line) opens a block
+# whose body the completion writes; see `scope_end`.
+BLOCK_OPENERS = (":", "{", "(", "[")
+BLOCK_CLOSERS = ("}", ")", "]")
+
+IndentStyle = Literal["tabs", "spaces"]
+
+
+@dataclass(frozen=True)
+class CursorContext:
+    """What the rules need to know about the document around the cursor (LF-normalised)."""
+
+    line_before: str  # the cursor's line, from its start to the cursor
+    line_after: str  # the cursor's line, from the cursor to its end
+    suffix_lines: tuple[str, ...]  # the suffix's non-blank lines, stripped, in order
+    crlf: bool  # the document mostly ends lines with "\r\n"
+    indent_style: IndentStyle | None  # None: no indented lines, or as many tabs as spaces
+    indent_unit: int  # spaces per indent level in a space-indented document
+
+    @property
+    def mid_line(self) -> bool:
+        """Code follows the cursor on its line: only a single-line suggestion fits."""
+        return bool(self.line_after.strip())
+
+
+def normalise_newlines(text: str) -> str:
+    """`\\r\\n` and lone `\\r` become `\\n` (universal newlines).
+
+    Treating a lone `\\r` as a line break keeps this monotone: the normalised form of a text is
+    a prefix of the normalised form of any of its extensions, which streaming relies on.
+    """
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def indent_width(line: str) -> int:
+    """Width of the leading spaces and tabs of `line`, a tab counting `TAB_WIDTH` columns."""
+    width = 0
+    for char in line:
+        if char == " ":
+            width += 1
+        elif char == "\t":
+            width += TAB_WIDTH
+        else:
+            break
+    return width
+
+
+def leading_whitespace(line: str) -> str:
+    return line[: len(line) - len(line.lstrip(" \t"))]
+
+
+def uses_crlf(document: str) -> bool:
+    """True when most of the document's line breaks are `\\r\\n`."""
+    crlf = document.count("\r\n")
+    return crlf > document.count("\n") - crlf
+
+
+def detect_indentation(lines: Sequence[str]) -> tuple[IndentStyle | None, int]:
+    """The document's indent style (what most indented lines start with) and indent unit.
+
+    The unit is the most common positive step in indent width between consecutive non-blank
+    lines (the smaller step on a tie), `DEFAULT_INDENT_UNIT` when no line is indented deeper
+    than the one before it.
+    """
+    tabs = spaces = 0
+    steps: Counter[int] = Counter()
+    previous = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        if line[0] == "\t":
+            tabs += 1
+        elif line[0] == " ":
+            spaces += 1
+        width = indent_width(line)
+        if width > previous:
+            steps[width - previous] += 1
+        previous = width
+    style: IndentStyle | None = "tabs" if tabs > spaces else "spaces" if spaces > tabs else None
+    unit = min(steps, key=lambda step: (-steps[step], step)) if steps else DEFAULT_INDENT_UNIT
+    return style, unit
+
+
+@functools.lru_cache(maxsize=16)
+def analyse_context(prefix: str, suffix: str) -> CursorContext:
+    """Read the cursor's surroundings once per request (cached: streaming calls this per token)."""
+    if prefix.endswith("\r") and suffix.startswith("\n"):
+        # The cursor sits inside a "\r\n": read it as placed before the "\r".
+        prefix, suffix = prefix[:-1], "\r" + suffix
+    before = normalise_newlines(prefix)
+    after = normalise_newlines(suffix)
+    style, unit = detect_indentation((before + after).split("\n"))
+    return CursorContext(
+        line_before=before.rsplit("\n", 1)[-1],
+        line_after=after.split("\n", 1)[0],
+        suffix_lines=tuple(line.strip() for line in after.split("\n") if line.strip()),
+        crlf=uses_crlf(prefix + suffix),
+        indent_style=style,
+        indent_unit=unit,
+    )
+
+
+# Rule 1: first line only when the cursor is mid-line.
+
+
+def first_line(text: str) -> str:
+    return text.split("\n", 1)[0]
+
+
+# Rule 2: stop at the end of the cursor's block.
+
+
+def scope_end(lines: Sequence[str], line_before: str) -> int | None:
+    """Index of the first completion line that leaves the cursor's block, None if none does.
+
+    The reference indent is that of the cursor line after insertion (`line_before + lines[0]`);
+    when that line is blank, it is the indent of the first non-blank completion line. A later
+    non-blank line indented less than the reference leaves the block.
+
+    When the cursor line ends with a block opener (`BLOCK_OPENERS`) and the completion starts a
+    new line, the completion is that block's body: a line back at the reference indent leaves
+    it too, unless it starts with a closing bracket, which is kept (`}` or `} else {`).
+
+    The answer for a line is fixed as soon as that line has a non-whitespace character, which
+    `is_finished` relies on.
+    """
+    if len(lines) < 2:
+        return None
+    cursor_line = line_before + lines[0]
+    opens_block = False
+    if cursor_line.strip():
+        reference = indent_width(cursor_line)
+        opens_block = not lines[0].strip() and cursor_line.rstrip().endswith(BLOCK_OPENERS)
+        start = 1
+    else:
+        first = next((i for i in range(1, len(lines)) if lines[i].strip()), None)
+        if first is None:
+            return None
+        reference = indent_width(lines[first])
+        start = first + 1
+    for index in range(start, len(lines)):
+        line = lines[index]
+        if not line.strip():
+            continue
+        width = indent_width(line)
+        if width < reference:
+            return index
+        if opens_block and width == reference and not line.lstrip().startswith(BLOCK_CLOSERS):
+            return index
+    return None
+
+
+def limit_scope(text: str, line_before: str) -> str:
+    lines = text.split("\n")
+    end = scope_end(lines, line_before)
+    return text if end is None else "\n".join(lines[:end])
+
+
+# Rule 3: drop text that duplicates the start of the suffix.
+
+
+def drop_suffix_overlap(line: str, line_after: str) -> str:
+    """Drop the longest end of `line` that `line_after` starts with, if not only whitespace.
+
+    `foo(|)` with completion `a, b)` gives `a, b`.
+    """
+    for size in range(min(len(line), len(line_after)), 0, -1):
+        overlap = line_after[:size]
+        if overlap.strip() and line.endswith(overlap):
+            return line[:-size]
+    return line
+
+
+def duplicate_start(lines: Sequence[str], line_before: str, suffix_lines: Sequence[str]) -> int | None:
+    """First index of the longest tail of `lines` that repeats the start of the suffix.
+
+    A tail repeats it when its non-blank lines, stripped, equal the suffix's first non-blank
+    lines (`suffix_lines`). The tail starts at a non-blank line. The first completion line is
+    compared as it will read in the document, after `line_before`.
+
+    For the complete lines of an unfinished completion, the same test finds the earliest line
+    that could still turn out to be a duplicate once more lines follow.
+    """
+    stripped = [line.strip() for line in [line_before + lines[0], *lines[1:]]] if lines else []
+    nonblank = [index for index, line in enumerate(stripped) if line]
+    for position, start in enumerate(nonblank):
+        tail = [stripped[index] for index in nonblank[position:]]
+        if len(tail) <= len(suffix_lines) and tail == list(suffix_lines[: len(tail)]):
+            return start
+    return None
+
+
+def drop_duplicate_suffix_lines(text: str, line_before: str, suffix_lines: Sequence[str]) -> str:
+    lines = text.split("\n")
+    start = duplicate_start(lines, line_before, suffix_lines)
+    return text if start is None else "\n".join(lines[:start])
+
+
+# Rules 4 and 5: the document's indentation and line endings; no whitespace-only suggestions.
+
+
+def trim_trailing_whitespace(text: str) -> str:
+    return text.rstrip()
+
+
+def reindent(line: str, style: IndentStyle, unit: int) -> str:
+    """Rewrite the leading whitespace of `line` in the document's style.
+
+    Tabs: the width (tab = `TAB_WIDTH`) as tabs, the remainder as spaces. Spaces: each tab
+    becomes `unit` spaces.
+    """
+    indent = leading_whitespace(line)
+    if style == "tabs":
+        if " " not in indent:
+            return line
+        width = indent_width(indent)
+        converted = "\t" * (width // TAB_WIDTH) + " " * (width % TAB_WIDTH)
+    else:
+        if "\t" not in indent:
+            return line
+        converted = indent.replace("\t", " " * unit)
+    return converted + line[len(indent) :]
+
+
+def convert_indentation(
+    text: str, style: IndentStyle | None, unit: int, *, first_line_is_indent: bool
+) -> str:
+    """Reindent every line; the first only when it starts the document line (blank before it)."""
+    if style is None:
+        return text
+    lines = text.split("\n")
+    for index in range(0 if first_line_is_indent else 1, len(lines)):
+        lines[index] = reindent(lines[index], style, unit)
+    return "\n".join(lines)
+
+
+def to_line_endings(text: str, crlf: bool) -> str:
+    return text.replace("\n", "\r\n") if crlf else text
+
+
+def finish(text: str, context: CursorContext) -> str:
+    """Steps 4 to 7 of the pipeline, on truncated and deduplicated text."""
+    if not context.mid_line:
+        text = trim_trailing_whitespace(text)
+    text = convert_indentation(
+        text,
+        context.indent_style,
+        context.indent_unit,
+        first_line_is_indent=not context.line_before.strip(),
+    )
+    text = to_line_endings(text, context.crlf)
+    return text if text.strip() else ""
+
+
+# Public interface.
+
+
+def postprocess(raw: str, prefix: str, suffix: str) -> str:
+    """The suggestion to insert at the cursor for the model output `raw`; "" for none."""
+    context = analyse_context(prefix, suffix)
+    text = normalise_newlines(raw)
+    if context.mid_line:
+        text = drop_suffix_overlap(first_line(text), context.line_after)
+    else:
+        text = limit_scope(text, context.line_before)
+        text = drop_duplicate_suffix_lines(text, context.line_before, context.suffix_lines)
+    return finish(text, context)
+
+
+def is_finished(raw: str, prefix: str, suffix: str) -> bool:
+    """True when no continuation of `raw` can change `postprocess(raw, prefix, suffix)`.
+
+    Mid-line: once the raw output has a line break. Multi-line: once a line that leaves the
+    scope has a non-whitespace character.
+    """
+    context = analyse_context(prefix, suffix)
+    text = normalise_newlines(raw)
+    if context.mid_line:
+        return "\n" in text
+    return scope_end(text.split("\n"), context.line_before) is not None
+
+
+def stable_prefix(raw: str, prefix: str, suffix: str) -> str:
+    """The start of the suggestion that no continuation of `raw` can change, for streaming.
+
+    Finished: the whole suggestion. Mid-line: the line so far, less as many characters as the
+    rest of the cursor line has (they could still be dropped as overlap), once what is left
+    has non-whitespace. Multi-line: the complete lines up to the last non-blank one that can
+    no longer turn out to be a duplicate of the suffix, its trailing whitespace held back.
+    Monotone: a longer `raw` never gives a shorter or different start.
+    """
+    if is_finished(raw, prefix, suffix):
+        return postprocess(raw, prefix, suffix)
+    context = analyse_context(prefix, suffix)
+    text = normalise_newlines(raw)
+    if context.mid_line:
+        head = text[: max(0, len(text) - len(context.line_after))]
+        return finish(head, context) if head.strip() else ""
+    lines = text.split("\n")
+    complete = lines[:-1]
+    duplicate = duplicate_start(complete, context.line_before, context.suffix_lines)
+    held = len(complete) if duplicate is None else duplicate
+    end = max((index + 1 for index in range(held) if lines[index].strip()), default=0)
+    return finish("\n".join(lines[:end]), context)

@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny config-built models (no hub) and the real default model (marked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.tiny import save_model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Llama with a real byte-level BPE tokenizer, saved like a hub checkpoint."""
+    return save_model_dir(tmp_path_factory.mktemp("tiny-llama"), family="plain", arch="llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Qwen2 with Qwen2.5-Coder's FIM tokens."""
+    return save_model_dir(tmp_path_factory.mktemp("tiny-qwen"), family="qwen", arch="qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_short_context_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama whose context is only 128 tokens, to exercise prompt trimming cheaply."""
+    return save_model_dir(
+        tmp_path_factory.mktemp("tiny-short"), family="starcoder", arch="llama", max_position_embeddings=128
+    )

@@ -1,0 +1,70 @@
+"""Start the real `splice serve` as a subprocess on a free port and wait until it answers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_server(
+    model: str, *, env: dict[str, str] | None = None, startup_timeout: float = 300.0
+) -> Iterator[str]:
+    """Yield the base URL of a live server; its log is shown if it fails to start."""
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="splice-serve-", suffix=".log", delete=False)  # noqa: SIM115
+    cmd = [
+        sys.executable,
+        "-m",
+        "splice.assistant",
+        "serve",
+        "--model",
+        model,
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with {proc.returncode}:\n{Path(log.name).read_text()[-4000:]}"
+                )
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"server did not start in {startup_timeout} s:\n{Path(log.name).read_text()[-4000:]}"
+                )
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        os.unlink(log.name)

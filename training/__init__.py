@@ -1,0 +1,4 @@
+"""Training: FIM data, LoRA fine-tuning, exit heads and evaluation.
+
+May import `splice.completion`, never `splice.assistant`.
+"""
