@@ -63,6 +63,8 @@ def parse_body(raw: bytes, model: type[M]) -> M:
             "invalid_json",
             f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
         ) from exc
+    except RecursionError as exc:
+        raise ApiError(422, "invalid_json", "request body is nested too deeply") from exc
     if not isinstance(obj, dict):
         raise ApiError(422, "invalid_json", f"expected a JSON object, got {type(obj).__name__}")
     return model.model_validate(obj)

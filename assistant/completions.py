@@ -75,9 +75,14 @@ class CompletionService:
             ) from exc
         finally:
             self.metrics.queue_depth.set(self.scheduler.waiting)
-        return asyncio.ensure_future(awaitable)
+        future = asyncio.ensure_future(awaitable)
+        future.add_done_callback(self._record)  # also for work whose client went away
+        return future
 
-    def _record(self, result: CompletionResult) -> None:
+    def _record(self, future: asyncio.Future[CompletionResult]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        result = future.result()
         self.metrics.prompt_tokens.inc(result.prompt_tokens)
         self.metrics.completion_tokens.inc(result.completion_tokens)
         self.metrics.completions.labels(finish_reason=result.finish_reason).inc()
@@ -115,7 +120,8 @@ class CompletionService:
 
         def job() -> CompletionResult:
             started.append(time.perf_counter())
-            return self.engine.complete(inp, params, cancel=cancel)
+            with self.metrics.in_progress.track_inprogress():
+                return self.engine.complete(inp, params, cancel=cancel)
 
         try:
             future = await self._start(job)
@@ -124,7 +130,6 @@ class CompletionService:
             raise ApiError(422, "invalid_request", str(exc)) from exc
         finally:
             watcher.cancel()
-        self._record(result)
         body = self._response(_new_id(), result, ((started or [queued])[0] - queued) * 1000.0)
         return JSONResponse(body.model_dump())
 
@@ -142,7 +147,8 @@ class CompletionService:
 
         def job() -> CompletionResult:
             started.append(time.perf_counter())
-            return self.engine.complete(inp, params, cancel=cancel, on_text=on_text)
+            with self.metrics.in_progress.track_inprogress():
+                return self.engine.complete(inp, params, cancel=cancel, on_text=on_text)
 
         future = await self._start(job)
         future.add_done_callback(lambda _: deltas.put_nowait(None))
@@ -156,7 +162,6 @@ class CompletionService:
                 except ValueError as exc:
                     yield _sse({"error": {"code": "invalid_request", "message": str(exc)}})
                     return
-                self._record(result)
                 final = self._response(cid, result, ((started or [queued])[0] - queued) * 1000.0).model_dump()
                 final["choices"] = [{"index": 0, "text": "", "finish_reason": result.finish_reason}]
                 yield _sse(final)

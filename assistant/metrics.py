@@ -36,6 +36,9 @@ class Metrics:
             "splice_queue_rejections", "Requests refused with 429 (queue full)", registry=r
         )
         self.queue_depth = Gauge("splice_queue_depth", "Requests waiting for the model", registry=r)
+        self.in_progress = Gauge(
+            "splice_generation_in_progress", "Generations running now (0 or 1)", registry=r
+        )
         self.events = Counter("splice_events", "Telemetry events by type", ["type"], registry=r)
 
     def render(self) -> bytes:

@@ -14,12 +14,24 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MAX_STOP_SEQUENCES = 4
 
 
+def _encodable(v: str | None) -> str | None:
+    """JSON allows lone surrogates (\\ud800); they are not text and no tokenizer takes them."""
+    if v is not None:
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"contains an invalid code point (lone surrogate) at index {exc.start}") from exc
+    return v
+
+
 class Segments(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
     prefix: str = Field("", description="Document text before the cursor")
     suffix: str | None = Field(None, description="Document text after the cursor")
     filepath: str | None = Field(None, description="Path of the document, relative to its repository")
+
+    _text = field_validator("prefix", "suffix")(_encodable)
 
 
 class CompletionRequest(BaseModel):
@@ -41,6 +53,8 @@ class CompletionRequest(BaseModel):
     temperature: float | None = Field(None, description="0 (default) is greedy; up to 2")
     top_p: float | None = Field(None, description="Nucleus sampling mass, (0, 1]")
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+    _text = field_validator("prompt", "suffix")(_encodable)
 
     @field_validator("temperature")
     @classmethod

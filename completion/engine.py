@@ -23,6 +23,7 @@ import torch
 from transformers import DynamicCache
 
 from splice.completion.fim import FimPrompt, FimTemplate, build_prompt, resolve_template, stop_token_ids
+from splice.completion.healing import TokenHealer
 from splice.completion.models import LoadedModel
 from splice.completion.postprocess import is_finished, postprocess, stable_prefix
 
@@ -39,6 +40,7 @@ class EngineConfig:
     fim_mode: str = "psm"
     context_window: int | None = None  # None: the model's max_position_embeddings
     max_prompt_tokens: int | None = None  # None: the context window minus max_tokens
+    token_healing: bool = True  # re-choose the prompt's last token (see splice.completion.healing)
 
     def __post_init__(self) -> None:
         if self.context_window is not None and self.context_window < 16:
@@ -88,6 +90,16 @@ class Timings:
     _decoded: int = field(default=0, repr=False)
 
 
+@dataclass(frozen=True)
+class PreparedPrompt:
+    fim: FimPrompt
+    heal: str  # removed from the end of the prefix; the output must start with it
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.fim.input_ids
+
+
 @dataclass
 class CompletionResult:
     text: str  # post-processed suggestion ("" when nothing useful was generated)
@@ -118,6 +130,7 @@ class CompletionEngine:
             )
         self.stop_ids = stop_token_ids(self.tokenizer, self.template)
         self.context_window = self.config.context_window or loaded.context_window
+        self.healer = TokenHealer(self.tokenizer) if self.config.token_healing else None
 
     @property
     def device(self) -> torch.device:
@@ -130,8 +143,8 @@ class CompletionEngine:
             budget = min(budget, self.config.max_prompt_tokens)
         return budget
 
-    def prepare(self, inp: CompletionInput, max_tokens: int) -> FimPrompt:
-        """Token prompt for `inp`, trimmed to the budget (see `splice.completion.fim`)."""
+    def prepare(self, inp: CompletionInput, max_tokens: int) -> PreparedPrompt:
+        """Token prompt for `inp`, healed and trimmed to the budget (see `splice.completion.fim`)."""
         if max_tokens >= self.context_window - 8:
             raise ValueError(
                 f"max_tokens={max_tokens} leaves no room for a prompt in the "
@@ -140,7 +153,12 @@ class CompletionEngine:
         # The model sees LF line endings; post-processing restores the file's own.
         prefix = inp.prefix.replace("\r\n", "\n")
         suffix = inp.suffix.replace("\r\n", "\n")
-        return build_prompt(
+        heal = ""
+        if self.healer is not None:
+            healed = self.healer.split(prefix)
+            if healed.prefix or self.template.is_fim:  # a prefix-only prompt must keep a token
+                prefix, heal = healed.prefix, healed.heal
+        fim = build_prompt(
             self.tokenizer,
             self.template,
             prefix,
@@ -148,6 +166,7 @@ class CompletionEngine:
             mode=self.config.fim_mode,
             max_prompt_tokens=self.max_prompt_tokens(max_tokens),
         )
+        return PreparedPrompt(fim, heal)
 
     @torch.inference_mode()
     def prefill(self, input_ids: list[int]) -> tuple[DynamicCache, torch.Tensor]:
@@ -178,12 +197,16 @@ class CompletionEngine:
         prompt = self.prepare(inp, params.max_tokens)
         generator = _make_generator(params, self.device)
         stops = tuple(s for s in params.stop if s)
+        if cancel is not None and cancel.is_set():  # cancelled while it waited for the model
+            timings.total_ms = (time.perf_counter() - start) * 1000.0
+            return CompletionResult("", "", "cancelled", len(prompt.input_ids), 0, 0, timings)
 
         cache, logits = self.prefill(prompt.input_ids)
         timings.prompt_ms = (time.perf_counter() - start) * 1000.0
 
         generated: list[int] = []
         raw = ""
+        pending = prompt.heal  # healed text the output has yet to spell out
         emitted = ""
         finish: FinishReason = "length"
         decode_start = time.perf_counter()
@@ -191,7 +214,14 @@ class CompletionEngine:
             if cancel is not None and cancel.is_set():
                 finish = "cancelled"
                 break
+            if pending:
+                assert self.healer is not None
+                logits = _restrict(logits, self.healer.allowed(pending))
             token = _sample(logits, params, generator)
+            if pending:
+                assert self.healer is not None
+                spelled = self.healer.token_text[token]
+                pending = "" if spelled.startswith(pending) else pending[len(spelled) :]
             if not generated:
                 timings.first_token_ms = (time.perf_counter() - start) * 1000.0
                 decode_start = time.perf_counter()
@@ -199,7 +229,7 @@ class CompletionEngine:
                 finish = "stop"
                 break
             generated.append(token)
-            raw = str(self.tokenizer.decode(generated, skip_special_tokens=True))
+            raw = _strip_heal(str(self.tokenizer.decode(generated, skip_special_tokens=True)), prompt.heal)
             cut = _find_stop(raw, stops)
             if cut is not None:
                 raw = raw[:cut]
@@ -230,7 +260,7 @@ class CompletionEngine:
             finish_reason=finish,
             prompt_tokens=len(prompt.input_ids),
             completion_tokens=len(generated),
-            trimmed_prompt_tokens=prompt.trimmed_prefix_tokens + prompt.trimmed_suffix_tokens,
+            trimmed_prompt_tokens=prompt.fim.trimmed_prefix_tokens + prompt.fim.trimmed_suffix_tokens,
             timings=timings,
         )
 
@@ -258,6 +288,25 @@ def _sample(logits: torch.Tensor, params: GenerationParams, generator: torch.Gen
         choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
         return int(order[choice].item())
     return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def _restrict(logits: torch.Tensor, allowed: list[int]) -> torch.Tensor:
+    """logits [V] with every token outside `allowed` at -inf."""
+    if not allowed:
+        return logits
+    index = torch.tensor(allowed, device=logits.device)
+    masked = torch.full_like(logits, float("-inf"))
+    masked[index] = logits[index]
+    return masked
+
+
+def _strip_heal(text: str, heal: str) -> str:
+    """The output less the healed text it re-spelled ("" while that is still incomplete)."""
+    if not heal:
+        return text
+    if text.startswith(heal):
+        return text[len(heal) :]
+    return "" if heal.startswith(text) else text
 
 
 def _find_stop(raw: str, stops: tuple[str, ...]) -> int | None:

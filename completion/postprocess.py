@@ -44,6 +44,10 @@ DEFAULT_INDENT_UNIT = 4
 BLOCK_OPENERS = (":", "{", "(", "[")
 BLOCK_CLOSERS = ("}", ")", "]")
 
+# Chat-tuned models close a Markdown code block they imagine themselves in; in a document
+# without fences, a line starting with one ends the completion.
+FENCE = "```"
+
 IndentStyle = Literal["tabs", "spaces"]
 
 
@@ -52,6 +56,8 @@ class CursorContext:
     """What the rules need to know about the document around the cursor (LF-normalised)."""
 
     line_before: str  # the cursor's line, from its start to the cursor
+    line_above: str  # the last non-blank line before the cursor's line ("" if none)
+    fences: bool  # the document itself contains Markdown code fences (```)
     line_after: str  # the cursor's line, from the cursor to its end
     suffix_lines: tuple[str, ...]  # the suffix's non-blank lines, stripped, in order
     crlf: bool  # the document mostly ends lines with "\r\n"
@@ -131,8 +137,11 @@ def analyse_context(prefix: str, suffix: str) -> CursorContext:
     before = normalise_newlines(prefix)
     after = normalise_newlines(suffix)
     style, unit = detect_indentation((before + after).split("\n"))
+    above = [line for line in before.split("\n")[:-1] if line.strip()]
     return CursorContext(
         line_before=before.rsplit("\n", 1)[-1],
+        line_above=above[-1] if above else "",
+        fences=FENCE in prefix or FENCE in suffix,
         line_after=after.split("\n", 1)[0],
         suffix_lines=tuple(line.strip() for line in after.split("\n") if line.strip()),
         crlf=uses_crlf(prefix + suffix),
@@ -151,12 +160,14 @@ def first_line(text: str) -> str:
 # Rule 2: stop at the end of the cursor's block.
 
 
-def scope_end(lines: Sequence[str], line_before: str) -> int | None:
+def scope_end(lines: Sequence[str], line_before: str, line_above: str = "") -> int | None:
     """Index of the first completion line that leaves the cursor's block, None if none does.
 
-    The reference indent is that of the cursor line after insertion (`line_before + lines[0]`);
-    when that line is blank, it is the indent of the first non-blank completion line. A later
-    non-blank line indented less than the reference leaves the block.
+    The reference indent is that of the cursor line after insertion (`line_before + lines[0]`).
+    When that line is blank, it is the cursor's own column if the cursor sits after some
+    indentation (the editor put it inside a block); at column 0, the indent of the line above
+    (one more if that line opens a block); with no line above, the indent of the first non-blank
+    completion line. A later non-blank line indented less than the reference leaves the block.
 
     When the cursor line ends with a block opener (`BLOCK_OPENERS`) and the completion starts a
     new line, the completion is that block's body: a line back at the reference indent leaves
@@ -172,6 +183,12 @@ def scope_end(lines: Sequence[str], line_before: str) -> int | None:
     if cursor_line.strip():
         reference = indent_width(cursor_line)
         opens_block = not lines[0].strip() and cursor_line.rstrip().endswith(BLOCK_OPENERS)
+        start = 1
+    elif line_before:
+        reference = indent_width(line_before)
+        start = 1
+    elif line_above.strip():
+        reference = indent_width(line_above) + (1 if line_above.rstrip().endswith(BLOCK_OPENERS) else 0)
         start = 1
     else:
         first = next((i for i in range(1, len(lines)) if lines[i].strip()), None)
@@ -191,9 +208,23 @@ def scope_end(lines: Sequence[str], line_before: str) -> int | None:
     return None
 
 
-def limit_scope(text: str, line_before: str) -> str:
+def fence_end(lines: Sequence[str]) -> int | None:
+    """Index of the first line that starts with a Markdown fence, None if none does."""
+    return next((i for i, line in enumerate(lines) if line.lstrip().startswith(FENCE)), None)
+
+
+def truncation_point(lines: Sequence[str], context: CursorContext) -> int | None:
+    """Where the completion ends in multi-line mode: scope end or chat fence, the earlier."""
+    ends = [scope_end(lines, context.line_before, context.line_above)]
+    if not context.fences:
+        ends.append(fence_end(lines))
+    found = [end for end in ends if end is not None]
+    return min(found) if found else None
+
+
+def limit_scope(text: str, line_before: str, line_above: str = "") -> str:
     lines = text.split("\n")
-    end = scope_end(lines, line_before)
+    end = scope_end(lines, line_before, line_above)
     return text if end is None else "\n".join(lines[:end])
 
 
@@ -303,7 +334,9 @@ def postprocess(raw: str, prefix: str, suffix: str) -> str:
     if context.mid_line:
         text = drop_suffix_overlap(first_line(text), context.line_after)
     else:
-        text = limit_scope(text, context.line_before)
+        lines = text.split("\n")
+        end = truncation_point(lines, context)
+        text = text if end is None else "\n".join(lines[:end])
         text = drop_duplicate_suffix_lines(text, context.line_before, context.suffix_lines)
     return finish(text, context)
 
@@ -318,7 +351,7 @@ def is_finished(raw: str, prefix: str, suffix: str) -> bool:
     text = normalise_newlines(raw)
     if context.mid_line:
         return "\n" in text
-    return scope_end(text.split("\n"), context.line_before) is not None
+    return truncation_point(text.split("\n"), context) is not None
 
 
 def stable_prefix(raw: str, prefix: str, suffix: str) -> str:

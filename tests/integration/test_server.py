@@ -1,0 +1,395 @@
+"""The real `splice serve` in a subprocess on a free port, called over HTTP.
+
+Uses tiny random-weight models saved as checkpoints (no hub). Covers both request styles,
+streaming, events, metrics, queueing (429 + Retry-After), cancellation on client disconnect,
+prompt trimming, and a table of malformed or hostile requests that must each get a clear 4xx
+while the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from tests.support.server import running_server
+from tests.support.tiny import save_model_dir
+
+MAX_BODY = 65_536
+TOKENS_LIMIT = 3000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    model = save_model_dir(
+        tmp_path_factory.mktemp("srv-llama"), "plain", "llama", max_position_embeddings=4096
+    )
+    env = {
+        "SPLICE_HOME": str(tmp_path_factory.mktemp("home")),
+        "SPLICE_MAX_BODY_BYTES": str(MAX_BODY),
+        "SPLICE_MAX_TOKENS_LIMIT": str(TOKENS_LIMIT),
+        "SPLICE_QUEUE_SIZE": "0",
+    }
+    with running_server(str(model), env=env) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def fim_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """StarCoder-style FIM tokens and a 128-token context, to exercise FIM prompts and trimming."""
+    model = save_model_dir(
+        tmp_path_factory.mktemp("srv-fim"), "starcoder", "qwen2", max_position_embeddings=128
+    )
+    with running_server(str(model), env={"SPLICE_HOME": str(tmp_path_factory.mktemp("home"))}) as url:
+        yield url
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if m and m.group(1) == name:
+            got = ",".join(sorted((m.group(2) or "").split(","))) if m.group(2) else ""
+            if got == want:
+                return float(m.group(3))
+    return 0.0
+
+
+def wait_for(predicate: object, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def complete(url: str, body: dict[str, object]) -> httpx.Response:
+    return httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+
+
+# --- happy paths -------------------------------------------------------------------------------
+
+
+def test_health(server: str) -> None:
+    body = httpx.get(f"{server}/v1/health").json()
+    assert body["status"] == "ok"
+    assert body["model"].startswith("srv-llama")
+    assert body["device"] == "cpu"
+    assert body["fim_template"] == "prefix-only"
+    assert re.match(r"\d+\.\d+", body["version"])
+
+
+def test_tabby_and_openai_bodies_give_the_same_completion(server: str) -> None:
+    prefix, suffix = "import os\n\ndef main():\n    ", "\n\nmain()\n"
+    tabby = complete(server, {"language": "python", "segments": {"prefix": prefix, "suffix": suffix}})
+    openai = complete(server, {"prompt": prefix, "suffix": suffix})
+    assert tabby.status_code == openai.status_code == 200
+    a, b = tabby.json(), openai.json()
+    assert a["id"].startswith("cmpl-") and a["id"] != b["id"]
+    assert a["choices"][0]["text"] == b["choices"][0]["text"]
+    assert a["usage"]["total_tokens"] == a["usage"]["prompt_tokens"] + a["usage"]["completion_tokens"]
+    assert a["usage"]["completion_tokens"] >= 1
+    assert set(a["timings"]) >= {"queue_ms", "prompt_ms", "first_token_ms", "total_ms", "tokens_per_second"}
+
+
+def stream_events(url: str, body: dict[str, object]) -> list[dict[str, object] | str]:
+    events: list[dict[str, object] | str] = []
+    with httpx.stream("POST", f"{url}/v1/completions", json={**body, "stream": True}, timeout=120) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                data = line.removeprefix("data: ")
+                events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+@pytest.mark.parametrize(
+    "prefix,suffix",
+    [("def foo(x):\n    return", ""), ("x = 1\n", ""), ("class A:\n    def f(self):\n        ", "\n")],
+)
+def test_stream_concatenates_to_the_plain_response(server: str, prefix: str, suffix: str) -> None:
+    body = {"prompt": prefix, "suffix": suffix, "max_tokens": 60}
+    plain = complete(server, body).json()
+    events = stream_events(server, body)
+    assert events[-1] == "[DONE]"
+    chunks = [e for e in events[:-1] if isinstance(e, dict)]
+    text = "".join(str(c["choices"][0]["text"]) for c in chunks)  # type: ignore[index]
+    assert text == plain["choices"][0]["text"]
+    final = chunks[-1]
+    assert final["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]  # type: ignore[index]
+    assert final["usage"] == plain["usage"]
+
+
+def test_stop_sequences(server: str) -> None:
+    free = complete(server, {"prompt": "x = 1\n", "max_tokens": 30}).json()["choices"][0]["text"]
+    assert len(free) > 4
+    stop = free[2:4]
+    cut = complete(server, {"prompt": "x = 1\n", "max_tokens": 30, "stop": [stop]}).json()["choices"][0]
+    assert cut["finish_reason"] == "stop"
+    assert stop not in cut["text"]
+
+
+def test_events_are_recorded_and_counted(server: str) -> None:
+    cid = complete(server, {"prompt": "x = 1\n", "max_tokens": 4}).json()["id"]
+    before = metric(server, "splice_events_total", type="select")
+    for kind in ("view", "select"):
+        resp = httpx.post(f"{server}/v1/events", json={"type": kind, "completion_id": cid})
+        assert resp.status_code == 200 and resp.json() == {"status": "recorded"}
+    assert metric(server, "splice_events_total", type="select") == before + 1
+    bad = httpx.post(f"{server}/v1/events", json={"type": "explode", "completion_id": cid})
+    assert bad.status_code == 422 and "type" in bad.json()["error"]["message"]
+
+
+def test_metrics_count_requests_latency_and_tokens(server: str) -> None:
+    route = "/v1/completions"
+    before = metric(server, "splice_requests_total", route=route, status="200")
+    tokens_before = metric(server, "splice_completion_tokens_total")
+    resp = complete(server, {"prompt": "a = 1\n", "max_tokens": 5}).json()
+    assert metric(server, "splice_requests_total", route=route, status="200") == before + 1
+    assert (
+        metric(server, "splice_completion_tokens_total") == tokens_before + resp["usage"]["completion_tokens"]
+    )
+    assert metric(server, "splice_request_latency_seconds_count", route=route) >= 1
+    assert metric(server, "splice_prompt_tokens_total") > 0
+
+
+# --- queueing and cancellation -----------------------------------------------------------------
+
+LONG = {"prompt": "x = 1\n", "max_tokens": TOKENS_LIMIT}
+
+
+def _idle(url: str) -> bool:
+    return metric(url, "splice_generation_in_progress") == 0
+
+
+def test_busy_model_answers_429_with_retry_after(server: str) -> None:
+    assert wait_for(lambda: _idle(server))
+    results: list[httpx.Response] = []
+    worker = threading.Thread(target=lambda: results.append(complete(server, LONG)))
+    worker.start()
+    try:
+        assert wait_for(lambda: metric(server, "splice_generation_in_progress") == 1)
+        second = complete(server, {"prompt": "y = 2\n", "max_tokens": 4})
+        assert second.status_code == 429
+        assert second.json()["error"]["code"] == "queue_full"
+        assert int(second.headers["Retry-After"]) >= 1
+    finally:
+        worker.join(timeout=120)
+    assert results and results[0].status_code == 200
+    assert metric(server, "splice_queue_rejections_total") >= 1
+
+
+def test_stream_disconnect_cancels_generation(server: str) -> None:
+    assert wait_for(lambda: _idle(server))
+    cancelled = metric(server, "splice_completions_total", finish_reason="cancelled")
+    with httpx.stream("POST", f"{server}/v1/completions", json={**LONG, "stream": True}, timeout=60) as resp:
+        assert resp.status_code == 200
+        assert wait_for(lambda: metric(server, "splice_generation_in_progress") == 1)
+    # leaving the block closes the connection mid-stream
+    assert wait_for(
+        lambda: metric(server, "splice_completions_total", finish_reason="cancelled") == cancelled + 1
+    )
+    assert wait_for(lambda: _idle(server))
+    assert complete(server, {"prompt": "z = 3\n", "max_tokens": 3}).status_code == 200
+
+
+def test_plain_request_disconnect_cancels_generation(server: str) -> None:
+    assert wait_for(lambda: _idle(server))
+    cancelled = metric(server, "splice_completions_total", finish_reason="cancelled")
+    host = urlparse(server)
+    body = json.dumps(LONG).encode()
+    with socket.create_connection((host.hostname, host.port)) as sock:
+        head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert wait_for(lambda: metric(server, "splice_generation_in_progress") == 1)
+    assert wait_for(
+        lambda: metric(server, "splice_completions_total", finish_reason="cancelled") == cancelled + 1
+    )
+    assert wait_for(lambda: _idle(server))
+
+
+# --- FIM template and trimming -----------------------------------------------------------------
+
+
+def test_fim_model_and_prompt_over_context_is_trimmed(fim_server: str) -> None:
+    assert httpx.get(f"{fim_server}/v1/health").json()["fim_template"] == "starcoder"
+    prefix = "".join(f"value_{i} = compute({i})\n" for i in range(300))
+    resp = complete(
+        fim_server, {"segments": {"prefix": prefix, "suffix": "print(1)\n" * 200}, "max_tokens": 16}
+    )
+    assert resp.status_code == 200, resp.text
+    usage = resp.json()["usage"]
+    assert usage["prompt_tokens"] <= 128 - 16
+    assert usage["trimmed_prompt_tokens"] > 0
+
+
+# --- malformed and hostile requests ------------------------------------------------------------
+
+HOSTILE: list[tuple[str, str, bytes | None, dict[str, str], int, str, str]] = [
+    # name, path, raw body (None: GET), headers, status, error code, words in the message
+    ("bad JSON", "/v1/completions", b'{"prompt": "x', {}, 422, "invalid_json", "not valid JSON"),
+    ("empty body", "/v1/completions", b"", {}, 422, "invalid_json", "empty"),
+    ("JSON array, not object", "/v1/completions", b'["x"]', {}, 422, "invalid_json", "JSON object"),
+    ("deeply nested JSON", "/v1/completions", b"[" * 60_000, {}, 422, "invalid_json", "nested"),
+    ("wrong type: prompt", "/v1/completions", b'{"prompt": 123}', {}, 422, "invalid_request", "prompt"),
+    (
+        "wrong type: max_tokens string",
+        "/v1/completions",
+        b'{"prompt": "x", "max_tokens": "10"}',
+        {},
+        422,
+        "invalid_request",
+        "max_tokens",
+    ),
+    (
+        "negative max_tokens",
+        "/v1/completions",
+        b'{"prompt": "x", "max_tokens": -5}',
+        {},
+        422,
+        "invalid_request",
+        "max_tokens",
+    ),
+    (
+        "max_tokens over the limit",
+        "/v1/completions",
+        b'{"prompt": "x", "max_tokens": 100000}',
+        {},
+        422,
+        "invalid_request",
+        "at most",
+    ),
+    (
+        "temperature out of range",
+        "/v1/completions",
+        b'{"prompt": "x", "temperature": 7}',
+        {},
+        422,
+        "invalid_request",
+        "temperature",
+    ),
+    (
+        "NaN temperature",
+        "/v1/completions",
+        b'{"prompt": "x", "temperature": NaN}',
+        {},
+        422,
+        "invalid_request",
+        "temperature",
+    ),
+    ("n > 1", "/v1/completions", b'{"prompt": "x", "n": 3}', {}, 422, "invalid_request", "n=1"),
+    (
+        "too many stop sequences",
+        "/v1/completions",
+        b'{"prompt": "x", "stop": ["a","b","c","d","e"]}',
+        {},
+        422,
+        "invalid_request",
+        "stop",
+    ),
+    (
+        "unknown model",
+        "/v1/completions",
+        b'{"prompt": "x", "model": "gpt-9"}',
+        {},
+        404,
+        "model_not_found",
+        "gpt-9",
+    ),
+    ("non-UTF-8 body", "/v1/completions", b'{"prompt": "\xff\xfe"}', {}, 400, "invalid_encoding", "UTF-8"),
+    (
+        "lone surrogate in text",
+        "/v1/completions",
+        b'{"prompt": "a\\ud800"}',
+        {},
+        422,
+        "invalid_request",
+        "surrogate",
+    ),
+    ("empty prompt", "/v1/completions", b'{"prompt": ""}', {}, 422, "empty_prompt", "empty"),
+    (
+        "neither segments nor prompt",
+        "/v1/completions",
+        b'{"max_tokens": 4}',
+        {},
+        422,
+        "invalid_request",
+        "segments",
+    ),
+    (
+        "both segments and prompt",
+        "/v1/completions",
+        b'{"prompt": "x", "segments": {"prefix": "y"}}',
+        {},
+        422,
+        "invalid_request",
+        "not both",
+    ),
+    (
+        "huge body (Content-Length)",
+        "/v1/completions",
+        b'{"prompt": "' + b"a" * (MAX_BODY + 10) + b'"}',
+        {},
+        413,
+        "body_too_large",
+        "limit",
+    ),
+    (
+        "bad event type",
+        "/v1/events",
+        b'{"type": "boom", "completion_id": "c"}',
+        {},
+        422,
+        "invalid_request",
+        "type",
+    ),
+    ("GET on a POST route", "/v1/completions", None, {}, 405, "method_not_allowed", "Method Not Allowed"),
+    ("unknown route", "/v2/nothing", None, {}, 404, "not_found", "Not Found"),
+]
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=[c[0] for c in HOSTILE])
+def test_hostile_request_gets_a_clear_4xx(server: str, case: tuple) -> None:  # type: ignore[type-arg]
+    _, path, raw, headers, status, code, words = case
+    if raw is None:
+        resp = httpx.get(f"{server}{path}", headers=headers)
+    else:
+        resp = httpx.post(
+            f"{server}{path}", content=raw, headers={"Content-Type": "application/json", **headers}
+        )
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == code
+    assert words.lower() in error["message"].lower(), error["message"]
+    assert httpx.get(f"{server}/v1/health").status_code == 200  # still serving
+
+
+def test_chunked_body_over_the_limit_is_413(server: str) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"prompt": "'
+        for _ in range(MAX_BODY // 1024 + 4):
+            yield b"a" * 1024
+        yield b'"}'
+
+    resp = httpx.post(
+        f"{server}/v1/completions", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert resp.status_code == 413
+    assert resp.json()["error"]["code"] == "body_too_large"
+    assert httpx.get(f"{server}/v1/health").status_code == 200
+
+
+def test_server_still_completes_after_the_hostile_table(server: str) -> None:
+    assert complete(server, {"prompt": "print(", "max_tokens": 4}).status_code == 200
