@@ -40,7 +40,11 @@ class Settings(BaseSettings):
     max_prompt_tokens: int | None = Field(
         None,
         ge=8,
-        description="Cap on prompt tokens; longer prompts are trimmed (default: context - max_tokens)",
+        description="Cap on prompt tokens; longer prompts are trimmed (default: 2048 on CPU, else none)",
+    )
+    token_healing: bool = Field(
+        True,
+        description="Re-choose the prompt's last token (fixes prompts ending in indentation or half a word)",
     )
     default_max_tokens: int = Field(64, ge=1, description="max_tokens when a request gives none")
     max_tokens_limit: int = Field(512, ge=1, description="Largest max_tokens a request may ask for")
@@ -55,4 +59,5 @@ class Settings(BaseSettings):
             fim_mode=self.fim_mode,
             context_window=self.context_window,
             max_prompt_tokens=self.max_prompt_tokens,
+            token_healing=self.token_healing,
         )

@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         dtype=args.dtype,
         progress=lambda m: print(m, file=sys.stderr),
     )
-    engine = CompletionEngine(loaded, EngineConfig())
+    # no prompt cap: every row must really encode its full size
+    engine = CompletionEngine(loaded, EngineConfig(max_prompt_tokens=max(args.sizes) + 16))
     text = corpus_text(40 * max(args.sizes))
     measure(engine, prompt_of(engine, text, 64), 8)  # warm-up
 

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length", "cancelled", "scope"]
 
+# Without an explicit max_prompt_tokens, CPU prompts are capped here: full recomputation of a
+# 2k-token prompt already takes ~5 s on two cores (bench/baseline.py); on CUDA there is no cap.
+CPU_DEFAULT_MAX_PROMPT_TOKENS = 2048
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -39,7 +43,7 @@ class EngineConfig:
     fim_template: str = "auto"
     fim_mode: str = "psm"
     context_window: int | None = None  # None: the model's max_position_embeddings
-    max_prompt_tokens: int | None = None  # None: the context window minus max_tokens
+    max_prompt_tokens: int | None = None  # None: context - max_tokens (capped on CPU, see above)
     token_healing: bool = True  # re-choose the prompt's last token (see splice.completion.healing)
 
     def __post_init__(self) -> None:
@@ -141,6 +145,8 @@ class CompletionEngine:
         budget = self.context_window - max_tokens
         if self.config.max_prompt_tokens is not None:
             budget = min(budget, self.config.max_prompt_tokens)
+        elif self.device.type == "cpu":
+            budget = min(budget, CPU_DEFAULT_MAX_PROMPT_TOKENS)
         return budget
 
     def prepare(self, inp: CompletionInput, max_tokens: int) -> PreparedPrompt:

@@ -31,8 +31,10 @@ from tests.support.server import running_server
 
 pytestmark = pytest.mark.default_model
 
+# The cursor where an editor puts it after Enter: auto-indented inside the function body.
 PREFIX = (
-    'import os\n\n\ndef list_python_files(root):\n    """Return the paths of all .py files under root."""\n'
+    "import os\n\n\ndef list_python_files(root):\n"
+    '    """Return the paths of all .py files under root."""\n    '
 )
 SUFFIX = "\n\nif __name__ == '__main__':\n    print(list_python_files('.'))\n"
 
@@ -93,7 +95,7 @@ def test_rest_completion_is_non_empty_python(default_server: str) -> None:
     assert resp.status_code == 200, resp.text
     text = resp.json()["choices"][0]["text"]
     assert text.strip(), resp.json()
-    compile(PREFIX + text + "\n    pass\n", "<completion>", "exec")  # what it wrote is Python
+    compile(PREFIX + text + "\n", "<completion>", "exec")  # what it wrote is Python, in the body
 
 
 def test_same_text_same_completion_on_every_path(default_server: str, tmp_path: Path) -> None:
@@ -127,7 +129,7 @@ def test_same_text_same_completion_on_every_path(default_server: str, tmp_path: 
             "--line",
             str(line),
             "--col",
-            "1",
+            "5",
             "--max-tokens",
             "32",
             "--device",

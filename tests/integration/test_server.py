@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
+from tests.support.hostile import HostileCase, hostile_cases
 from tests.support.server import running_server
 from tests.support.tiny import save_model_dir
 
@@ -237,142 +238,21 @@ def test_fim_model_and_prompt_over_context_is_trimmed(fim_server: str) -> None:
 
 # --- malformed and hostile requests ------------------------------------------------------------
 
-HOSTILE: list[tuple[str, str, bytes | None, dict[str, str], int, str, str]] = [
-    # name, path, raw body (None: GET), headers, status, error code, words in the message
-    ("bad JSON", "/v1/completions", b'{"prompt": "x', {}, 422, "invalid_json", "not valid JSON"),
-    ("empty body", "/v1/completions", b"", {}, 422, "invalid_json", "empty"),
-    ("JSON array, not object", "/v1/completions", b'["x"]', {}, 422, "invalid_json", "JSON object"),
-    ("deeply nested JSON", "/v1/completions", b"[" * 60_000, {}, 422, "invalid_json", "nested"),
-    ("wrong type: prompt", "/v1/completions", b'{"prompt": 123}', {}, 422, "invalid_request", "prompt"),
-    (
-        "wrong type: max_tokens string",
-        "/v1/completions",
-        b'{"prompt": "x", "max_tokens": "10"}',
-        {},
-        422,
-        "invalid_request",
-        "max_tokens",
-    ),
-    (
-        "negative max_tokens",
-        "/v1/completions",
-        b'{"prompt": "x", "max_tokens": -5}',
-        {},
-        422,
-        "invalid_request",
-        "max_tokens",
-    ),
-    (
-        "max_tokens over the limit",
-        "/v1/completions",
-        b'{"prompt": "x", "max_tokens": 100000}',
-        {},
-        422,
-        "invalid_request",
-        "at most",
-    ),
-    (
-        "temperature out of range",
-        "/v1/completions",
-        b'{"prompt": "x", "temperature": 7}',
-        {},
-        422,
-        "invalid_request",
-        "temperature",
-    ),
-    (
-        "NaN temperature",
-        "/v1/completions",
-        b'{"prompt": "x", "temperature": NaN}',
-        {},
-        422,
-        "invalid_request",
-        "temperature",
-    ),
-    ("n > 1", "/v1/completions", b'{"prompt": "x", "n": 3}', {}, 422, "invalid_request", "n=1"),
-    (
-        "too many stop sequences",
-        "/v1/completions",
-        b'{"prompt": "x", "stop": ["a","b","c","d","e"]}',
-        {},
-        422,
-        "invalid_request",
-        "stop",
-    ),
-    (
-        "unknown model",
-        "/v1/completions",
-        b'{"prompt": "x", "model": "gpt-9"}',
-        {},
-        404,
-        "model_not_found",
-        "gpt-9",
-    ),
-    ("non-UTF-8 body", "/v1/completions", b'{"prompt": "\xff\xfe"}', {}, 400, "invalid_encoding", "UTF-8"),
-    (
-        "lone surrogate in text",
-        "/v1/completions",
-        b'{"prompt": "a\\ud800"}',
-        {},
-        422,
-        "invalid_request",
-        "surrogate",
-    ),
-    ("empty prompt", "/v1/completions", b'{"prompt": ""}', {}, 422, "empty_prompt", "empty"),
-    (
-        "neither segments nor prompt",
-        "/v1/completions",
-        b'{"max_tokens": 4}',
-        {},
-        422,
-        "invalid_request",
-        "segments",
-    ),
-    (
-        "both segments and prompt",
-        "/v1/completions",
-        b'{"prompt": "x", "segments": {"prefix": "y"}}',
-        {},
-        422,
-        "invalid_request",
-        "not both",
-    ),
-    (
-        "huge body (Content-Length)",
-        "/v1/completions",
-        b'{"prompt": "' + b"a" * (MAX_BODY + 10) + b'"}',
-        {},
-        413,
-        "body_too_large",
-        "limit",
-    ),
-    (
-        "bad event type",
-        "/v1/events",
-        b'{"type": "boom", "completion_id": "c"}',
-        {},
-        422,
-        "invalid_request",
-        "type",
-    ),
-    ("GET on a POST route", "/v1/completions", None, {}, 405, "method_not_allowed", "Method Not Allowed"),
-    ("unknown route", "/v2/nothing", None, {}, 404, "not_found", "Not Found"),
-]
+HOSTILE = hostile_cases(MAX_BODY)
 
 
-@pytest.mark.parametrize("case", HOSTILE, ids=[c[0] for c in HOSTILE])
-def test_hostile_request_gets_a_clear_4xx(server: str, case: tuple) -> None:  # type: ignore[type-arg]
-    _, path, raw, headers, status, code, words = case
-    if raw is None:
-        resp = httpx.get(f"{server}{path}", headers=headers)
+@pytest.mark.parametrize("case", HOSTILE, ids=[c.name for c in HOSTILE])
+def test_hostile_request_gets_a_clear_4xx(server: str, case: HostileCase) -> None:
+    if case.body is None:
+        resp = httpx.get(f"{server}{case.path}")
     else:
         resp = httpx.post(
-            f"{server}{path}", content=raw, headers={"Content-Type": "application/json", **headers}
+            f"{server}{case.path}", content=case.body, headers={"Content-Type": "application/json"}
         )
-    assert resp.status_code == status, resp.text
+    assert resp.status_code == case.status, resp.text
     error = resp.json()["error"]
-    assert error["code"] == code
-    assert words.lower() in error["message"].lower(), error["message"]
+    assert error["code"] == case.code
+    assert case.words.lower() in error["message"].lower(), error["message"]
     assert httpx.get(f"{server}/v1/health").status_code == 200  # still serving
 
 
