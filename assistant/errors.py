@@ -38,8 +38,8 @@ def describe_validation_errors(errors: list[Any]) -> str:
     """`field.sub: message; ...` from pydantic's error list, without echoing huge inputs."""
     parts = []
     for err in errors[:10]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+        parts.append(f"{loc}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}")
     more = f" (+{len(errors) - 10} more)" if len(errors) > 10 else ""
     return "; ".join(parts) + more
 
