@@ -4,6 +4,7 @@ plain JSON or server-sent events, with queueing and cancellation on client disco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -11,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from splice.assistant.errors import ApiError
 from splice.assistant.metrics import Metrics
@@ -21,6 +22,11 @@ from splice.assistant.settings import Settings
 from splice.completion.engine import CompletionEngine, CompletionInput, CompletionResult, GenerationParams
 
 DISCONNECT_POLL_S = 0.05
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request waited for the model."""
 
 
 class CompletionService:
@@ -60,10 +66,23 @@ class CompletionService:
         filepath = req.segments.filepath if req.segments else None
         return CompletionInput(prefix=prefix, suffix=suffix, language=req.language, filepath=filepath), params
 
-    async def _start(self, job: Callable[[], CompletionResult]) -> asyncio.Future[CompletionResult]:
+    async def _start(
+        self, job: Callable[[], CompletionResult], watcher: asyncio.Task[None]
+    ) -> asyncio.Future[CompletionResult]:
+        """Queue `job` for the model; a client that disconnects while queued leaves the queue
+        (ClientGone) and its job never runs."""
         self.metrics.queue_depth.set(self.scheduler.waiting + 1)
+        submit = asyncio.ensure_future(self.scheduler.submit(job))
         try:
-            awaitable = await self.scheduler.submit(job)
+            await asyncio.wait({submit, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not submit.done():
+                submit.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await submit
+            if submit.cancelled():
+                self.metrics.completions.labels(finish_reason="cancelled").inc()
+                raise ClientGone
+            awaitable = submit.result()
         except QueueFull as exc:
             self.metrics.rejected.inc()
             raise ApiError(
@@ -124,8 +143,10 @@ class CompletionService:
                 return self.engine.complete(inp, params, cancel=cancel)
 
         try:
-            future = await self._start(job)
+            future = await self._start(job, watcher)
             result = await future
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         except ValueError as exc:
             raise ApiError(422, "invalid_request", str(exc)) from exc
         finally:
@@ -133,7 +154,7 @@ class CompletionService:
         body = self._response(_new_id(), result, ((started or [queued])[0] - queued) * 1000.0)
         return JSONResponse(body.model_dump())
 
-    async def stream(self, req: CompletionRequest, request: Request) -> StreamingResponse:
+    async def stream(self, req: CompletionRequest, request: Request) -> Response:
         inp, params = self.to_job(req)
         cid = _new_id()
         cancel = threading.Event()
@@ -150,10 +171,20 @@ class CompletionService:
             with self.metrics.in_progress.track_inprogress():
                 return self.engine.complete(inp, params, cancel=cancel, on_text=on_text)
 
-        future = await self._start(job)
+        # Until the stream starts, nothing else notices a client that gives up while queued.
+        watcher = asyncio.create_task(_watch_disconnect(request, cancel))
+        try:
+            future = await self._start(job, watcher)
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        except BaseException:
+            watcher.cancel()
+            raise
         future.add_done_callback(lambda _: deltas.put_nowait(None))
+        future.add_done_callback(lambda _: watcher.cancel())
 
         async def events() -> AsyncIterator[str]:
+            watcher.cancel()  # from here on, a disconnect cancels this generator
             try:
                 while (delta := await deltas.get()) is not None:
                     yield _sse(_chunk(cid, self.engine.loaded.model_id, delta, None))

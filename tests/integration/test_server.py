@@ -43,6 +43,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def queued_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Like `server`, but one request may wait for the model."""
+    model = save_model_dir(tmp_path_factory.mktemp("srv-q"), "plain", "llama", max_position_embeddings=4096)
+    env = {
+        "SPLICE_HOME": str(tmp_path_factory.mktemp("home")),
+        "SPLICE_MAX_TOKENS_LIMIT": str(TOKENS_LIMIT),
+        "SPLICE_QUEUE_SIZE": "1",
+    }
+    with running_server(str(model), env=env) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def fim_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """StarCoder-style FIM tokens and a 128-token context, to exercise FIM prompts and trimming."""
     model = save_model_dir(
@@ -168,7 +181,14 @@ def test_metrics_count_requests_latency_and_tokens(server: str) -> None:
 
 # --- queueing and cancellation -----------------------------------------------------------------
 
-LONG = {"prompt": "x = 1\n", "max_tokens": TOKENS_LIMIT}
+# A request that keeps the model busy for seconds: on this tiny model, greedy decoding after
+# this prompt never emits an end token nor leaves the scope (checked by the first test below).
+LONG = {"prompt": "a = [\n", "max_tokens": TOKENS_LIMIT}
+
+
+def test_long_request_runs_to_its_limit(server: str) -> None:
+    body = complete(server, {**LONG, "max_tokens": 400}).json()
+    assert body["choices"][0]["finish_reason"] == "length", "LONG no longer keeps the model busy; pick another"
 
 
 def _idle(url: str) -> bool:
@@ -206,19 +226,46 @@ def test_stream_disconnect_cancels_generation(server: str) -> None:
     assert complete(server, {"prompt": "z = 3\n", "max_tokens": 3}).status_code == 200
 
 
+def _send_raw(url: str, body: dict[str, object]) -> socket.socket:
+    """Send a request on a raw socket, so the test decides when the client goes away."""
+    host = urlparse(url)
+    data = json.dumps(body).encode()
+    sock = socket.create_connection((host.hostname, host.port))
+    head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    sock.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return sock
+
+
+def _cancelled(url: str) -> float:
+    return metric(url, "splice_completions_total", finish_reason="cancelled")
+
+
 def test_plain_request_disconnect_cancels_generation(server: str) -> None:
     assert wait_for(lambda: _idle(server))
-    cancelled = metric(server, "splice_completions_total", finish_reason="cancelled")
-    host = urlparse(server)
-    body = json.dumps(LONG).encode()
-    with socket.create_connection((host.hostname, host.port)) as sock:
-        head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    cancelled = _cancelled(server)
+    with _send_raw(server, LONG):
         assert wait_for(lambda: metric(server, "splice_generation_in_progress") == 1)
-    assert wait_for(
-        lambda: metric(server, "splice_completions_total", finish_reason="cancelled") == cancelled + 1
-    )
+    assert wait_for(lambda: _cancelled(server) == cancelled + 1)
     assert wait_for(lambda: _idle(server))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_request_abandoned_while_queued_leaves_the_queue(queued_server: str, stream: bool) -> None:
+    """A client that leaves while waiting for the model frees its queue place; its job never runs."""
+    url = queued_server
+    assert wait_for(lambda: _idle(url))
+    cancelled = _cancelled(url)
+    with _send_raw(url, LONG):
+        assert wait_for(lambda: metric(url, "splice_generation_in_progress") == 1)
+        with _send_raw(url, {**LONG, "stream": stream}):
+            assert wait_for(lambda: metric(url, "splice_queue_depth") == 1)
+        assert wait_for(lambda: metric(url, "splice_queue_depth") == 0)  # left the queue at once
+        assert _cancelled(url) == cancelled + 1
+        assert metric(url, "splice_generation_in_progress") == 1  # the first one is still running
+    assert wait_for(lambda: _cancelled(url) == cancelled + 2)
+    assert wait_for(lambda: _idle(url))
+    # nothing ran to its length: the abandoned request never started generating
+    assert metric(url, "splice_completions_total", finish_reason="length") == 0
 
 
 # --- FIM template and trimming -----------------------------------------------------------------
