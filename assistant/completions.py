@@ -130,7 +130,7 @@ class CompletionService:
             ),
         )
 
-    async def complete(self, req: CompletionRequest, request: Request) -> JSONResponse:
+    async def complete(self, req: CompletionRequest, request: Request) -> Response:
         inp, params = self.to_job(req)
         cancel = threading.Event()
         watcher = asyncio.create_task(_watch_disconnect(request, cancel))

@@ -188,7 +188,9 @@ LONG = {"prompt": "a = [\n", "max_tokens": TOKENS_LIMIT}
 
 def test_long_request_runs_to_its_limit(server: str) -> None:
     body = complete(server, {**LONG, "max_tokens": 400}).json()
-    assert body["choices"][0]["finish_reason"] == "length", "LONG no longer keeps the model busy; pick another"
+    assert body["choices"][0]["finish_reason"] == "length", (
+        "LONG no longer keeps the model busy: pick another"
+    )
 
 
 def _idle(url: str) -> bool:
