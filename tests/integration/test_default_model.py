@@ -143,3 +143,18 @@ def test_same_text_same_completion_on_every_path(default_server: str, tmp_path: 
     assert cli.returncode == 0, cli.stderr
     assert tabby == openai == streamed == cli.stdout
     assert tabby.strip()
+
+
+def test_gguf_file_spec_is_converted_once_and_reused(default_dir: Path, tmp_path: Path) -> None:
+    """`--model path/to/file.gguf`: converted into the cache on first use, loaded from there after."""
+    gguf = default_gguf(default_home())
+    spec = parse_spec(str(gguf))
+    assert spec.kind == "gguf"
+    first = Path(pull(spec, tmp_path, progress=lambda _: None))
+    assert first == cached_model_dir(spec, tmp_path) and (first / MARKER).is_file()
+    messages: list[str] = []
+    assert Path(pull(spec, tmp_path, progress=messages.append)) == first
+    assert any("already in cache" in m for m in messages)
+    loaded = load_model(spec, home=tmp_path, device="cpu", progress=lambda _: None)
+    assert loaded.model_id == gguf.stem
+    assert loaded.tokenizer("def f():", add_special_tokens=False).input_ids

@@ -74,3 +74,11 @@ def test_load_local_directory(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert loaded.dtype == torch.float32
     assert loaded.context_window == 512
     assert loaded.tokenizer("def f", add_special_tokens=False).input_ids
+
+
+def test_unreachable_hub_id_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="could not download 'splice-test/no-such-model'"):
+        load_model(
+            parse_spec("splice-test/no-such-model"), home=tmp_path, device="cpu", progress=lambda _: None
+        )
