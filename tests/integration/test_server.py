@@ -27,42 +27,45 @@ MAX_BODY = 65_536
 TOKENS_LIMIT = 3000
 
 
+def _tiny_server(
+    factory: pytest.TempPathFactory, family: str, arch: str, context: int, **env: str
+) -> Iterator[str]:
+    model = save_model_dir(factory.mktemp(f"srv-{family}"), family, arch, max_position_embeddings=context)
+    with running_server(str(model), env={"SPLICE_HOME": str(factory.mktemp("home")), **env}) as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    model = save_model_dir(
-        tmp_path_factory.mktemp("srv-llama"), "plain", "llama", max_position_embeddings=4096
+    """Prefix-only tiny Llama; no queue, so a second concurrent request gets 429."""
+    yield from _tiny_server(
+        tmp_path_factory,
+        "plain",
+        "llama",
+        4096,
+        SPLICE_MAX_BODY_BYTES=str(MAX_BODY),
+        SPLICE_MAX_TOKENS_LIMIT=str(TOKENS_LIMIT),
+        SPLICE_QUEUE_SIZE="0",
     )
-    env = {
-        "SPLICE_HOME": str(tmp_path_factory.mktemp("home")),
-        "SPLICE_MAX_BODY_BYTES": str(MAX_BODY),
-        "SPLICE_MAX_TOKENS_LIMIT": str(TOKENS_LIMIT),
-        "SPLICE_QUEUE_SIZE": "0",
-    }
-    with running_server(str(model), env=env) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
 def queued_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Like `server`, but one request may wait for the model."""
-    model = save_model_dir(tmp_path_factory.mktemp("srv-q"), "plain", "llama", max_position_embeddings=4096)
-    env = {
-        "SPLICE_HOME": str(tmp_path_factory.mktemp("home")),
-        "SPLICE_MAX_TOKENS_LIMIT": str(TOKENS_LIMIT),
-        "SPLICE_QUEUE_SIZE": "1",
-    }
-    with running_server(str(model), env=env) as url:
-        yield url
+    yield from _tiny_server(
+        tmp_path_factory,
+        "plain",
+        "llama",
+        4096,
+        SPLICE_MAX_TOKENS_LIMIT=str(TOKENS_LIMIT),
+        SPLICE_QUEUE_SIZE="1",
+    )
 
 
 @pytest.fixture(scope="module")
 def fim_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """StarCoder-style FIM tokens and a 128-token context, to exercise FIM prompts and trimming."""
-    model = save_model_dir(
-        tmp_path_factory.mktemp("srv-fim"), "starcoder", "qwen2", max_position_embeddings=128
-    )
-    with running_server(str(model), env={"SPLICE_HOME": str(tmp_path_factory.mktemp("home"))}) as url:
-        yield url
+    yield from _tiny_server(tmp_path_factory, "starcoder", "qwen2", 128)
 
 
 def metric(url: str, name: str, **labels: str) -> float:
@@ -98,7 +101,7 @@ def complete(url: str, body: dict[str, object]) -> httpx.Response:
 def test_health(server: str) -> None:
     body = httpx.get(f"{server}/v1/health").json()
     assert body["status"] == "ok"
-    assert body["model"].startswith("srv-llama")
+    assert body["model"].startswith("srv-plain")
     assert body["device"] == "cpu"
     assert body["fim_template"] == "prefix-only"
     assert re.match(r"\d+\.\d+", body["version"])
