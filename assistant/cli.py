@@ -152,6 +152,12 @@ def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
         raise CliError(f"cannot reach {url}: {exc.reason}") from exc
 
 
+def cmd_bench_edits(args: argparse.Namespace) -> int:
+    from splice.bench.edits import main as edits_main
+
+    return edits_main(args.args)
+
+
 def cmd_model_pull(args: argparse.Namespace) -> int:
     from splice.completion.models import ModelLoadError, parse_spec, pull
 
@@ -203,6 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--json", action="store_true", help="print the whole result as JSON")
     model_flags(complete)
     complete.set_defaults(func=cmd_complete)
+
+    bench = sub.add_parser(
+        "bench", help="run a benchmark", description="Benchmarks that print a table and JSON."
+    )
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
+    bench_sub.required = True
+    edits = bench_sub.add_parser(
+        "edits", help="KV reuse methods on edit histories", description="See bench/edits.py.", add_help=False
+    )
+    edits.add_argument("args", nargs=argparse.REMAINDER, help="arguments of bench/edits.py (try --help)")
+    edits.set_defaults(func=cmd_bench_edits)
 
     model = sub.add_parser(
         "model", help="manage models", description="Manage models in the cache (SPLICE_HOME)."

@@ -19,6 +19,7 @@ from splice.assistant.metrics import Metrics
 from splice.assistant.scheduler import GenerationScheduler, QueueFull
 from splice.assistant.schemas import Choice, CompletionRequest, CompletionResponse, TimingInfo, Usage
 from splice.assistant.settings import Settings
+from splice.completion.document_cache import DocumentKey
 from splice.completion.engine import CompletionEngine, CompletionInput, CompletionResult, GenerationParams
 
 DISCONNECT_POLL_S = 0.05
@@ -40,6 +41,13 @@ class CompletionService:
 
     def served_names(self) -> set[str]:
         return {self.engine.loaded.model_id, self.settings.model, "default"}
+
+    def document_key(self, req: CompletionRequest) -> DocumentKey | None:
+        """Which document cache a request reuses: the Tabby `filepath` or Splice's `document`."""
+        if self.settings.reuse_method == "full":
+            return None
+        name = req.document or (req.segments.filepath if req.segments else None) or "(unnamed)"
+        return DocumentKey(tenant="default", document=name, model=self.engine.loaded.model_id)
 
     def to_job(self, req: CompletionRequest) -> tuple[CompletionInput, GenerationParams]:
         """Check what pydantic cannot (it depends on the served model and settings)."""
@@ -103,6 +111,10 @@ class CompletionService:
             return
         result = future.result()
         self.metrics.prompt_tokens.inc(result.prompt_tokens)
+        self.metrics.encoded_tokens.inc(result.encoded_prompt_tokens)
+        self.metrics.reused_tokens.inc(result.reused_prompt_tokens)
+        self.metrics.document_bytes.set(self.engine.documents.bytes)
+        self.metrics.documents.set(len(self.engine.documents))
         self.metrics.completion_tokens.inc(result.completion_tokens)
         self.metrics.completions.labels(finish_reason=result.finish_reason).inc()
         if result.completion_tokens:
@@ -120,6 +132,8 @@ class CompletionService:
                 completion_tokens=result.completion_tokens,
                 total_tokens=result.prompt_tokens + result.completion_tokens,
                 trimmed_prompt_tokens=result.trimmed_prompt_tokens,
+                encoded_prompt_tokens=result.encoded_prompt_tokens,
+                reused_prompt_tokens=result.reused_prompt_tokens,
             ),
             timings=TimingInfo(
                 queue_ms=round(queue_ms, 2),
@@ -132,6 +146,7 @@ class CompletionService:
 
     async def complete(self, req: CompletionRequest, request: Request) -> Response:
         inp, params = self.to_job(req)
+        document = self.document_key(req)
         cancel = threading.Event()
         watcher = asyncio.create_task(_watch_disconnect(request, cancel))
         queued = time.perf_counter()
@@ -140,7 +155,7 @@ class CompletionService:
         def job() -> CompletionResult:
             started.append(time.perf_counter())
             with self.metrics.in_progress.track_inprogress():
-                return self.engine.complete(inp, params, cancel=cancel)
+                return self.engine.complete(inp, params, cancel=cancel, document=document)
 
         try:
             future = await self._start(job, watcher)
@@ -156,6 +171,7 @@ class CompletionService:
 
     async def stream(self, req: CompletionRequest, request: Request) -> Response:
         inp, params = self.to_job(req)
+        document = self.document_key(req)
         cid = _new_id()
         cancel = threading.Event()
         loop = asyncio.get_running_loop()
@@ -169,7 +185,7 @@ class CompletionService:
         def job() -> CompletionResult:
             started.append(time.perf_counter())
             with self.metrics.in_progress.track_inprogress():
-                return self.engine.complete(inp, params, cancel=cancel, on_text=on_text)
+                return self.engine.complete(inp, params, cancel=cancel, on_text=on_text, document=document)
 
         # Until the stream starts, nothing else notices a client that gives up while queued.
         watcher = asyncio.create_task(_watch_disconnect(request, cancel))

@@ -27,7 +27,19 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.prompt_tokens = Counter("splice_prompt_tokens", "Prompt tokens encoded", registry=r)
+        self.prompt_tokens = Counter(
+            "splice_prompt_tokens", "Prompt tokens of completion requests", registry=r
+        )
+        self.encoded_tokens = Counter(
+            "splice_prompt_tokens_encoded", "Prompt tokens run through the model", registry=r
+        )
+        self.reused_tokens = Counter(
+            "splice_prompt_tokens_reused", "Prompt tokens whose KV came from a document cache", registry=r
+        )
+        self.document_bytes = Gauge(
+            "splice_document_cache_bytes", "Memory held by document KV caches", registry=r
+        )
+        self.documents = Gauge("splice_document_cache_entries", "Documents with a KV cache", registry=r)
         self.completion_tokens = Counter("splice_completion_tokens", "Tokens generated", registry=r)
         self.completions = Counter(
             "splice_completions", "Completions by finish reason", ["finish_reason"], registry=r

@@ -44,6 +44,9 @@ class CompletionRequest(BaseModel):
     # OpenAI style
     prompt: str | None = None
     suffix: str | None = None
+    document: str | None = Field(
+        None, max_length=1024, description="Splice: names the document so its KV cache is reused across calls"
+    )
     stream: bool = False
     stop: str | list[str] | None = None
     n: int = Field(1, description="Only 1 is supported")
@@ -116,6 +119,8 @@ class Usage(BaseModel):
     completion_tokens: int
     total_tokens: int
     trimmed_prompt_tokens: int = Field(0, description="Prompt tokens dropped to fit the context")
+    encoded_prompt_tokens: int = Field(0, description="Prompt tokens run through the model for this request")
+    reused_prompt_tokens: int = Field(0, description="Prompt tokens whose KV came from the document cache")
 
 
 class TimingInfo(BaseModel):

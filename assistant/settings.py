@@ -46,6 +46,11 @@ class Settings(BaseSettings):
         True,
         description="Re-choose the prompt's last token (fixes prompts ending in indentation or half a word)",
     )
+    reuse_method: Literal["full", "prefix", "naive", "pie", "pie+refresh"] = Field(
+        "pie", description="How a document's cached KV is reused between requests (full disables caching)"
+    )
+    refresh_first_k: int = Field(0, ge=0, description="pie+refresh: kept tokens re-encoded after each edit")
+    document_cache_mb: int = Field(1024, ge=0, description="Memory budget of all document KV caches (LRU)")
     default_max_tokens: int = Field(64, ge=1, description="max_tokens when a request gives none")
     max_tokens_limit: int = Field(512, ge=1, description="Largest max_tokens a request may ask for")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (413 beyond)")
@@ -60,4 +65,7 @@ class Settings(BaseSettings):
             context_window=self.context_window,
             max_prompt_tokens=self.max_prompt_tokens,
             token_healing=self.token_healing,
+            reuse_method=self.reuse_method,
+            refresh_first_k=self.refresh_first_k,
+            document_cache_bytes=self.document_cache_mb << 20,
         )

@@ -22,10 +22,15 @@ from typing import Literal
 import torch
 from transformers import DynamicCache
 
+from splice.completion.document_cache import DocumentCacheStore, DocumentKey
 from splice.completion.fim import FimPrompt, FimTemplate, build_prompt, resolve_template, stop_token_ids
 from splice.completion.healing import TokenHealer
 from splice.completion.models import LoadedModel
+from splice.completion.pie import DocumentKV, apply_plan, encode_full
+from splice.completion.pie_plan import REUSE_METHODS, ReuseMethod, plan_reuse
 from splice.completion.postprocess import is_finished, postprocess, stable_prefix
+from splice.completion.token_edits import diff_tokens
+from splice.kernels.rope import RopeSpec, UnsupportedRope, rope_spec_from_config
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +50,15 @@ class EngineConfig:
     context_window: int | None = None  # None: the model's max_position_embeddings
     max_prompt_tokens: int | None = None  # None: context - max_tokens (capped on CPU, see above)
     token_healing: bool = True  # re-choose the prompt's last token (see splice.completion.healing)
+    reuse_method: ReuseMethod = "pie"  # how a document's cached KV is reused (splice.completion.pie_plan)
+    refresh_first_k: int = 0  # pie+refresh: re-encode this many kept tokens after each edit
+    document_cache_bytes: int = 1 << 30  # budget of all document KV caches of this model
 
     def __post_init__(self) -> None:
+        if self.reuse_method not in REUSE_METHODS:
+            raise ValueError(f"reuse_method must be one of {', '.join(REUSE_METHODS)}")
+        if self.refresh_first_k < 0:
+            raise ValueError("refresh_first_k must be >= 0")
         if self.context_window is not None and self.context_window < 16:
             raise ValueError("context_window must be at least 16 tokens")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 8:
@@ -113,6 +125,8 @@ class CompletionResult:
     completion_tokens: int
     trimmed_prompt_tokens: int
     timings: Timings
+    encoded_prompt_tokens: int = 0  # prompt tokens run through the model for this request
+    reused_prompt_tokens: int = 0  # prompt tokens whose KV came from the document cache
 
 
 TextSink = Callable[[str], None]
@@ -135,6 +149,14 @@ class CompletionEngine:
         self.stop_ids = stop_token_ids(self.tokenizer, self.template)
         self.context_window = self.config.context_window or loaded.context_window
         self.healer = TokenHealer(self.tokenizer) if self.config.token_healing else None
+        self.documents: DocumentCacheStore[DocumentKV] = DocumentCacheStore(self.config.document_cache_bytes)
+        self.rope_spec: RopeSpec | None = None
+        self.rope_problem = ""
+        try:
+            self.rope_spec = rope_spec_from_config(self.model.config)
+        except UnsupportedRope as exc:
+            self.rope_problem = str(exc)
+            log.warning("document caches reuse only common prefixes for this model: %s", exc)
 
     @property
     def device(self) -> torch.device:
@@ -182,6 +204,36 @@ class CompletionEngine:
         out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.past_key_values, out.logits[0, -1].float()
 
+    def encode_document(
+        self, ids: list[int], document: DocumentKey, method: ReuseMethod | None = None
+    ) -> tuple[DocumentKV, int, int]:
+        """Bring `document`'s cache to the sequence `ids`, re-encoding only what changed.
+
+        Returns the cache and the numbers of encoded and reused tokens. The cache is stored
+        back (LRU, within the budget), so the next request for the document starts from it.
+        """
+        method = method or self.config.reuse_method
+        if method in ("naive", "pie", "pie+refresh") and self.rope_spec is None:
+            method = "prefix"  # re-rotation impossible for this RoPE type (logged at start-up)
+        old = self.documents.get(document)
+        if old is None or method == "full":
+            doc = encode_full(self.model, ids)
+            encoded, reused = len(ids), 0
+        else:
+            script = diff_tokens(old.ids, ids)
+            plan = plan_reuse(
+                old.ids,
+                ids,
+                script,
+                method,
+                refresh_first_k=self.config.refresh_first_k,
+                logits_fresh=old.logits is not None,
+            )
+            doc, stats = apply_plan(self.model, old, ids, plan, self.rope_spec)
+            encoded, reused = stats.encoded, stats.reused
+        self.documents.put(document, doc)
+        return doc, encoded, reused
+
     @torch.inference_mode()
     def decode_one_token(self, cache: DynamicCache, token: int) -> torch.Tensor:
         ids = torch.tensor([[token]], dtype=torch.long, device=self.device)  # [1, 1]
@@ -195,9 +247,11 @@ class CompletionEngine:
         *,
         cancel: threading.Event | None = None,
         on_text: TextSink | None = None,
+        document: DocumentKey | None = None,
     ) -> CompletionResult:
         """Generate one suggestion. `on_text` receives stable text deltas while decoding
-        (their concatenation equals `result.text`); `cancel` stops decoding early."""
+        (their concatenation equals `result.text`); `cancel` stops decoding early. With a
+        `document`, its cached KV is reused and only what changed is encoded (PIE)."""
         start = time.perf_counter()
         timings = Timings()
         prompt = self.prepare(inp, params.max_tokens)
@@ -207,7 +261,13 @@ class CompletionEngine:
             timings.total_ms = (time.perf_counter() - start) * 1000.0
             return CompletionResult("", "", "cancelled", len(prompt.input_ids), 0, 0, timings)
 
-        cache, logits = self.prefill(prompt.input_ids)
+        if document is None:
+            cache, logits = self.prefill(prompt.input_ids)
+            encoded, reused = len(prompt.input_ids), 0
+        else:
+            doc, encoded, reused = self.encode_document(prompt.input_ids, document)
+            assert doc.logits is not None
+            cache, logits = doc.to_cache(self.model.config), doc.logits
         timings.prompt_ms = (time.perf_counter() - start) * 1000.0
 
         generated: list[int] = []
@@ -268,6 +328,8 @@ class CompletionEngine:
             completion_tokens=len(generated),
             trimmed_prompt_tokens=prompt.fim.trimmed_prefix_tokens + prompt.fim.trimmed_suffix_tokens,
             timings=timings,
+            encoded_prompt_tokens=encoded,
+            reused_prompt_tokens=reused,
         )
 
 

@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("assistant", "completion", "retrieval", "training", "kernels")
+PACKAGES = ("assistant", "completion", "retrieval", "training", "kernels", "bench")
 ALLOWED = {
     "kernels": set(),
     "completion": {"kernels"},
     "retrieval": set(),
     "training": {"completion", "kernels"},
-    "assistant": {"completion", "retrieval", "kernels"},
+    "bench": {"completion", "kernels", "retrieval", "training"},
+    "assistant": {"completion", "retrieval", "kernels", "bench"},
 }
 
 

@@ -1,0 +1,304 @@
+"""`splice bench edits`: KV reuse methods compared on real edit histories, side by side.
+
+For every edit history (original file + ordered unified diffs), each step's hunks are applied
+as editor edits, then a completion is asked for the step's first added non-blank line: the
+prompt is the text before that line plus its indentation (the last --context-tokens tokens),
+the suffix is the rest of the file. Every method keeps its own document cache across the
+steps of a history, so approximation errors accumulate as they would in an editor session.
+
+Methods: full (recompute), prefix (common-prefix reuse), naive (splice without fixing
+positions), pie, pie+refresh. Per method: exact match and edit similarity of the first line
+against the true line, agreement with `full`, time to first token p50/p90, prompt tokens
+encoded per step and the ratio of each to `full`.
+
+    splice bench edits --data ../shared/data/edit-histories/realistic-edits-public.jsonl.gz \\
+        [--model default] [--limit 40] [--context-tokens 2048] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from splice.completion.document_cache import DocumentKey
+from splice.completion.engine import CompletionEngine, CompletionInput, EngineConfig, GenerationParams
+from splice.completion.models import LoadedModel, load_model, parse_spec
+from splice.completion.pie_plan import REUSE_METHODS, ReuseMethod
+
+HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+@dataclass(frozen=True)
+class Step:
+    history: str
+    before: str  # the file before the step
+    after: str  # the file after it
+    prefix: str  # prompt text: up to the target line's indentation
+    suffix: str  # the rest of the file after the target line
+    target: str  # the target line, without its indentation
+
+
+def apply_unified_diff(text: str, diff: str) -> str:
+    """Apply a unified diff (one file) to `text`; ValueError if a hunk does not match."""
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    cursor = 0
+    body = diff.splitlines(keepends=True)
+    i = 0
+    while i < len(body):
+        m = HUNK.match(body[i])
+        i += 1
+        if not m:
+            continue
+        start = int(m.group(1)) - (0 if m.group(2) == "0" else 1)
+        out.extend(lines[cursor:start])
+        cursor = start
+        while i < len(body) and not body[i].startswith("@@"):
+            tag, content = body[i][:1], body[i][1:]
+            i += 1
+            if tag == "\\":  # "\ No newline at end of file"
+                if out and out[-1].endswith("\n"):
+                    out[-1] = out[-1][:-1]
+                continue
+            if tag in (" ", "-"):
+                if cursor >= len(lines) or lines[cursor].rstrip("\r\n") != content.rstrip("\r\n"):
+                    raise ValueError(f"hunk does not match at line {cursor + 1}")
+                if tag == " ":
+                    out.append(lines[cursor])
+                cursor += 1
+            elif tag == "+":
+                out.append(content)
+    out.extend(lines[cursor:])
+    return "".join(out)
+
+
+def first_added_line(diff: str) -> int | None:
+    """0-based line number, in the new file, of the step's first added non-blank line."""
+    new_line = 0
+    for line in diff.splitlines():
+        m = HUNK.match(line)
+        if m:
+            new_line = int(m.group(3)) - 1
+            continue
+        if line.startswith(("+++", "---")):
+            continue
+        if line.startswith("+"):
+            if line[1:].strip():
+                return new_line
+            new_line += 1
+        elif line.startswith(" "):
+            new_line += 1
+    return None
+
+
+def load_steps(path: Path, limit: int | None) -> Iterator[tuple[str, str, list[Step]]]:
+    """Yield (history id, original text, its steps), stopping after `limit` steps in total."""
+    count = 0
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for raw in fh:
+            row = json.loads(raw)
+            text, steps = row["original"], []
+            for diff in row["steps"]:
+                try:
+                    after = apply_unified_diff(text, diff)
+                except ValueError:
+                    break
+                target_line = first_added_line(diff)
+                if target_line is not None:
+                    lines = after.splitlines(keepends=True)
+                    line = lines[target_line].rstrip("\r\n")
+                    indent = line[: len(line) - len(line.lstrip())]
+                    head = "".join(lines[:target_line])
+                    steps.append(
+                        Step(
+                            row["id"],
+                            text,
+                            after,
+                            head + indent,
+                            "\n" + "".join(lines[target_line + 1 :]),
+                            line.strip(),
+                        )
+                    )
+                text = after
+            if steps:
+                take = steps if limit is None else steps[: max(0, limit - count)]
+                if take:
+                    yield row["id"], row["original"], take
+                    count += len(take)
+            if limit is not None and count >= limit:
+                return
+
+
+def edit_similarity(a: str, b: str) -> float:
+    if not a and not b:
+        return 1.0
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return 1.0 - prev[-1] / max(len(a), len(b))
+
+
+@dataclass
+class MethodStats:
+    em: list[float] = field(default_factory=list)
+    es: list[float] = field(default_factory=list)
+    agree: list[float] = field(default_factory=list)
+    ttft_ms: list[float] = field(default_factory=list)
+    encoded: list[int] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        q = statistics.quantiles(self.ttft_ms, n=10) if len(self.ttft_ms) > 1 else self.ttft_ms * 9
+        return {
+            "em": statistics.fmean(self.em),
+            "es": statistics.fmean(self.es),
+            "agree_full": statistics.fmean(self.agree),
+            "ttft_ms_p50": statistics.median(self.ttft_ms),
+            "ttft_ms_p90": q[8],
+            "tokens_encoded_mean": statistics.fmean(self.encoded),
+        }
+
+
+def run(
+    loaded: LoadedModel,
+    data: Path,
+    *,
+    methods: tuple[ReuseMethod, ...],
+    limit: int | None,
+    context_tokens: int,
+    refresh_first_k: int,
+    max_tokens: int = 32,
+    progress: bool = True,
+) -> dict[str, object]:
+    engines = {
+        m: CompletionEngine(
+            loaded,
+            EngineConfig(max_prompt_tokens=context_tokens, reuse_method=m, refresh_first_k=refresh_first_k),
+        )
+        for m in methods
+    }
+    stats = {m: MethodStats() for m in methods}
+    params = GenerationParams(max_tokens=max_tokens, stop=("\n",))
+    n_steps = 0
+    started = time.perf_counter()
+    for history, original, steps in load_steps(data, limit):
+        key = DocumentKey("bench", history, loaded.model_id)
+        for engine in engines.values():  # prime each cache with the file before its first edit
+            first = steps[0]
+            engine.complete(
+                CompletionInput(original[: len(first.prefix)]), GenerationParams(max_tokens=1), document=key
+            )
+        for step in steps:
+            n_steps += 1
+            texts: dict[str, str] = {}
+            for m, engine in engines.items():
+                result = engine.complete(CompletionInput(step.prefix, step.suffix), params, document=key)
+                line = result.text.split("\n", 1)[0].strip()
+                texts[m] = line
+                s = stats[m]
+                s.em.append(float(line == step.target))
+                s.es.append(edit_similarity(line, step.target))
+                s.ttft_ms.append(result.timings.first_token_ms)
+                s.encoded.append(result.encoded_prompt_tokens)
+            for m in methods:
+                stats[m].agree.append(float(texts[m] == texts.get("full", texts[m])))
+            if progress:
+                elapsed = time.perf_counter() - started
+                eta = elapsed / n_steps * ((limit or n_steps) - n_steps)
+                print(
+                    f"\r  step {n_steps}/{limit or '?'}  {elapsed:.0f}s elapsed, ETA {eta:.0f}s",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    if progress:
+        print(file=sys.stderr)
+    if not n_steps:
+        raise SystemExit("no usable steps in the data")
+    summary = {m: s.summary() for m, s in stats.items()}
+    base = summary.get("full")
+    for row in summary.values():
+        if base:
+            row["ttft_ratio_to_full"] = row["ttft_ms_p50"] / base["ttft_ms_p50"]
+            row["tokens_ratio_to_full"] = row["tokens_encoded_mean"] / base["tokens_encoded_mean"]
+    return {
+        "model": loaded.model_id,
+        "steps": n_steps,
+        "context_tokens": context_tokens,
+        "refresh_first_k": refresh_first_k,
+        "device": str(loaded.device),
+        "methods": summary,
+    }
+
+
+def print_table(result: dict[str, object]) -> None:
+    methods = result["methods"]
+    assert isinstance(methods, dict)
+    print(
+        f"\n{result['model']}, {result['steps']} steps, {result['context_tokens']} context tokens, "
+        f"{result['device']}"
+    )
+    head = f"{'method':<12} {'EM':>6} {'ES':>6} {'=full':>6} {'TTFT p50':>9} {'p90':>8} "
+    head += f"{'encoded':>8} {'vs full':>8}"
+    print(head)
+    print("-" * len(head))
+    for name, s in methods.items():
+        ratio = s.get("ttft_ratio_to_full", 1.0)
+        print(
+            f"{name:<12} {s['em']:>6.3f} {s['es']:>6.3f} {s['agree_full']:>6.3f} {s['ttft_ms_p50']:>8.0f}ms "
+            f"{s['ttft_ms_p90']:>6.0f}ms {s['tokens_encoded_mean']:>8.0f} {ratio:>7.3f}x"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="splice bench edits", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, required=True, help="edit histories (.jsonl.gz)")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--limit", type=int, default=40, help="steps in total (default 40)")
+    parser.add_argument("--context-tokens", type=int, default=2048)
+    parser.add_argument(
+        "--refresh-first-k", type=int, default=8, help="pie+refresh: tokens re-encoded per edit"
+    )
+    parser.add_argument("--methods", nargs="+", default=list(REUSE_METHODS), choices=REUSE_METHODS)
+    parser.add_argument("--json", type=Path, help="write the result here")
+    args = parser.parse_args(argv)
+    if not args.data.is_file():
+        print(f"splice bench edits: error: no such file: {args.data}", file=sys.stderr)
+        return 2
+    loaded = load_model(
+        parse_spec(args.model), device=args.device, progress=lambda m: print(m, file=sys.stderr)
+    )
+    methods = tuple(args.methods)
+    if "full" in methods:  # full first, so agreement is measured against it
+        methods = ("full", *(m for m in methods if m != "full"))
+    result = run(
+        loaded,
+        args.data,
+        methods=methods,
+        limit=args.limit,
+        context_tokens=args.context_tokens,
+        refresh_first_k=args.refresh_first_k,
+    )
+    print_table(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Document KV caches and the execution of a `ReusePlan` (Positional Integrity Encoding).
+
+A `DocumentKV` is a plain structure of per-layer buffers for one token sequence at positions
+0..n-1: the keys as attention uses them (after RoPE, at the current positions), the values,
+the keys as they were first encoded (`orig_keys`) and, per token, how far it has moved since
+(`offset`). Current keys are always recomputed as R(offset) . orig_keys, a single rotation from
+the original, so hundreds of edits never compound rounding error.
+
+`apply_plan` builds the new sequence's cache: reused tokens are gathered (and re-rotated to
+their new positions), then every token to encode is run through the model in ONE pass, each
+attending to everything before it at its new position (reused tokens and earlier encoded
+ones) through a custom 4D attention mask. The model appends the fresh K/V to the cache; they
+are then scattered into new-sequence order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
+
+from splice.completion.pie_plan import ReusePlan
+from splice.kernels.rope import RopeSpec, rotate_keys
+
+
+@dataclass
+class DocumentKV:
+    """The KV cache of one token sequence. Tensors are per layer, shaped [H_kv, S, D]."""
+
+    ids: list[int]
+    keys: list[torch.Tensor]  # at current positions (what attention reads)
+    values: list[torch.Tensor]
+    orig_keys: list[torch.Tensor]  # as first encoded
+    offset: torch.Tensor  # [S] long: current position - position at encoding
+    logits: torch.Tensor | None  # [V] fp32 after the last token, None if stale
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.keys, *self.values, *self.orig_keys]
+        return sum(t.numel() * t.element_size() for t in tensors) + self.offset.numel() * 8
+
+    def to_cache(self, config: PretrainedConfig) -> DynamicCache:
+        """A DynamicCache to decode from; decoding appends to copies, this document is untouched."""
+        cache = DynamicCache(config=config)
+        for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            cache.update(k.unsqueeze(0), v.unsqueeze(0), layer)  # [1, H_kv, S, D]
+        return cache
+
+
+@dataclass(frozen=True)
+class ApplyStats:
+    reused: int
+    encoded: int
+    rotated: int
+    seconds: float
+
+
+def _layer_tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for layer in cache.layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
+            raise TypeError(f"document caches need full-attention KV layers, got {type(layer).__name__}")
+        out.append((keys[0], values[0]))  # [H_kv, S, D] each
+    return out
+
+
+@torch.inference_mode()
+def encode_full(model: PreTrainedModel, ids: list[int]) -> DocumentKV:
+    """Plain causal prefill of the whole sequence (also the `full` method)."""
+    device = next(model.parameters()).device
+    cache = DynamicCache(config=model.config)
+    out = model(
+        input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True, logits_to_keep=1
+    )
+    layers = _layer_tensors(out.past_key_values)
+    keys = [k for k, _ in layers]
+    return DocumentKV(
+        ids=list(ids),
+        keys=keys,
+        values=[v for _, v in layers],
+        orig_keys=keys,  # the same tensors until a token moves (never written in place)
+        offset=torch.zeros(len(ids), dtype=torch.long, device=device),
+        logits=out.logits[0, -1].float(),
+    )
+
+
+@torch.inference_mode()
+def apply_plan(
+    model: PreTrainedModel, old: DocumentKV, new_ids: list[int], plan: ReusePlan, spec: RopeSpec | None
+) -> tuple[DocumentKV, ApplyStats]:
+    """Execute `plan` against `old` for the sequence `new_ids`; returns the new cache."""
+    start = time.perf_counter()
+    if plan.new_length != len(new_ids):
+        raise ValueError("plan and new_ids disagree on the sequence length")
+    if plan.reused == 0:
+        doc = encode_full(model, new_ids)
+        return doc, ApplyStats(0, len(new_ids), 0, time.perf_counter() - start)
+    if plan.rotate and spec is None:
+        raise ValueError("re-rotation needs a RopeSpec")
+    device = old.offset.device
+    src = torch.tensor(plan.reuse_src, dtype=torch.long, device=device)
+    dst = torch.tensor(plan.reuse_dst, dtype=torch.long, device=device)
+    moved = (dst - src) != 0
+
+    # 1. Gather the reused tokens (in new order) and bring their keys to the new positions.
+    offset = old.offset[src] + (dst - src)
+    reused_keys, reused_values, reused_orig = [], [], []
+    for k, v, ko in zip(old.keys, old.values, old.orig_keys, strict=True):
+        k_sel, ko_sel = k[:, src], ko[:, src]  # [H_kv, R, D]
+        if plan.rotate and bool(moved.any()):
+            assert spec is not None
+            rotated = rotate_keys(ko_sel[:, moved], offset[moved], spec)
+            k_sel = k_sel.clone()
+            k_sel[:, moved] = rotated
+        reused_keys.append(k_sel)
+        reused_values.append(v[:, src])
+        reused_orig.append(ko_sel)
+    if not plan.rotate:  # naive: the keys keep their old rotation; record no movement
+        offset = old.offset[src]
+
+    n = plan.new_length
+    keys = [torch.empty((k.shape[0], n, k.shape[2]), dtype=k.dtype, device=device) for k in old.keys]
+    values = [torch.empty_like(k) for k in keys]
+    orig = [torch.empty_like(k) for k in keys]
+    new_offset = torch.zeros(n, dtype=torch.long, device=device)
+    for layer in range(len(keys)):
+        keys[layer][:, dst] = reused_keys[layer]
+        values[layer][:, dst] = reused_values[layer]
+        orig[layer][:, dst] = reused_orig[layer]
+    new_offset[dst] = offset
+
+    logits = old.logits
+    if plan.encoded:
+        # 2. Encode the new tokens in one pass: each sees the reused tokens and the encoded
+        # ones at positions up to its own.
+        enc = torch.tensor(plan.encode, dtype=torch.long, device=device)
+        cache = DynamicCache(config=model.config)
+        for layer, (k, v) in enumerate(zip(reused_keys, reused_values, strict=True)):
+            cache.update(k.unsqueeze(0), v.unsqueeze(0), layer)
+        kv_pos = torch.cat([dst, enc])  # positions of the keys: reused first, then encoded
+        mask = kv_pos.unsqueeze(0) <= enc.unsqueeze(1)  # [Q, R + Q]: attend to positions <= own
+        ids = torch.tensor([[new_ids[i] for i in plan.encode]], dtype=torch.long, device=device)
+        out = model(
+            input_ids=ids,
+            position_ids=enc.unsqueeze(0),
+            past_key_values=cache,
+            attention_mask=mask[None, None],
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        for layer, (k, v) in enumerate(_layer_tensors(out.past_key_values)):
+            fresh_k, fresh_v = k[:, plan.reused :], v[:, plan.reused :]  # [H_kv, Q, D]
+            keys[layer][:, enc] = fresh_k
+            values[layer][:, enc] = fresh_v
+            orig[layer][:, enc] = fresh_k
+        logits = out.logits[0, -1].float() if plan.encode[-1] == n - 1 else None
+    doc = DocumentKV(list(new_ids), keys, values, orig, new_offset, logits)
+    stats = ApplyStats(plan.reused, plan.encoded, int(moved.sum()), time.perf_counter() - start)
+    return doc, stats

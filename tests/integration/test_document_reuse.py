@@ -1,0 +1,69 @@
+"""REST calls reuse the document's KV cache (PIE): only what an edit changed is encoded."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support.server import running_server
+from tests.support.tiny import save_model_dir
+
+
+def source_file(lines: int) -> list[str]:
+    return [f"    value_{i} = compute(value_{i - 1}, {i})  # step {i}\n" for i in range(lines)]
+
+
+@pytest.fixture(scope="module")
+def fim_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    model = save_model_dir(
+        tmp_path_factory.mktemp("reuse"), "starcoder", "llama", max_position_embeddings=16384
+    )
+    env = {"SPLICE_HOME": str(tmp_path_factory.mktemp("home")), "SPLICE_MAX_PROMPT_TOKENS": "12000"}
+    with running_server(str(model), env=env) as url:
+        yield url
+
+
+def ask(url: str, prefix: str, suffix: str, filepath: str = "pkg/big.py") -> dict:  # type: ignore[type-arg]
+    body = {"segments": {"prefix": prefix, "suffix": suffix, "filepath": filepath}, "max_tokens": 8}
+    resp = httpx.post(f"{url}/v1/completions", json=body, timeout=300)
+    assert resp.status_code == 200, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def counter(url: str, name: str) -> float:
+    m = re.search(rf"^{name} (\S+)$", httpx.get(f"{url}/metrics").text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_one_line_edit_in_a_4k_token_file_encodes_under_5_percent(fim_server: str) -> None:
+    lines = source_file(400)
+    cursor = 300
+    head, tail = "def run():\n" + "".join(lines[:cursor]) + "    ", "".join(lines[cursor:])
+    first = ask(fim_server, head, tail)["usage"]
+    assert first["prompt_tokens"] >= 4000, first
+    assert first["encoded_prompt_tokens"] == first["prompt_tokens"]  # nothing cached yet
+
+    reused_before = counter(fim_server, "splice_prompt_tokens_reused_total")
+    lines[120] = "    value_120 = recompute(value_119, 120)  # edited\n"  # one-line edit above the cursor
+    head = "def run():\n" + "".join(lines[:cursor]) + "    "
+    second = ask(fim_server, head, tail)["usage"]
+    assert second["encoded_prompt_tokens"] < 0.05 * second["prompt_tokens"], second
+    assert second["reused_prompt_tokens"] + second["encoded_prompt_tokens"] == second["prompt_tokens"]
+    assert (
+        counter(fim_server, "splice_prompt_tokens_reused_total") - reused_before
+        == second["reused_prompt_tokens"]
+    )
+
+    # another document does not see this one's cache
+    other = ask(fim_server, head, tail, filepath="pkg/other.py")["usage"]
+    assert other["encoded_prompt_tokens"] == other["prompt_tokens"]
+
+
+def test_repeated_request_encodes_nothing(fim_server: str) -> None:
+    head, tail = "x = 1\n" * 50, "y = 2\n" * 50
+    ask(fim_server, head, tail, filepath="same.py")
+    again = ask(fim_server, head, tail, filepath="same.py")["usage"]
+    assert again["encoded_prompt_tokens"] == 0 and again["reused_prompt_tokens"] == again["prompt_tokens"]
