@@ -1,0 +1,111 @@
+"""`splice bench edits` end to end on a tiny model and a generated edit history (small form)."""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from splice.bench.edits import apply_unified_diff, first_added_line
+
+
+def history(tmp_path: Path) -> Path:
+    original = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(60))
+    texts = [original]
+    for step in range(3):
+        lines = texts[-1].splitlines(keepends=True)
+        at = 20 + 30 * step
+        lines[at:at] = [f"def added_{step}(y):\n", f"    return y * {step}\n", "\n"]
+        texts.append("".join(lines))
+    steps = [
+        "".join(
+            difflib.unified_diff(a.splitlines(keepends=True), b.splitlines(keepends=True), "a/m.py", "b/m.py")
+        )
+        for a, b in zip(texts, texts[1:])
+    ]
+    row = {
+        "id": "gen/m.py",
+        "repo": "gen",
+        "path": "m.py",
+        "original": original,
+        "steps": steps,
+        "final": texts[-1],
+    }
+    path = tmp_path / "edits.jsonl.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write(json.dumps(row) + "\n")
+    return path
+
+
+def test_unified_diff_application_and_target_line(tmp_path: Path) -> None:
+    row = json.loads(gzip.open(history(tmp_path), "rt").read())
+    text = row["original"]
+    for diff in row["steps"]:
+        text = apply_unified_diff(text, diff)
+        line = first_added_line(diff)
+        assert line is not None and text.splitlines()[line].startswith("def added_")
+    assert text == row["final"]
+
+
+def test_bench_edits_compares_every_method(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "splice.assistant",
+            "bench",
+            "edits",
+            "--data",
+            str(history(tmp_path)),
+            "--model",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+            "--limit",
+            "3",
+            "--context-tokens",
+            "256",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["steps"] == 3
+    methods = result["methods"]
+    assert set(methods) == {"full", "prefix", "naive", "pie", "pie+refresh"}
+    for row in methods.values():
+        for rate in ("em", "es", "agree_full"):
+            assert 0.0 <= row[rate] <= 1.0
+        assert row["ttft_ms_p50"] > 0 and row["ttft_ms_p90"] >= row["ttft_ms_p50"]
+    assert methods["full"]["agree_full"] == 1.0
+    assert methods["prefix"]["agree_full"] == 1.0  # prefix reuse is exact
+    # PIE reuses the kept tokens: it encodes fewer than prefix reuse, which encodes fewer than full
+    assert methods["pie"]["tokens_encoded_mean"] < methods["prefix"]["tokens_encoded_mean"]
+    assert methods["prefix"]["tokens_encoded_mean"] < methods["full"]["tokens_encoded_mean"]
+    assert "pie" in proc.stdout and "TTFT" in proc.stdout
+
+
+def test_missing_data_file_is_a_clear_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "splice.assistant",
+            "bench",
+            "edits",
+            "--data",
+            str(tmp_path / "none.jsonl.gz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "no such file" in proc.stderr
