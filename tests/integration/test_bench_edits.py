@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import gzip
+import itertools
 import json
 import subprocess
 import sys
@@ -24,7 +25,7 @@ def history(tmp_path: Path) -> Path:
         "".join(
             difflib.unified_diff(a.splitlines(keepends=True), b.splitlines(keepends=True), "a/m.py", "b/m.py")
         )
-        for a, b in zip(texts, texts[1:])
+        for a, b in itertools.pairwise(texts)
     ]
     row = {
         "id": "gen/m.py",
@@ -41,7 +42,8 @@ def history(tmp_path: Path) -> Path:
 
 
 def test_unified_diff_application_and_target_line(tmp_path: Path) -> None:
-    row = json.loads(gzip.open(history(tmp_path), "rt").read())
+    with gzip.open(history(tmp_path), "rt") as fh:
+        row = json.loads(fh.read())
     text = row["original"]
     for diff in row["steps"]:
         text = apply_unified_diff(text, diff)
