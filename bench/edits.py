@@ -31,6 +31,7 @@ from pathlib import Path
 from splice.completion.document_cache import DocumentKey
 from splice.completion.engine import CompletionEngine, CompletionInput, EngineConfig, GenerationParams
 from splice.completion.models import LoadedModel, load_model, parse_spec
+from splice.completion.pie import encode_full
 from splice.completion.pie_plan import REUSE_METHODS, ReuseMethod
 
 HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
@@ -193,11 +194,13 @@ def run(
     started = time.perf_counter()
     for history, original, steps in load_steps(data, limit):
         key = DocumentKey("bench", history, loaded.model_id)
-        for engine in engines.values():  # prime each cache with the file before its first edit
-            first = steps[0]
-            engine.complete(
-                CompletionInput(original[: len(first.prefix)]), GenerationParams(max_tokens=1), document=key
-            )
+        # Prime every method's cache with the file before its first edit, encoded once: the
+        # state is the same for all methods, and reuse never writes into a cache it reads.
+        any_engine = next(iter(engines.values()))
+        primer = any_engine.prepare(CompletionInput(original[: len(steps[0].prefix)]), params.max_tokens)
+        primed = encode_full(loaded.model, primer.input_ids)
+        for engine in engines.values():
+            engine.documents.put(key, primed)
         for step in steps:
             n_steps += 1
             texts: dict[str, str] = {}
