@@ -90,7 +90,7 @@ class DocumentCacheStore(Generic[T]):
         self._sync()
         return True
 
-    def keys(self) -> list[DocumentKey]:
+    def lru_order(self) -> list[DocumentKey]:
         """Least recently used first."""
         return list(self._items)
 

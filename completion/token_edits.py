@@ -438,11 +438,11 @@ def _sync_window(
         if left is None:
             if left_clamped:
                 return _MERGE_LEFT
-            margin_left *= 2
+            margin_left = max(2 * margin_left, 1)
         if right is None:
             if right_clamped:
                 return _MERGE_RIGHT
-            margin_right *= 2
+            margin_right = max(2 * margin_right, 1)
 
 
 def _regions(edits: list[TextEdit]) -> list[_Region]:

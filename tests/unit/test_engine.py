@@ -193,3 +193,43 @@ def test_unsupported_fim_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="spm"):
         make_engine("qwen", "qwen2", fim_mode="spm")
     assert make_engine("starcoder", fim_mode="spm").config.fim_mode == "spm"
+
+
+def test_document_cache_reuses_kv_and_matches_full_for_an_append() -> None:
+    from splice.completion.document_cache import DocumentKey
+
+    engine = make_engine("starcoder", "llama", token_healing=False)
+    fresh = make_engine("starcoder", "llama", token_healing=False, reuse_method="full")
+    key = DocumentKey("t", "doc.py", "tiny")
+    head = "".join(f"x_{i} = {i}\n" for i in range(40))
+    first = engine.complete(CompletionInput(head, ""), GenerationParams(max_tokens=8), document=key)
+    assert first.encoded_prompt_tokens == first.prompt_tokens and first.reused_prompt_tokens == 0
+
+    appended = head + "y = x_3 + x_4\n"  # an edit at the end: nothing cached is stale
+    cached = engine.complete(CompletionInput(appended, ""), GenerationParams(max_tokens=8), document=key)
+    reference = fresh.complete(CompletionInput(appended, ""), GenerationParams(max_tokens=8))
+    assert cached.reused_prompt_tokens > 0.8 * cached.prompt_tokens
+    assert cached.encoded_prompt_tokens + cached.reused_prompt_tokens == cached.prompt_tokens
+    assert cached.raw == reference.raw
+
+    again = engine.complete(CompletionInput(appended, ""), GenerationParams(max_tokens=8), document=key)
+    assert again.encoded_prompt_tokens == 0 and again.raw == cached.raw
+    assert len(engine.documents) == 1 and engine.documents.bytes > 0
+
+
+def test_document_cache_budget_evicts_least_recently_used() -> None:
+    from splice.completion.document_cache import DocumentKey
+
+    engine = make_engine(document_cache_bytes=1 << 30)
+    for name in ("a", "b", "c"):
+        engine.complete(
+            CompletionInput("z = 1\n" * 30),
+            GenerationParams(max_tokens=2),
+            document=DocumentKey("t", name, "m"),
+        )
+    one = engine.documents.bytes // 3
+    engine.documents.budget_bytes = 2 * one + one // 2  # room for two
+    engine.complete(
+        CompletionInput("z = 1\n" * 30), GenerationParams(max_tokens=2), document=DocumentKey("t", "a", "m")
+    )
+    assert [k.document for k in engine.documents.lru_order()] == ["c", "a"]
