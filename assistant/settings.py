@@ -50,6 +50,9 @@ class Settings(BaseSettings):
         "pie", description="How a document's cached KV is reused between requests (full disables caching)"
     )
     refresh_first_k: int = Field(0, ge=0, description="pie+refresh: kept tokens re-encoded after each edit")
+    refresh_ratio: float = Field(
+        0.0, ge=0.0, le=1.0, description="pie+refresh: fraction of the most deviant kept tokens re-encoded"
+    )
     document_cache_mb: int = Field(1024, ge=0, description="Memory budget of all document KV caches (LRU)")
     default_max_tokens: int = Field(64, ge=1, description="max_tokens when a request gives none")
     max_tokens_limit: int = Field(512, ge=1, description="Largest max_tokens a request may ask for")
@@ -67,5 +70,6 @@ class Settings(BaseSettings):
             token_healing=self.token_healing,
             reuse_method=self.reuse_method,
             refresh_first_k=self.refresh_first_k,
+            refresh_ratio=self.refresh_ratio,
             document_cache_bytes=self.document_cache_mb << 20,
         )

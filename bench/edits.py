@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from splice.completion.document_cache import DocumentKey
 from splice.completion.engine import CompletionEngine, CompletionInput, EngineConfig, GenerationParams
 from splice.completion.models import LoadedModel, load_model, parse_spec
@@ -178,13 +180,19 @@ def run(
     limit: int | None,
     context_tokens: int,
     refresh_first_k: int,
+    refresh_ratio: float = 0.0,
     max_tokens: int = 32,
     progress: bool = True,
 ) -> dict[str, object]:
     engines = {
         m: CompletionEngine(
             loaded,
-            EngineConfig(max_prompt_tokens=context_tokens, reuse_method=m, refresh_first_k=refresh_first_k),
+            EngineConfig(
+                max_prompt_tokens=context_tokens,
+                reuse_method=m,
+                refresh_first_k=refresh_first_k,
+                refresh_ratio=refresh_ratio,
+            ),
         )
         for m in methods
     }
@@ -239,7 +247,9 @@ def run(
         "steps": n_steps,
         "context_tokens": context_tokens,
         "refresh_first_k": refresh_first_k,
+        "refresh_ratio": refresh_ratio,
         "device": str(loaded.device),
+        "threads": torch.get_num_threads(),
         "methods": summary,
     }
 
@@ -275,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--refresh-first-k", type=int, default=8, help="pie+refresh: tokens re-encoded per edit"
     )
+    parser.add_argument(
+        "--refresh-ratio",
+        type=float,
+        default=0.0,
+        help="pie+refresh: fraction of the most deviant kept tokens re-encoded (CacheBlend-style)",
+    )
     parser.add_argument("--methods", nargs="+", default=list(REUSE_METHODS), choices=REUSE_METHODS)
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
@@ -294,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         limit=args.limit,
         context_tokens=args.context_tokens,
         refresh_first_k=args.refresh_first_k,
+        refresh_ratio=args.refresh_ratio,
     )
     print_table(result)
     if args.json:

@@ -26,7 +26,7 @@ from splice.completion.document_cache import DocumentCacheStore, DocumentKey
 from splice.completion.fim import FimPrompt, FimTemplate, build_prompt, resolve_template, stop_token_ids
 from splice.completion.healing import TokenHealer
 from splice.completion.models import LoadedModel
-from splice.completion.pie import DocumentKV, apply_plan, encode_full
+from splice.completion.pie import DocumentKV, apply_plan, encode_full, select_refresh
 from splice.completion.pie_plan import REUSE_METHODS, ReuseMethod, plan_reuse
 from splice.completion.postprocess import is_finished, postprocess, stable_prefix
 from splice.completion.token_edits import diff_tokens
@@ -52,6 +52,7 @@ class EngineConfig:
     token_healing: bool = True  # re-choose the prompt's last token (see splice.completion.healing)
     reuse_method: ReuseMethod = "pie"  # how a document's cached KV is reused (splice.completion.pie_plan)
     refresh_first_k: int = 0  # pie+refresh: re-encode this many kept tokens after each edit
+    refresh_ratio: float = 0.0  # pie+refresh: also re-encode this fraction of the most deviant kept tokens
     document_cache_bytes: int = 1 << 30  # budget of all document KV caches of this model
 
     def __post_init__(self) -> None:
@@ -59,6 +60,8 @@ class EngineConfig:
             raise ValueError(f"reuse_method must be one of {', '.join(REUSE_METHODS)}")
         if self.refresh_first_k < 0:
             raise ValueError("refresh_first_k must be >= 0")
+        if not 0.0 <= self.refresh_ratio <= 1.0:
+            raise ValueError("refresh_ratio must be in [0, 1]")
         if self.context_window is not None and self.context_window < 16:
             raise ValueError("context_window must be at least 16 tokens")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 8:
@@ -229,6 +232,8 @@ class CompletionEngine:
                 refresh_first_k=self.config.refresh_first_k,
                 logits_fresh=old.logits is not None,
             )
+            if method == "pie+refresh" and self.config.refresh_ratio > 0:
+                plan = select_refresh(self.model, old, ids, plan, self.rope_spec, self.config.refresh_ratio)
             doc, stats = apply_plan(self.model, old, ids, plan, self.rope_spec)
             encoded, reused = stats.encoded, stats.reused
         self.documents.put(document, doc)

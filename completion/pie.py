@@ -164,3 +164,68 @@ def apply_plan(
     doc = DocumentKV(list(new_ids), keys, values, orig, new_offset, logits)
     stats = ApplyStats(plan.reused, plan.encoded, int(moved.sum()), time.perf_counter() - start)
     return doc, stats
+
+
+@torch.inference_mode()
+def select_refresh(
+    model: PreTrainedModel,
+    old: DocumentKV,
+    new_ids: list[int],
+    plan: ReusePlan,
+    spec: RopeSpec | None,
+    ratio: float,
+    probe_layer: int = 1,
+) -> ReusePlan:
+    """CacheBlend-style selective refresh: also re-encode the `ratio` of reused tokens after the
+    first edit whose keys deviate most from fresh ones at an early `probe_layer`.
+
+    The probe runs only layers 0..probe_layer over the tokens from the first change on (a
+    small fraction of a full encode); layer 0 is useless as a probe since PIE keys are exact
+    there. Deviation: relative L2 distance between fresh and PIE keys at the probe layer.
+    """
+    if ratio <= 0 or plan.reused == 0 or not plan.encode:
+        return plan
+    first = plan.encode[0]
+    candidates = [(s, d) for s, d in zip(plan.reuse_src, plan.reuse_dst, strict=True) if d > first]
+    if not candidates:
+        return plan
+    layers = len(old.keys)
+    probe_layer = min(max(probe_layer, 1), layers - 1)
+    device = old.offset.device
+    # Positions before the first change are reused unchanged (same position, exact KV): the
+    # probe is a plain causal forward of the rest on top of them.
+    cache = DynamicCache(config=model.config)
+    for layer in range(probe_layer + 1):
+        cache.update(
+            old.keys[layer][:, :first].unsqueeze(0), old.values[layer][:, :first].unsqueeze(0), layer
+        )
+    text_config = model.config.get_text_config(decoder=True)
+    saved = text_config.num_hidden_layers
+    text_config.num_hidden_layers = probe_layer + 1
+    try:
+        ids = torch.tensor([new_ids[first:]], dtype=torch.long, device=device)
+        positions = torch.arange(first, len(new_ids), device=device).unsqueeze(0)
+        model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    finally:
+        text_config.num_hidden_layers = saved
+    fresh = _layer_tensors(cache)[probe_layer][0][:, first:]  # [H_kv, n - first, D]
+    src = torch.tensor([s for s, _ in candidates], dtype=torch.long, device=device)
+    dst = torch.tensor([d for _, d in candidates], dtype=torch.long, device=device)
+    reused = old.orig_keys[probe_layer][:, src]
+    if plan.rotate:
+        assert spec is not None
+        reused = rotate_keys(reused, old.offset[src] + (dst - src), spec)
+    else:
+        reused = old.keys[probe_layer][:, src]
+    target = fresh[:, dst - first]
+    deviation = (target - reused).float().norm(dim=(0, 2)) / target.float().norm(dim=(0, 2)).clamp_min(1e-12)
+    count = max(1, round(ratio * len(candidates)))
+    chosen = {candidates[i][1] for i in torch.topk(deviation, min(count, len(candidates))).indices.tolist()}
+    pairs = [(s, d) for s, d in zip(plan.reuse_src, plan.reuse_dst, strict=True) if d not in chosen]
+    return ReusePlan(
+        new_length=plan.new_length,
+        reuse_src=tuple(s for s, _ in pairs),
+        reuse_dst=tuple(d for _, d in pairs),
+        encode=tuple(sorted([*plan.encode, *chosen])),
+        rotate=plan.rotate,
+    )

@@ -238,7 +238,12 @@ def _diff_into(builder: _ScriptBuilder, a: list[int], b: list[int]) -> None:
 
 
 def diff_tokens(old: Sequence[int], new: Sequence[int]) -> list[TokenRun]:
-    """An edit script from `old` to `new`: common prefix and suffix kept, the middle diffed."""
+    """An edit script from `old` to `new`, finding insertions and deletions anywhere.
+
+    The common prefix and suffix are kept (O(n): a single edit costs nothing more); a long middle
+    is split at unique token 8-grams common to both, and the pieces between go to difflib. A long
+    middle without such anchors (highly repetitive lists) is replaced whole: still a valid script.
+    """
     builder = _ScriptBuilder()
     _diff_into(builder, list(old), list(new))
     return builder.finish()
@@ -330,26 +335,20 @@ def _boundary_index(offsets: Offsets, pos: int, text_len: int) -> int | None:
     return None
 
 
-def _window_start(offsets: Offsets, pos: int, margin: int, floor: int) -> tuple[int, bool]:
+def _window_start(offsets: Offsets, pos: int, margin: int, floor: int) -> int:
     """A boundary `margin` tokens before the token containing `pos`, not before `floor`."""
     k = bisect.bisect_right(offsets, pos, key=_start) - 1 - margin
     while k > 0 and not _is_boundary(offsets, k):
         k -= 1
-    start = offsets[k][0] if k > 0 else 0
-    if start >= floor:
-        return start, False
-    return floor, True
+    return max(offsets[k][0] if k > 0 else 0, floor)
 
 
-def _window_end(offsets: Offsets, text_len: int, pos: int, margin: int, ceil: int) -> tuple[int, bool]:
+def _window_end(offsets: Offsets, text_len: int, pos: int, margin: int, ceil: int) -> int:
     """A boundary `margin` tokens after the token at `pos`, not after `ceil`."""
     k = bisect.bisect_left(offsets, pos, key=_start) + margin
     while k < len(offsets) and not _is_boundary(offsets, k):
         k += 1
-    end = offsets[k][0] if k < len(offsets) else text_len
-    if end <= ceil:
-        return end, False
-    return ceil, True
+    return min(offsets[k][0] if k < len(offsets) else text_len, ceil)
 
 
 def _agree(
@@ -407,8 +406,8 @@ def _sync_window(
     old: TokenizedText,
     new_text: str,
     region: _Region,
-    floor: tuple[int, int],  # (char, token index) the window may not start before
-    ceil: int,  # char the window may not end after
+    floor: tuple[int, int] | None,  # (char, old token index) after the previous window, if any
+    ceil: int | None,  # where the next edit starts, if any
     budget: float,  # old characters the windows may still cover before falling back
 ) -> _Window | str:
     shift_before = region.new_start - region.old_start
@@ -416,8 +415,10 @@ def _sync_window(
     old_len = len(old.text)
     margin_left = margin_right = MARGIN_TOKENS
     while True:
-        start, left_clamped = _window_start(old.offsets, region.old_start, margin_left, floor[0])
-        end, right_clamped = _window_end(old.offsets, old_len, region.old_end, margin_right, ceil)
+        start = _window_start(old.offsets, region.old_start, margin_left, floor[0] if floor else 0)
+        end = _window_end(
+            old.offsets, old_len, region.old_end, margin_right, old_len if ceil is None else ceil
+        )
         chars = end - start  # old characters covered: the windows of one call never exceed the text
         if chars > budget:
             return _FALLBACK
@@ -425,22 +426,23 @@ def _sync_window(
         ids = list(window.ids)
         offsets = [(s + start + shift_before, e + start + shift_before) for s, e in window.offsets]
 
-        left = (
-            (0, 0) if start == 0 else _left_sync(old, ids, offsets, region.new_start, shift_before, floor[1])
-        )
+        # Only a window at the very start (end) of the text has nothing to sync with on that side.
+        left: tuple[int, int] | None = (0, 0)
+        if floor is not None or start > 0:
+            left = _left_sync(old, ids, offsets, region.new_start, shift_before, floor[1] if floor else 0)
         right: tuple[int, int] | None = (len(old.ids), len(ids))
-        if end < old_len:
+        if ceil is not None or end < old_len:
             j_min = left[1] if left is not None else len(ids)
             right = _right_sync(old, ids, offsets, region.new_end, shift_after, j_min)
         if left is not None and right is not None:
             (old_lo, j_lo), (old_hi, j_hi) = left, right
             return _Window(region, old_lo, old_hi, ids[j_lo:j_hi], offsets[j_lo:j_hi], chars)
         if left is None:
-            if left_clamped:
+            if floor is not None and start <= floor[0]:
                 return _MERGE_LEFT
             margin_left = max(2 * margin_left, 1)
         if right is None:
-            if right_clamped:
+            if ceil is not None and end >= ceil:
                 return _MERGE_RIGHT
             margin_right = max(2 * margin_right, 1)
 
@@ -478,8 +480,8 @@ def retokenize(
     while pending:
         region = pending.pop(0)
         prev = windows[-1] if windows else None
-        floor = (prev.region.old_end, prev.old_hi) if prev is not None else (0, 0)
-        ceil = pending[0].old_start if pending else len(old.text)
+        floor = (prev.region.old_end, prev.old_hi) if prev is not None else None
+        ceil = pending[0].old_start if pending else None
         result = _sync_window(tokenizer, old, new_text, region, floor, ceil, budget)
         if isinstance(result, _Window):
             windows.append(result)

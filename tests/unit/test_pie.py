@@ -144,3 +144,38 @@ def test_unchanged_sequence_encodes_nothing() -> None:
     again, stats = apply_plan(model, doc, ids, plan, spec_of(model))
     assert stats.encoded == 0 and again.logits is not None
     torch.testing.assert_close(again.logits, doc.logits)
+
+
+def _middle_edit() -> tuple[list[int], list[int]]:
+    old = tokens(60, 21)
+    return old, old[:15] + tokens(4, 22) + old[15:40] + old[43:]
+
+
+def test_refresh_of_every_deviant_token_equals_full_recomputation(model: PreTrainedModel) -> None:
+    from splice.completion.pie import select_refresh
+
+    old, new = _middle_edit()
+    doc = encode_full(model, old)
+    plan = plan_reuse(old, new, diff_tokens(old, new), "pie")
+    refreshed = select_refresh(model, doc, new, plan, spec_of(model), ratio=1.0)
+    out, _ = apply_plan(model, doc, new, refreshed, spec_of(model))
+    full = encode_full(model, new)
+    assert out.logits is not None and full.logits is not None
+    torch.testing.assert_close(out.logits, full.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_partial_refresh_reencodes_the_ratio_and_reduces_the_error(model: PreTrainedModel) -> None:
+    from splice.completion.pie import select_refresh
+
+    old, new = _middle_edit()
+    doc = encode_full(model, old)
+    plan = plan_reuse(old, new, diff_tokens(old, new), "pie")
+    candidates = sum(1 for d in plan.reuse_dst if d > plan.encode[0])
+    refreshed = select_refresh(model, doc, new, plan, spec_of(model), ratio=0.25)
+    assert refreshed.encoded == plan.encoded + round(0.25 * candidates)
+    assert select_refresh(model, doc, new, plan, spec_of(model), ratio=0.0) == plan
+    pie, _ = apply_plan(model, doc, new, plan, spec_of(model))
+    better, _ = apply_plan(model, doc, new, refreshed, spec_of(model))
+    full = encode_full(model, new)
+    assert rel_err(better.keys[-1], full.keys[-1]) < rel_err(pie.keys[-1], full.keys[-1])
+    assert not torch.equal(pie.keys[-1], better.keys[-1])
