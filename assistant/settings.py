@@ -47,9 +47,10 @@ class Settings(BaseSettings):
         description="Re-choose the prompt's last token (fixes prompts ending in indentation or half a word)",
     )
     reuse_method: Literal["full", "prefix", "naive", "pie", "pie+refresh"] = Field(
-        "pie", description="How a document's cached KV is reused between requests (full disables caching)"
+        "pie+refresh",
+        description="How a document's cached KV is reused between requests (full disables caching)",
     )
-    refresh_first_k: int = Field(0, ge=0, description="pie+refresh: kept tokens re-encoded after each edit")
+    refresh_first_k: int = Field(8, ge=0, description="pie+refresh: kept tokens re-encoded after each edit")
     refresh_ratio: float = Field(
         0.0, ge=0.0, le=1.0, description="pie+refresh: fraction of the most deviant kept tokens re-encoded"
     )
