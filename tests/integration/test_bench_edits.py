@@ -12,6 +12,8 @@ from pathlib import Path
 
 from splice.bench.edits import apply_unified_diff, first_added_line
 
+BENCH_EDITS = [sys.executable, "-m", "splice.assistant", "bench", "edits"]
+
 
 def history(tmp_path: Path) -> Path:
     original = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(60))
@@ -56,11 +58,7 @@ def test_bench_edits_compares_every_method(tmp_path: Path, tiny_model_dir: Path)
     out = tmp_path / "result.json"
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "splice.assistant",
-            "bench",
-            "edits",
+            *BENCH_EDITS,
             "--data",
             str(history(tmp_path)),
             "--model",
@@ -97,15 +95,7 @@ def test_bench_edits_compares_every_method(tmp_path: Path, tiny_model_dir: Path)
 
 def test_missing_data_file_is_a_clear_error(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "splice.assistant",
-            "bench",
-            "edits",
-            "--data",
-            str(tmp_path / "none.jsonl.gz"),
-        ],
+        [*BENCH_EDITS, "--data", str(tmp_path / "none.jsonl.gz")],
         capture_output=True,
         text=True,
         timeout=120,
