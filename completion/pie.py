@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 
 from splice.completion.pie_plan import ReusePlan
 from splice.kernels.rope import RopeSpec, rotate_keys
@@ -47,10 +48,7 @@ class DocumentKV:
 
     def to_cache(self, config: PretrainedConfig) -> DynamicCache:
         """A DynamicCache to decode from; decoding appends to copies, this document is untouched."""
-        cache = DynamicCache(config=config)
-        for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
-            cache.update(k.unsqueeze(0), v.unsqueeze(0), layer)  # [1, H_kv, S, D]
-        return cache
+        return _cache_of(config, self.keys, self.values)
 
 
 @dataclass(frozen=True)
@@ -59,6 +57,22 @@ class ApplyStats:
     encoded: int
     rotated: int
     seconds: float
+
+
+def _cache_of(config: PretrainedConfig, keys: list[torch.Tensor], values: list[torch.Tensor]) -> DynamicCache:
+    """A DynamicCache that references `keys`/`values` ([H_kv, S, D] per layer) without copying.
+
+    Safe because DynamicLayer only ever grows by concatenation into new tensors, never in place.
+    """
+    cache = DynamicCache(config=config)
+    for index, (layer, k, v) in enumerate(zip(cache.layers, keys, values, strict=True)):
+        k4, v4 = k.unsqueeze(0), v.unsqueeze(0)  # [1, H_kv, S, D]
+        if type(layer) is DynamicLayer:
+            layer.lazy_initialization(k4, v4)
+            layer.keys, layer.values = k4, v4
+        else:  # another layer kind: let it copy
+            cache.update(k4, v4, index)
+    return cache
 
 
 def _layer_tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -109,41 +123,36 @@ def apply_plan(
     dst = torch.tensor(plan.reuse_dst, dtype=torch.long, device=device)
     moved = (dst - src) != 0
 
-    # 1. Gather the reused tokens (in new order) and bring their keys to the new positions.
-    offset = old.offset[src] + (dst - src)
+    # 1. Gather the reused tokens (in new order); re-rotate the moved ones from their originals.
+    offset = old.offset.index_select(0, src) + (dst - src) if plan.rotate else old.offset.index_select(0, src)
+    moved_at = torch.nonzero(moved).squeeze(1)  # indices into src/dst of tokens that moved
+    rotate = plan.rotate and moved_at.numel() > 0
     reused_keys, reused_values, reused_orig = [], [], []
     for k, v, ko in zip(old.keys, old.values, old.orig_keys, strict=True):
-        k_sel, ko_sel = k[:, src], ko[:, src]  # [H_kv, R, D]
-        if plan.rotate and bool(moved.any()):
+        k_sel = k.index_select(1, src)  # [H_kv, R, D], a fresh tensor
+        ko_sel = ko.index_select(1, src)
+        if rotate:
             assert spec is not None
-            rotated = rotate_keys(ko_sel[:, moved], offset[moved], spec)
-            k_sel = k_sel.clone()
-            k_sel[:, moved] = rotated
+            k_sel.index_copy_(
+                1, moved_at, rotate_keys(ko_sel.index_select(1, moved_at), offset[moved_at], spec)
+            )
         reused_keys.append(k_sel)
-        reused_values.append(v[:, src])
+        reused_values.append(v.index_select(1, src))
         reused_orig.append(ko_sel)
-    if not plan.rotate:  # naive: the keys keep their old rotation; record no movement
-        offset = old.offset[src]
 
     n = plan.new_length
-    keys = [torch.empty((k.shape[0], n, k.shape[2]), dtype=k.dtype, device=device) for k in old.keys]
-    values = [torch.empty_like(k) for k in keys]
-    orig = [torch.empty_like(k) for k in keys]
-    new_offset = torch.zeros(n, dtype=torch.long, device=device)
-    for layer in range(len(keys)):
-        keys[layer][:, dst] = reused_keys[layer]
-        values[layer][:, dst] = reused_values[layer]
-        orig[layer][:, dst] = reused_orig[layer]
-    new_offset[dst] = offset
-
     logits = old.logits
-    if plan.encoded:
+    if not plan.encoded:
+        perm = torch.empty(n, dtype=torch.long, device=device)
+        perm[dst] = torch.arange(plan.reused, device=device)
+        keys = [k.index_select(1, perm) for k in reused_keys]
+        values = [v.index_select(1, perm) for v in reused_values]
+        orig = [ko.index_select(1, perm) for ko in reused_orig]
+    else:
         # 2. Encode the new tokens in one pass: each sees the reused tokens and the encoded
-        # ones at positions up to its own.
+        # ones at positions up to its own. The cache references the gathered tensors (no copy).
         enc = torch.tensor(plan.encode, dtype=torch.long, device=device)
-        cache = DynamicCache(config=model.config)
-        for layer, (k, v) in enumerate(zip(reused_keys, reused_values, strict=True)):
-            cache.update(k.unsqueeze(0), v.unsqueeze(0), layer)
+        cache = _cache_of(model.config, reused_keys, reused_values)
         kv_pos = torch.cat([dst, enc])  # positions of the keys: reused first, then encoded
         mask = kv_pos.unsqueeze(0) <= enc.unsqueeze(1)  # [Q, R + Q]: attend to positions <= own
         ids = torch.tensor([[new_ids[i] for i in plan.encode]], dtype=torch.long, device=device)
@@ -155,12 +164,21 @@ def apply_plan(
             use_cache=True,
             logits_to_keep=1,
         )
+        # 3. [reused..., encoded...] -> new-sequence order, one copy per tensor.
+        perm = torch.empty(n, dtype=torch.long, device=device)
+        perm[dst] = torch.arange(plan.reused, device=device)
+        perm[enc] = plan.reused + torch.arange(plan.encoded, device=device)
+        keys, values, orig = [], [], []
         for layer, (k, v) in enumerate(_layer_tensors(out.past_key_values)):
-            fresh_k, fresh_v = k[:, plan.reused :], v[:, plan.reused :]  # [H_kv, Q, D]
-            keys[layer][:, enc] = fresh_k
-            values[layer][:, enc] = fresh_v
-            orig[layer][:, enc] = fresh_k
+            keys.append(k.index_select(1, perm))
+            values.append(v.index_select(1, perm))
+            o = torch.empty_like(keys[-1])
+            o.index_copy_(1, dst, reused_orig[layer])
+            o.index_copy_(1, enc, k[:, plan.reused :])
+            orig.append(o)
         logits = out.logits[0, -1].float() if plan.encode[-1] == n - 1 else None
+    new_offset = torch.zeros(n, dtype=torch.long, device=device)
+    new_offset[dst] = offset
     doc = DocumentKV(list(new_ids), keys, values, orig, new_offset, logits)
     stats = ApplyStats(plan.reused, plan.encoded, int(moved.sum()), time.perf_counter() - start)
     return doc, stats
