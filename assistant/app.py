@@ -6,19 +6,24 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response, WebSocket
+from fastapi.responses import FileResponse, RedirectResponse
 from pydantic import BaseModel
 
 from splice.assistant import __version__
+from splice.assistant.auth import ApiKeys
 from splice.assistant.completions import CompletionService
+from splice.assistant.documents import DocumentStore, InMemoryDocumentStore, UnknownDocument
 from splice.assistant.errors import ApiError, install_error_handlers
 from splice.assistant.events import EventStore, InMemoryEventStore, new_event
 from splice.assistant.metrics import Metrics
 from splice.assistant.middleware import BodySizeLimit, RequestMetrics
 from splice.assistant.scheduler import GenerationScheduler
 from splice.assistant.schemas import CompletionRequest, EventRequest, EventResponse, Health
+from splice.assistant.sessions import EditorSession
 from splice.assistant.settings import Settings
 from splice.completion.engine import CompletionEngine
 
@@ -33,6 +38,11 @@ class AppState:
     metrics: Metrics
     events: EventStore
     completions: CompletionService
+    documents: DocumentStore
+    keys: ApiKeys
+
+    def tenant(self, request: Request) -> str:
+        return self.keys.tenant(request.headers.get("authorization"))
 
 
 def get_state(request: Request) -> AppState:
@@ -76,7 +86,21 @@ def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def create_app(settings: Settings, engine: CompletionEngine, events: EventStore | None = None) -> FastAPI:
+PLAYGROUND_HINT = "the playground is not built: run `cd editor-plugin && npm ci && npm run build`"
+
+
+def playground_dir(settings: Settings) -> Path:
+    if settings.playground_dir is not None:
+        return settings.playground_dir
+    return Path(__file__).resolve().parent.parent / "editor-plugin" / "dist" / "playground"
+
+
+def create_app(
+    settings: Settings,
+    engine: CompletionEngine,
+    events: EventStore | None = None,
+    documents: DocumentStore | None = None,
+) -> FastAPI:
     metrics = Metrics()
     scheduler = GenerationScheduler(settings.queue_size)
     state = AppState(
@@ -86,6 +110,8 @@ def create_app(settings: Settings, engine: CompletionEngine, events: EventStore 
         metrics=metrics,
         events=events or InMemoryEventStore(settings.events_kept),
         completions=CompletionService(engine, scheduler, metrics, settings),
+        documents=documents or InMemoryDocumentStore(max_chars=settings.ws_max_message_bytes),
+        keys=ApiKeys(settings.api_keys),
     )
 
     @asynccontextmanager
@@ -113,19 +139,59 @@ def create_app(settings: Settings, engine: CompletionEngine, events: EventStore 
 
     @app.post("/v1/completions", openapi_extra=_body_doc(CompletionRequest), response_model=None)
     async def completions(request: Request, state: StateDep) -> Response:
+        tenant = state.tenant(request)
         req = parse_body(await request.body(), CompletionRequest)
         if req.stream:
-            return await state.completions.stream(req, request)
-        return await state.completions.complete(req, request)
+            return await state.completions.stream(req, request, tenant)
+        return await state.completions.complete(req, request, tenant)
 
     @app.post("/v1/events", openapi_extra=_body_doc(EventRequest), response_model=EventResponse)
     async def events_route(request: Request, state: StateDep) -> EventResponse:
+        tenant = state.tenant(request)
         ev = parse_body(await request.body(), EventRequest)
         state.events.record(
-            new_event(ev.type, ev.completion_id, ev.choice_index, ev.elapsed_ms, tenant="default")
+            new_event(ev.type, ev.completion_id, ev.choice_index, ev.elapsed_ms, tenant=tenant)
         )
         state.metrics.events.labels(type=ev.type).inc()
         return EventResponse()
+
+    @app.websocket("/v1/documents")
+    async def documents_ws(ws: WebSocket) -> None:
+        state: AppState = ws.app.state.splice
+        await ws.accept()
+        try:
+            tenant = state.keys.tenant(ws.headers.get("authorization"), ws.query_params.get("api_key"))
+        except ApiError as exc:
+            await ws.send_json({"type": "error", "code": exc.code, "message": exc.message})
+            await ws.close(code=4401, reason="unauthorized")
+            return
+        session = EditorSession(ws, tenant, state.documents, state.completions, state.settings, state.metrics)
+        await session.run()
+
+    @app.get("/v1/documents")
+    async def document_route(
+        request: Request, state: StateDep, uri: Annotated[str, Query()]
+    ) -> dict[str, Any]:
+        tenant = state.tenant(request)
+        try:
+            doc = state.documents.get(tenant, uri)
+        except UnknownDocument as exc:
+            raise ApiError(404, "unknown_document", str(exc)) from exc
+        return {"uri": doc.uri, "version": doc.version, "languageId": doc.language_id, "text": doc.text}
+
+    @app.get("/playground", include_in_schema=False)
+    async def playground_root() -> Response:
+        return RedirectResponse("/playground/")
+
+    @app.get("/playground/{path:path}", include_in_schema=False)
+    async def playground(path: str, state: StateDep) -> Response:
+        root = playground_dir(state.settings).resolve()
+        if not (root / "index.html").is_file():
+            raise ApiError(404, "playground_not_built", PLAYGROUND_HINT)
+        target = (root / (path or "index.html")).resolve()
+        if not target.is_relative_to(root) or not target.is_file():
+            raise ApiError(404, "not_found", f"no such playground file: {path}")
+        return FileResponse(target)
 
     @app.get("/metrics")
     async def metrics_route(state: StateDep) -> Response:

@@ -73,7 +73,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"({engine.loaded.device}, FIM template {engine.template.name})"
     )
     uvicorn.run(
-        create_app(settings, engine), host=settings.host, port=settings.port, log_level=settings.log_level
+        create_app(settings, engine),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        # Larger editor messages are refused by the session with a clear error; only far larger
+        # ones are cut off by the WebSocket layer itself.
+        ws_max_size=4 * settings.ws_max_message_bytes,
     )
     return 0
 

@@ -42,12 +42,12 @@ class CompletionService:
     def served_names(self) -> set[str]:
         return {self.engine.loaded.model_id, self.settings.model, "default"}
 
-    def document_key(self, req: CompletionRequest) -> DocumentKey | None:
+    def document_key(self, req: CompletionRequest, tenant: str = "default") -> DocumentKey | None:
         """Which document cache a request reuses: the Tabby `filepath` or Splice's `document`."""
         if self.settings.reuse_method == "full":
             return None
         name = req.document or (req.segments.filepath if req.segments else None) or "(unnamed)"
-        return DocumentKey(tenant="default", document=name, model=self.engine.loaded.model_id)
+        return DocumentKey(tenant=tenant, document=name, model=self.engine.loaded.model_id)
 
     def to_job(self, req: CompletionRequest) -> tuple[CompletionInput, GenerationParams]:
         """Check what pydantic cannot (it depends on the served model and settings)."""
@@ -74,7 +74,7 @@ class CompletionService:
         filepath = req.segments.filepath if req.segments else None
         return CompletionInput(prefix=prefix, suffix=suffix, language=req.language, filepath=filepath), params
 
-    async def _start(
+    async def start(
         self, job: Callable[[], CompletionResult], watcher: asyncio.Task[None]
     ) -> asyncio.Future[CompletionResult]:
         """Queue `job` for the model; a client that disconnects while queued leaves the queue
@@ -144,9 +144,9 @@ class CompletionService:
             ),
         )
 
-    async def complete(self, req: CompletionRequest, request: Request) -> Response:
+    async def complete(self, req: CompletionRequest, request: Request, tenant: str = "default") -> Response:
         inp, params = self.to_job(req)
-        document = self.document_key(req)
+        document = self.document_key(req, tenant)
         cancel = threading.Event()
         watcher = asyncio.create_task(_watch_disconnect(request, cancel))
         queued = time.perf_counter()
@@ -158,7 +158,7 @@ class CompletionService:
                 return self.engine.complete(inp, params, cancel=cancel, document=document)
 
         try:
-            future = await self._start(job, watcher)
+            future = await self.start(job, watcher)
             result = await future
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
@@ -169,9 +169,9 @@ class CompletionService:
         body = self._response(_new_id(), result, ((started or [queued])[0] - queued) * 1000.0)
         return JSONResponse(body.model_dump())
 
-    async def stream(self, req: CompletionRequest, request: Request) -> Response:
+    async def stream(self, req: CompletionRequest, request: Request, tenant: str = "default") -> Response:
         inp, params = self.to_job(req)
-        document = self.document_key(req)
+        document = self.document_key(req, tenant)
         cid = _new_id()
         cancel = threading.Event()
         loop = asyncio.get_running_loop()
@@ -190,7 +190,7 @@ class CompletionService:
         # Until the stream starts, nothing else notices a client that gives up while queued.
         watcher = asyncio.create_task(_watch_disconnect(request, cancel))
         try:
-            future = await self._start(job, watcher)
+            future = await self.start(job, watcher)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         except BaseException:

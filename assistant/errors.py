@@ -46,6 +46,7 @@ def describe_validation_errors(errors: list[Any]) -> str:
 
 _STATUS_CODES = {
     400: "bad_request",
+    401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
     413: "body_too_large",

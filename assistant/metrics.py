@@ -52,6 +52,16 @@ class Metrics:
             "splice_generation_in_progress", "Generations running now (0 or 1)", registry=r
         )
         self.events = Counter("splice_events", "Telemetry events by type", ["type"], registry=r)
+        self.ws_connections = Gauge(
+            "splice_editor_connections", "Open editor WebSocket connections", registry=r
+        )
+        self.ws_documents = Gauge("splice_editor_documents", "Documents open in editors", registry=r)
+        self.ws_messages = Counter(
+            "splice_editor_messages", "Editor protocol messages received, by type", ["type"], registry=r
+        )
+        self.ws_resyncs = Counter(
+            "splice_editor_resyncs", "Changes refused with a resync, by reason", ["reason"], registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -60,6 +60,19 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (413 beyond)")
     queue_size: int = Field(8, ge=0, description="Requests that may wait for the model (429 beyond)")
     events_kept: int = Field(10_000, ge=1, description="Telemetry events kept in memory")
+    api_keys: str = Field(
+        "",
+        description="Comma-separated API keys, each `key` or `key=tenant`; empty: no auth, one tenant",
+    )
+    ws_max_documents: int = Field(64, ge=1, description="Documents one editor connection may hold open")
+    ws_max_message_bytes: int = Field(
+        4 << 20, ge=1024, description="Largest editor protocol message (also the largest document)"
+    )
+    ws_rate_per_s: float = Field(200.0, gt=0, description="Editor messages per second per connection")
+    ws_rate_burst: int = Field(1000, ge=1, description="Editor messages allowed in a burst")
+    playground_dir: Path | None = Field(
+        None, description="Built playground (default: editor-plugin/dist/playground next to the sources)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
 
     def engine_config(self) -> EngineConfig:

@@ -1,0 +1,535 @@
+"""One editor connection on `WS /v1/documents`: document sync by edits, completions by cursor.
+
+The protocol (documented in the README) is LSP-like. The rules that keep the server's text
+equal to the editor's: changes apply strictly in version order; anything the server cannot
+apply exactly (a version gap, an out-of-range or malformed edit, a change refused by a limit)
+is answered with `resync`, after which changes for that document are ignored until the
+editor's `open` brings the full text. A newer `complete` for a document cancels the older one.
+
+Completions run through the same scheduler and engine as REST calls; the document's KV cache
+is keyed by (tenant, uri, model) and follows the edits by PIE reuse at the next completion
+(the engine diffs the new prompt's tokens against the cached ones), so typing costs nothing
+until a completion is asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from splice.assistant.completions import ClientGone, CompletionService
+from splice.assistant.documents import (
+    Change,
+    DocumentError,
+    DocumentStore,
+    OutOfRange,
+    Position,
+    UnknownDocument,
+    offset_at,
+)
+from splice.assistant.errors import ApiError, describe_validation_errors
+from splice.assistant.metrics import Metrics
+from splice.assistant.settings import Settings
+from splice.completion.document_cache import DocumentKey
+from splice.completion.engine import CompletionInput, CompletionResult, GenerationParams
+
+log = logging.getLogger(__name__)
+
+Uri = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+RequestId = Annotated[str, StringConstraints(min_length=1, max_length=256)] | int
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class PositionIn(_Msg):
+    line: int = Field(ge=0)
+    character: int = Field(ge=0)
+
+    def position(self) -> Position:
+        return Position(self.line, self.character)
+
+
+class RangeIn(_Msg):
+    start: PositionIn
+    end: PositionIn
+
+
+class ChangeIn(_Msg):
+    range: RangeIn | None = None  # None: the whole text (LSP's full-content change)
+    text: str
+
+
+class OpenMsg(_Msg):
+    type: Literal["open"]
+    uri: Uri
+    languageId: str = Field(default="plaintext", max_length=128)
+    version: int
+    text: str
+
+
+class ChangeMsg(_Msg):
+    type: Literal["change"]
+    uri: Uri
+    version: int
+    changes: list[ChangeIn] = Field(max_length=10_000)
+
+
+class CompleteMsg(_Msg):
+    type: Literal["complete"]
+    uri: Uri
+    position: PositionIn
+    requestId: RequestId
+    maxTokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    version: int | None = None
+
+
+class CancelMsg(_Msg):
+    type: Literal["cancel"]
+    requestId: RequestId
+
+
+class CloseMsg(_Msg):
+    type: Literal["close"]
+    uri: Uri
+
+
+class GetMsg(_Msg):
+    type: Literal["get"]
+    uri: Uri
+
+
+class PingMsg(_Msg):
+    type: Literal["ping"]
+    id: str | int | None = None
+
+
+Message = Annotated[
+    OpenMsg | ChangeMsg | CompleteMsg | CancelMsg | CloseMsg | GetMsg | PingMsg, Field(discriminator="type")
+]
+MESSAGE = TypeAdapter(Message)
+MESSAGE_TYPES = ("open", "change", "complete", "cancel", "close", "get", "ping")
+
+
+class TokenBucket:
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self.rate, self.burst = rate_per_s, float(burst)
+        self.tokens, self.stamp = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class _InFlight:
+    request_id: str | int
+    uri: str
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class EditorSession:
+    """The state of one connection: which documents it holds, which wait for a resync, which
+    completion runs for which document."""
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        tenant: str,
+        store: DocumentStore,
+        completions: CompletionService,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
+        self.ws = ws
+        self.tenant = tenant
+        self.store = store
+        self.completions = completions
+        self.settings = settings
+        self.metrics = metrics
+        self.open_uris: set[str] = set()
+        self.awaiting_open: dict[str, int | None] = {}  # uri -> expected version, after a resync
+        self.by_uri: dict[str, _InFlight] = {}
+        self.by_id: dict[str | int, _InFlight] = {}
+        self.bucket = TokenBucket(settings.ws_rate_per_s, settings.ws_rate_burst)
+        self._send_lock = asyncio.Lock()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.metrics.ws_connections.inc()
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                raw = message.get("text")
+                if raw is None and message.get("bytes") is not None:
+                    try:
+                        raw = message["bytes"].decode("utf-8")
+                    except UnicodeDecodeError:
+                        await self.error("invalid_json", "binary message is not UTF-8 JSON")
+                        continue
+                if raw is not None:
+                    await self.handle(raw)
+        except WebSocketDisconnect:
+            return
+        finally:
+            await self.shutdown()
+
+    async def handle(self, raw: str) -> None:
+        too_large = len(raw) > self.settings.ws_max_message_bytes or (
+            len(raw) * 4 > self.settings.ws_max_message_bytes
+            and len(raw.encode("utf-8", "surrogatepass")) > self.settings.ws_max_message_bytes
+        )
+        head = _peek(raw) if too_large else None
+        if too_large:
+            await self.refuse(
+                head,
+                "message_too_large",
+                f"message is larger than {self.settings.ws_max_message_bytes} bytes",
+                "too_large",
+            )
+            return
+        try:
+            obj: Any = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            await self.error("invalid_json", f"message is not valid JSON: {exc}")
+            return
+        if not isinstance(obj, dict):
+            await self.error("invalid_json", f"expected a JSON object, got {type(obj).__name__}")
+            return
+        kind = obj.get("type")
+        if kind not in MESSAGE_TYPES:
+            await self.error(
+                "unknown_type", f"unknown message type {kind!r}; expected one of {MESSAGE_TYPES}"
+            )
+            return
+        self.metrics.ws_messages.labels(type=kind).inc()
+        if not self.bucket.take():
+            await self.refuse(
+                obj,
+                "rate_limited",
+                f"more than {self.settings.ws_rate_per_s:g} messages per second",
+                "rate_limited",
+            )
+            return
+        try:
+            msg = MESSAGE.validate_python(obj)
+        except ValidationError as exc:
+            await self.refuse(
+                obj, "invalid_message", describe_validation_errors(list(exc.errors())), "invalid_change"
+            )
+            return
+        handler = getattr(self, f"on_{msg.type}")
+        try:
+            await handler(msg)
+        except Exception:  # one bad message must not end the editor's session
+            log.exception("editor message %s failed", msg.type)
+            await self.refuse(
+                obj, "internal", f"internal error while handling {msg.type!r}", "invalid_change"
+            )
+
+    async def refuse(self, obj: dict[str, Any] | None, code: str, message: str, reason: str) -> None:
+        """Answer a message that was not carried out. A refused change is answered with resync
+        (the editor believes it was applied); anything else with an error."""
+        obj = obj or {}
+        uri = obj.get("uri") if isinstance(obj.get("uri"), str) else None
+        if obj.get("type") == "change" and uri is not None and uri in self.open_uris:
+            await self.resync(uri, reason)
+            return
+        rid = obj.get("requestId")
+        await self.error(code, message, request_id=rid if isinstance(rid, (str, int)) else None, uri=uri)
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    async def on_open(self, msg: OpenMsg) -> None:
+        held = msg.uri in self.open_uris
+        if not held and len(self.open_uris) >= self.settings.ws_max_documents:
+            await self.error(
+                "too_many_documents",
+                f"this connection already has {len(self.open_uris)} documents open "
+                f"(limit {self.settings.ws_max_documents}); close some first",
+                uri=msg.uri,
+            )
+            return
+        try:
+            self.store.open(self.tenant, msg.uri, msg.languageId, msg.version, msg.text, new_holder=not held)
+        except DocumentError as exc:
+            await self.error(exc.code, str(exc), uri=msg.uri)
+            return
+        self.open_uris.add(msg.uri)
+        self.awaiting_open.pop(msg.uri, None)
+        self.metrics.ws_documents.set(len(self.store))
+
+    async def on_change(self, msg: ChangeMsg) -> None:
+        if msg.uri in self.awaiting_open:
+            return  # superseded by the full text the editor was asked for
+        if msg.uri not in self.open_uris:
+            await self.resync(msg.uri, "unknown_document")
+            return
+        changes = [
+            Change(None, None, c.text)
+            if c.range is None
+            else Change(c.range.start.position(), c.range.end.position(), c.text)
+            for c in msg.changes
+        ]
+        try:
+            self.store.change(self.tenant, msg.uri, msg.version, changes)
+        except DocumentError as exc:
+            reason = {"document_too_large": "too_large"}.get(exc.code, exc.code)
+            reason = reason if reason in RESYNC_REASONS else "invalid_change"
+            await self.resync(msg.uri, reason, str(exc))
+
+    async def on_complete(self, msg: CompleteMsg) -> None:
+        rid, uri = msg.requestId, msg.uri
+        if uri in self.awaiting_open:
+            await self.error("resync_pending", f"document {uri!r} waits for its full text (open)", rid, uri)
+            return
+        try:
+            if uri not in self.open_uris:
+                raise UnknownDocument(f"document {uri!r} is not open")
+            doc = self.store.get(self.tenant, uri)
+            if msg.version is not None and msg.version != doc.version:
+                await self.error(
+                    "version_mismatch",
+                    f"the server has version {doc.version} of {uri!r}, the request names {msg.version}",
+                    rid,
+                    uri,
+                )
+                return
+            offset = offset_at(doc.text, msg.position.position())
+        except OutOfRange as exc:
+            await self.error("out_of_range", str(exc), rid, uri)
+            return
+        except DocumentError as exc:
+            await self.error(exc.code, str(exc), rid, uri)
+            return
+        if rid in self.by_id:
+            await self.error("invalid_message", f"requestId {rid!r} is already in flight", rid, uri)
+            return
+        max_tokens = msg.maxTokens or self.settings.default_max_tokens
+        limit = min(self.settings.max_tokens_limit, self.completions.engine.context_window - 16)
+        if max_tokens > limit:
+            await self.error(
+                "invalid_message", f"maxTokens: must be at most {limit} (got {max_tokens})", rid, uri
+            )
+            return
+        older = self.by_uri.get(uri)
+        if older is not None:
+            older.cancelled.set()  # latest wins
+        job = _InFlight(rid, uri)
+        self.by_uri[uri] = job
+        self.by_id[rid] = job
+        inp = CompletionInput(
+            prefix=doc.text[:offset], suffix=doc.text[offset:], language=doc.language_id, filepath=uri
+        )
+        params = GenerationParams(max_tokens=max_tokens, temperature=msg.temperature or 0.0)
+        key = None
+        if self.settings.reuse_method != "full":
+            key = DocumentKey(self.tenant, uri, self.completions.engine.loaded.model_id)
+        job.task = asyncio.create_task(self._complete(job, inp, params, key, doc.version, msg.position))
+
+    async def on_cancel(self, msg: CancelMsg) -> None:
+        job = self.by_id.get(msg.requestId)
+        if job is not None:
+            job.cancelled.set()
+
+    async def on_close(self, msg: CloseMsg) -> None:
+        if msg.uri not in self.open_uris:
+            await self.error("unknown_document", f"document {msg.uri!r} is not open", uri=msg.uri)
+            return
+        job = self.by_uri.get(msg.uri)
+        if job is not None:
+            job.cancelled.set()
+        self.open_uris.discard(msg.uri)
+        self.awaiting_open.pop(msg.uri, None)
+        with contextlib.suppress(UnknownDocument):
+            self.store.close(self.tenant, msg.uri)
+        self.metrics.ws_documents.set(len(self.store))
+
+    async def on_get(self, msg: GetMsg) -> None:
+        if msg.uri not in self.open_uris:
+            await self.error("unknown_document", f"document {msg.uri!r} is not open", uri=msg.uri)
+            return
+        doc = self.store.get(self.tenant, msg.uri)
+        await self.send(
+            {
+                "type": "document",
+                "uri": doc.uri,
+                "version": doc.version,
+                "languageId": doc.language_id,
+                "text": doc.text,
+            }
+        )
+
+    async def on_ping(self, msg: PingMsg) -> None:
+        await self.send({"type": "pong", "id": msg.id} if msg.id is not None else {"type": "pong"})
+
+    # -- completions ----------------------------------------------------------------------------
+
+    async def _complete(
+        self,
+        job: _InFlight,
+        inp: CompletionInput,
+        params: GenerationParams,
+        key: DocumentKey | None,
+        version: int,
+        position: PositionIn,
+    ) -> None:
+        cancel = threading.Event()
+
+        async def watch() -> None:
+            await job.cancelled.wait()
+            cancel.set()
+
+        watcher = asyncio.create_task(watch())
+        engine = self.completions.engine
+        queued = time.perf_counter()
+        started: list[float] = []
+
+        def run() -> CompletionResult:
+            started.append(time.perf_counter())
+            with self.metrics.in_progress.track_inprogress():
+                return engine.complete(inp, params, cancel=cancel, document=key)
+
+        try:
+            try:
+                future = await self.completions.start(run, watcher)
+                result = await future
+            except ClientGone:
+                await self.error(
+                    "cancelled", "a newer request or a cancel replaced this one", job.request_id, job.uri
+                )
+                return
+            except ApiError as exc:
+                await self.error(exc.code, exc.message, job.request_id, job.uri)
+                return
+            except ValueError as exc:
+                await self.error("invalid_message", str(exc), job.request_id, job.uri)
+                return
+            if result.finish_reason == "cancelled" or job.cancelled.is_set():
+                await self.error(
+                    "cancelled", "a newer request or a cancel replaced this one", job.request_id, job.uri
+                )
+                return
+            where = {"line": position.line, "character": position.character}
+            t = result.timings
+            await self.send(
+                {
+                    "type": "completion",
+                    "requestId": job.request_id,
+                    "uri": job.uri,
+                    "version": version,
+                    "items": [{"text": result.text, "range": {"start": where, "end": where}}]
+                    if result.text
+                    else [],
+                    "finishReason": result.finish_reason,
+                    "usage": {
+                        "prompt_tokens": result.prompt_tokens,
+                        "completion_tokens": result.completion_tokens,
+                        "encoded_prompt_tokens": result.encoded_prompt_tokens,
+                        "reused_prompt_tokens": result.reused_prompt_tokens,
+                    },
+                    "timings": {
+                        "queue_ms": round(((started or [queued])[0] - queued) * 1000.0, 2),
+                        "prompt_ms": round(t.prompt_ms, 2),
+                        "first_token_ms": round(t.first_token_ms, 2),
+                        "total_ms": round(t.total_ms, 2),
+                    },
+                }
+            )
+        finally:
+            watcher.cancel()
+            self.by_id.pop(job.request_id, None)
+            if self.by_uri.get(job.uri) is job:
+                del self.by_uri[job.uri]
+
+    # -- output ---------------------------------------------------------------------------------
+
+    async def resync(self, uri: str, reason: str, detail: str = "") -> None:
+        expected: int | None = None
+        if uri in self.open_uris:
+            with contextlib.suppress(UnknownDocument):
+                expected = self.store.get(self.tenant, uri).version + 1
+            self.awaiting_open[uri] = expected
+        self.metrics.ws_resyncs.labels(reason=reason).inc()
+        msg: dict[str, Any] = {"type": "resync", "uri": uri, "expectedVersion": expected, "reason": reason}
+        if detail:
+            msg["message"] = detail
+        await self.send(msg)
+
+    async def error(
+        self, code: str, message: str, request_id: str | int | None = None, uri: str | None = None
+    ) -> None:
+        msg: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if request_id is not None:
+            msg["requestId"] = request_id
+        if uri is not None:
+            msg["uri"] = uri
+        await self.send(msg)
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        if self.ws.application_state != WebSocketState.CONNECTED:
+            return
+        async with self._send_lock:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                await self.ws.send_text(json.dumps(msg, ensure_ascii=False))
+
+    async def shutdown(self) -> None:
+        """The connection ended: stop its completions and release its documents."""
+        for job in list(self.by_id.values()):
+            job.cancelled.set()
+        tasks = [j.task for j in self.by_id.values() if j.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for uri in self.open_uris:
+            with contextlib.suppress(UnknownDocument):
+                self.store.close(self.tenant, uri)
+        self.open_uris.clear()
+        self.metrics.ws_documents.set(len(self.store))
+        self.metrics.ws_connections.dec()
+
+
+RESYNC_REASONS = {
+    "version_gap",
+    "out_of_range",
+    "unknown_document",
+    "invalid_change",
+    "invalid_text",
+    "rate_limited",
+    "too_large",
+}
+
+
+def _peek(raw: str) -> dict[str, Any] | None:
+    """The type and uri of a message too large to parse whole (they come first in practice)."""
+    head = raw[:8192]
+    out: dict[str, Any] = {}
+    for name in ("type", "uri"):
+        marker = f'"{name}":'
+        i = head.find(marker)
+        if i < 0:
+            continue
+        rest = head[i + len(marker) :].lstrip()
+        if rest.startswith('"'):
+            with contextlib.suppress(json.JSONDecodeError, ValueError):
+                out[name] = json.JSONDecoder().raw_decode(rest)[0]
+    return out or None
