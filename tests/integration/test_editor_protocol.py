@@ -283,3 +283,21 @@ def test_newer_complete_cancels_the_older_and_cancel_stops_a_request(
     assert by_id["gone"]["code"] == "cancelled"
     assert by_id["busy"]["code"] == "cancelled"  # running when "gone" replaced it: stopped
     assert by_id["new"]["type"] == "completion"
+
+
+def test_playground_is_served_from_its_build_and_only_from_there(
+    engine: CompletionEngine, tmp_path: Any
+) -> None:
+    with make_client(engine, playground_dir=tmp_path / "missing") as c:
+        missing = c.get("/playground/")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "playground_not_built"
+        assert "npm run build" in missing.json()["error"]["message"]
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("<title>Splice playground</title>")
+    (tmp_path / "secret.txt").write_text("not for the web")
+    with make_client(engine, playground_dir=tmp_path / "site") as c:
+        assert c.get("/playground", follow_redirects=False).headers["location"] == "/playground/"
+        page = c.get("/playground/")
+        assert page.status_code == 200 and "Splice playground" in page.text
+        assert c.get("/playground/..%2Fsecret.txt").status_code == 404
+        assert c.get("/playground/nope.js").json()["error"]["code"] == "not_found"
