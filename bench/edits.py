@@ -1,9 +1,11 @@
 """`splice bench edits`: KV reuse methods compared on real edit histories, side by side.
 
 For every edit history (original file + ordered unified diffs), each step's hunks are applied
-as editor edits, then a completion is asked for the step's first added non-blank line: the
-prompt is the text before that line plus its indentation (the last --context-tokens tokens),
-the suffix is the rest of the file. Every method keeps its own document cache across the
+as editor edits, then a completion is asked for one line (--task): `edit-line`, the step's first
+added non-blank line (the edit sits right before the cursor); `next-line`, the first non-blank
+line --lines-after lines below the step's last change (the edit sits inside the prompt and
+everything after it has moved, as in the PIE paper's setup). The prompt is the text before
+that line plus its indentation (the last --context-tokens tokens), the suffix is the rest. Every method keeps its own document cache across the
 steps of a history, so approximation errors accumulate as they would in an editor session.
 
 Methods: full (recompute), prefix (common-prefix reuse), naive (splice without fixing
@@ -12,7 +14,7 @@ against the true line, agreement with `full`, time to first token p50/p90, promp
 encoded per step and the ratio of each to `full`.
 
     splice bench edits --data ../shared/data/edit-histories/realistic-edits-public.jsonl.gz \\
-        [--model default] [--limit 40] [--context-tokens 2048] [--json OUT]
+        [--task edit-line|next-line] [--model default] [--limit 40] [--context-tokens 2048] [--json OUT]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -37,6 +40,12 @@ from splice.completion.pie import encode_full
 from splice.completion.pie_plan import REUSE_METHODS, ReuseMethod
 
 HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+# edit-line: complete the step's first added line (the edit sits right before the cursor).
+# next-line: complete the first non-blank line `lines_after` lines below the step's last change
+# (the edit sits inside the prompt and everything after it moves, as in the PIE paper's setup).
+Task = Literal["edit-line", "next-line"]
+TASKS: tuple[Task, ...] = ("edit-line", "next-line")
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,43 @@ def first_added_line(diff: str) -> int | None:
     return None
 
 
-def load_steps(path: Path, limit: int | None) -> Iterator[tuple[str, str, list[Step]]]:
+def last_changed_line(diff: str) -> int | None:
+    """0-based line number, in the new file, just after the step's last added or removed line."""
+    new_line, last = 0, None
+    for line in diff.splitlines():
+        m = HUNK.match(line)
+        if m:
+            new_line = int(m.group(3)) - 1
+            continue
+        if line.startswith(("+++", "---")):
+            continue
+        if line.startswith("+"):
+            new_line += 1
+            last = new_line
+        elif line.startswith("-"):
+            last = new_line
+        elif line.startswith(" "):
+            new_line += 1
+    return last
+
+
+def target_line(diff: str, after: str, task: Task, lines_after: int) -> int | None:
+    """The line to complete after the step: see `Task`."""
+    if task == "edit-line":
+        return first_added_line(diff)
+    changed = last_changed_line(diff)
+    if changed is None:
+        return None
+    lines = after.splitlines()
+    for i in range(changed + lines_after, len(lines)):
+        if lines[i].strip():
+            return i
+    return None
+
+
+def load_steps(
+    path: Path, limit: int | None, task: Task = "edit-line", lines_after: int = 20
+) -> Iterator[tuple[str, str, list[Step]]]:
     """Yield (history id, original text, its steps), stopping after `limit` steps in total."""
     count = 0
     with gzip.open(path, "rt", encoding="utf-8") as fh:
@@ -114,19 +159,19 @@ def load_steps(path: Path, limit: int | None) -> Iterator[tuple[str, str, list[S
                     after = apply_unified_diff(text, diff)
                 except ValueError:
                     break
-                target_line = first_added_line(diff)
-                if target_line is not None:
+                target = target_line(diff, after, task, lines_after)
+                if target is not None:
                     lines = after.splitlines(keepends=True)
-                    line = lines[target_line].rstrip("\r\n")
+                    line = lines[target].rstrip("\r\n")
                     indent = line[: len(line) - len(line.lstrip())]
-                    head = "".join(lines[:target_line])
+                    head = "".join(lines[:target])
                     steps.append(
                         Step(
                             row["id"],
                             text,
                             after,
                             head + indent,
-                            "\n" + "".join(lines[target_line + 1 :]),
+                            "\n" + "".join(lines[target + 1 :]),
                             line.strip(),
                         )
                     )
@@ -183,6 +228,8 @@ def run(
     refresh_ratio: float = 0.0,
     max_tokens: int = 32,
     progress: bool = True,
+    task: Task = "edit-line",
+    lines_after: int = 20,
 ) -> dict[str, object]:
     engines = {
         m: CompletionEngine(
@@ -200,7 +247,7 @@ def run(
     params = GenerationParams(max_tokens=max_tokens, stop=("\n",))
     n_steps = 0
     started = time.perf_counter()
-    for history, original, steps in load_steps(data, limit):
+    for history, original, steps in load_steps(data, limit, task, lines_after):
         key = DocumentKey("bench", history, loaded.model_id)
         # Prime every method's cache with the file before its first edit, encoded once: the
         # state is the same for all methods, and reuse never writes into a cache it reads.
@@ -245,6 +292,7 @@ def run(
     return {
         "model": loaded.model_id,
         "steps": n_steps,
+        "task": task,
         "context_tokens": context_tokens,
         "refresh_first_k": refresh_first_k,
         "refresh_ratio": refresh_ratio,
@@ -258,7 +306,8 @@ def print_table(result: dict[str, object]) -> None:
     methods = result["methods"]
     assert isinstance(methods, dict)
     print(
-        f"\n{result['model']}, {result['steps']} steps, {result['context_tokens']} context tokens, "
+        f"\n{result['model']}, {result['task']}, {result['steps']} steps, "
+        f"{result['context_tokens']} context tokens, "
         f"{result['device']}"
     )
     head = f"{'method':<12} {'EM':>6} {'ES':>6} {'=full':>6} {'TTFT p50':>9} {'p90':>8} "
@@ -291,6 +340,15 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="pie+refresh: fraction of the most deviant kept tokens re-encoded (CacheBlend-style)",
     )
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        default="edit-line",
+        help="edit-line: complete the edited line; next-line: complete a line below the edit",
+    )
+    parser.add_argument(
+        "--lines-after", type=int, default=20, help="next-line: distance from the edit (lines)"
+    )
     parser.add_argument("--methods", nargs="+", default=list(REUSE_METHODS), choices=REUSE_METHODS)
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
@@ -311,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         context_tokens=args.context_tokens,
         refresh_first_k=args.refresh_first_k,
         refresh_ratio=args.refresh_ratio,
+        task=args.task,
+        lines_after=args.lines_after,
     )
     print_table(result)
     if args.json:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from splice.bench.edits import apply_unified_diff, first_added_line
+from splice.bench.edits import apply_unified_diff, first_added_line, load_steps
 
 BENCH_EDITS = [sys.executable, "-m", "splice.assistant", "bench", "edits"]
 
@@ -52,6 +52,17 @@ def test_unified_diff_application_and_target_line(tmp_path: Path) -> None:
         line = first_added_line(diff)
         assert line is not None and text.splitlines()[line].startswith("def added_")
     assert text == row["final"]
+
+
+def test_next_line_task_puts_the_edit_inside_the_prompt(tmp_path: Path) -> None:
+    ((_, _, edit_line),) = load_steps(history(tmp_path), None, "edit-line")
+    ((_, _, next_line),) = load_steps(history(tmp_path), None, "next-line", lines_after=10)
+    assert len(edit_line) == len(next_line) == 3
+    for step, edit, nxt in zip(range(3), edit_line, next_line, strict=True):
+        assert edit.target == f"def added_{step}(y):"  # the edit is the completed line
+        assert f"def added_{step}(y):" in nxt.prefix  # the edit is in the prompt, 10+ lines up
+        assert nxt.prefix.count("\n") >= edit.prefix.count("\n") + 10
+        assert nxt.target and nxt.target in nxt.after.splitlines()[nxt.prefix.count("\n")]
 
 
 def test_bench_edits_compares_every_method(tmp_path: Path, tiny_model_dir: Path) -> None:
