@@ -99,3 +99,11 @@ def test_mypy_clean(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    """The README's second command is what CI runs (after installing its system packages)."""
+    root = Path(__file__).resolve().parents[2]
+    blocks = [b.split("```", 1)[0].strip() for b in (root / "README.md").read_text().split("```bash\n")[1:]]
+    ci_lines = [line for line in (root / ".ci" / "run").read_text().splitlines() if line.strip()]
+    assert blocks[1] == ci_lines[-1], "README's test command and .ci/run's last line differ"
