@@ -1,0 +1,226 @@
+/**
+ * The browser playground: a Monaco editor wired to a Splice server through the same core client
+ * as the VS Code extension. The server serves this page at /playground/ and the page talks back
+ * to the host it came from, so there is nothing to configure; `?api_key=KEY` in the page's URL
+ * is passed on for servers started with SPLICE_API_KEYS.
+ */
+
+import * as monaco from "monaco-editor/editor/editor.api.js";
+// Only what a small demo editor needs: ghost text, brackets, clipboard, comments, find, folding.
+import "monaco-editor/features/inlineCompletions/register.js";
+import "monaco-editor/features/bracketMatching/register.js";
+import "monaco-editor/features/clipboard/register.js";
+import "monaco-editor/features/comment/register.js";
+import "monaco-editor/features/find/register.js";
+import "monaco-editor/features/folding/register.js";
+import "monaco-editor/features/indentation/register.js";
+import "monaco-editor/features/linesOperations/register.js";
+import "monaco-editor/features/multicursor/register.js";
+import "monaco-editor/features/wordOperations/register.js";
+import "monaco-editor/features/codicon/register.js";
+import "monaco-editor/languages/definitions/python/register.js";
+import "monaco-editor/languages/definitions/javascript/register.js";
+
+import {
+  AdaptiveDebouncer,
+  describeStatus,
+  isCancelled,
+  SpliceClient,
+  TelemetryReporter,
+  type ClientStatus,
+  type CompletionResult,
+  type TextChange,
+} from "../core/index.js";
+
+const DOCUMENT_URI = "file:///playground/demo.py";
+const INITIAL_TEXT = "# Splice playground: type some Python, pause, and press Tab to accept the grey suggestion.\n\n";
+
+declare global {
+  interface Window {
+    spliceEditor: monaco.editor.IStandaloneCodeEditor;
+    spliceClient: SpliceClient;
+    spliceDocumentUri: string;
+  }
+}
+
+/** `/prefix/playground/...` is served by the server whose API lives at `/prefix/v1/...`. */
+function serverPaths(): { wsUrl: string; restBase: string } {
+  const prefix = location.pathname.replace(/\/playground(\/.*)?$/, "");
+  const ws = location.protocol === "https:" ? "wss:" : "ws:";
+  return { wsUrl: `${ws}//${location.host}${prefix}/v1/documents`, restBase: `${location.origin}${prefix}` };
+}
+
+function element(id: string): HTMLElement {
+  const found = document.getElementById(id);
+  if (!found) throw new Error(`playground page is missing #${id}`);
+  return found;
+}
+
+// Monaco's editor worker (diffs, word ranges) is built beside this file.
+self.MonacoEnvironment = {
+  getWorker: () => new Worker(new URL("./editor.worker.js", location.href)),
+};
+
+const { wsUrl, restBase } = serverPaths();
+const apiKey = new URLSearchParams(location.search).get("api_key") ?? "";
+
+const client = new SpliceClient({
+  url: wsUrl,
+  apiKey,
+  apiKeyTransport: "query", // browsers cannot set headers on a WebSocket
+  createSocket: (url) => new WebSocket(url),
+  log: (level, message) => console[level === "debug" ? "debug" : level](`[splice] ${message}`),
+});
+const telemetry = new TelemetryReporter({
+  baseUrl: restBase,
+  apiKey,
+  log: (level, message) => console[level](`[splice telemetry] ${message}`),
+});
+const debouncer = new AdaptiveDebouncer({ baseMs: 150 });
+
+const model = monaco.editor.createModel(INITIAL_TEXT, "python", monaco.Uri.parse(DOCUMENT_URI));
+const editor = monaco.editor.create(element("editor"), {
+  model,
+  theme: "vs-dark",
+  automaticLayout: true,
+  fontSize: 14,
+  minimap: { enabled: false },
+  inlineSuggest: { enabled: true },
+  tabSize: 4,
+  insertSpaces: true,
+});
+editor.setPosition(model.getPositionAt(INITIAL_TEXT.length));
+
+// -- document sync -------------------------------------------------------------------------------
+
+client.openDocument({ uri: DOCUMENT_URI, languageId: model.getLanguageId(), getText: () => model.getValue() });
+
+// Monaco's changes carry 1-based ranges into the text before the edit, in the order that makes
+// them apply one after another (VS Code's contentChanges are these same objects). The client
+// numbers versions itself: Monaco's versionId also moves on undo and redo.
+model.onDidChangeContent((event) => {
+  debouncer.noteTyping();
+  const changes: TextChange[] = event.changes.map((change) => ({
+    range: {
+      start: { line: change.range.startLineNumber - 1, character: change.range.startColumn - 1 },
+      end: { line: change.range.endLineNumber - 1, character: change.range.endColumn - 1 },
+    },
+    text: change.text,
+  }));
+  client.changeDocument(DOCUMENT_URI, changes);
+});
+
+// -- inline completions --------------------------------------------------------------------------
+
+interface SpliceCompletions extends monaco.languages.InlineCompletions {
+  requestId: string;
+}
+
+function cancellationSignal(token: monaco.CancellationToken): AbortSignal {
+  const abort = new AbortController();
+  if (token.isCancellationRequested) abort.abort();
+  else token.onCancellationRequested(() => abort.abort());
+  return abort.signal;
+}
+
+const lastCompletion = element("last");
+
+function describeCompletion(result: CompletionResult): string {
+  const usage = result.usage;
+  const reuse = usage ? `, reused ${usage.reused_prompt_tokens}/${usage.prompt_tokens} prompt tokens` : "";
+  return `last completion ${Math.round(result.latencyMs)} ms${reuse}`;
+}
+
+const provider: monaco.languages.InlineCompletionsProvider<SpliceCompletions> = {
+  async provideInlineCompletions(textModel, position, context, token): Promise<SpliceCompletions | undefined> {
+    if (textModel !== model) return undefined;
+    const signal = cancellationSignal(token);
+    if (context.triggerKind === monaco.languages.InlineCompletionTriggerKind.Automatic) {
+      if (!(await debouncer.wait(signal))) return undefined;
+    }
+    try {
+      const result = await client.complete(
+        DOCUMENT_URI,
+        { line: position.lineNumber - 1, character: position.column - 1 },
+        { maxTokens: 64 },
+        signal,
+      );
+      debouncer.noteLatency(result.latencyMs);
+      lastCompletion.textContent = describeCompletion(result);
+      return {
+        requestId: result.requestId,
+        items: result.items.map((item) => ({
+          insertText: item.text,
+          range: new monaco.Range(
+            item.range.start.line + 1,
+            item.range.start.character + 1,
+            item.range.end.line + 1,
+            item.range.end.character + 1,
+          ),
+        })),
+      };
+    } catch (err) {
+      if (!isCancelled(err)) console.warn(`[splice] completion failed: ${(err as Error).message}`);
+      return undefined;
+    }
+  },
+  handleItemDidShow(completions) {
+    telemetry.view(completions.requestId);
+  },
+  handleEndOfLifetime(completions, _item, reason, summary) {
+    if (!summary.shown) return;
+    const elapsed = summary.shownDuration;
+    if (reason.kind === monaco.languages.InlineCompletionEndOfLifeReasonKind.Accepted) {
+      telemetry.select(completions.requestId, elapsed);
+    } else {
+      telemetry.dismiss(completions.requestId, elapsed);
+    }
+  },
+  disposeInlineCompletions() {
+    // Nothing to free: completions hold plain strings.
+  },
+};
+monaco.languages.registerInlineCompletionsProvider("*", provider);
+
+// -- status line ---------------------------------------------------------------------------------
+
+const statusElement = element("status");
+const detailElement = element("detail");
+
+function render(status: ClientStatus): void {
+  const summary = describeStatus(status);
+  statusElement.dataset["kind"] = summary.kind;
+  statusElement.textContent = summary.text;
+  detailElement.textContent = summary.detail;
+  detailElement.title = summary.detail;
+}
+
+client.onStatus(render);
+render(client.status);
+
+const syncElement = element("sync");
+element("check").addEventListener("click", () => {
+  syncElement.textContent = "comparing…";
+  client.compareWithServer(DOCUMENT_URI).then(
+    (report) => {
+      const where = report.firstDifference
+        ? `differs from line ${report.firstDifference.line + 1}, column ${report.firstDifference.character + 1}`
+        : "same text";
+      syncElement.textContent = report.inSync
+        ? `in sync at version ${report.clientVersion}`
+        : `OUT OF SYNC: ${where} (server version ${report.serverVersion}, editor version ${report.clientVersion})`;
+    },
+    (err: Error) => {
+      syncElement.textContent = `could not compare: ${err.message}`;
+    },
+  );
+});
+
+window.addEventListener("pagehide", () => void telemetry.flush());
+
+window.spliceEditor = editor;
+window.spliceClient = client;
+window.spliceDocumentUri = DOCUMENT_URI;
+
+client.start();
+editor.focus();
