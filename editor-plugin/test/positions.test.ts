@@ -2,7 +2,6 @@ import { describe, expect, it } from "vitest";
 import {
   applyChanges,
   firstDifference,
-  isValidPosition,
   lineStarts,
   offsetAt,
   PositionError,
@@ -79,13 +78,6 @@ describe("offsetAt / positionAt", () => {
   it("refuses negative and fractional coordinates", () => {
     expect(() => offsetAt(text, pos(-1, 0))).toThrow(/non-negative integer/);
     expect(() => offsetAt(text, pos(0, 0.5))).toThrow(/non-negative integer/);
-  });
-
-  it("isValidPosition follows the same rules", () => {
-    expect(isValidPosition(text, pos(0, 2))).toBe(true);
-    expect(isValidPosition(text, pos(0, 3))).toBe(false);
-    expect(isValidPosition(text, pos(3, 1))).toBe(false);
-    expect(isValidPosition(text, pos(9, 0))).toBe(false);
   });
 });
 

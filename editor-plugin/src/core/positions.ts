@@ -4,8 +4,9 @@
  * The editor protocol names places in a document as `{line, character}`: both 0-based, the
  * character counted in UTF-16 code units (what JavaScript string indices already are), lines
  * ending at `\n`, `\r\n` or `\r`. The server refuses a position past the end of a line or of
- * the document, or one that splits a surrogate pair, so the client checks the same rules
- * before it sends one and never guesses a nearby valid place.
+ * the document, or one that splits a surrogate pair; these functions follow the same rules
+ * (throwing PositionError rather than guessing a nearby valid place), so the client's notion of
+ * where an edit or a difference lies is the server's.
  */
 
 import type { Position, TextChange } from "./protocol.js";
@@ -122,20 +123,11 @@ export function positionAt(text: string, offset: number, starts: readonly number
   return { line: lo, character };
 }
 
-/** True when `position` names a place in `text` (the rules of {@link offsetAt}). */
-export function isValidPosition(text: string, position: Position): boolean {
-  try {
-    offsetAt(text, position);
-    return true;
-  } catch (err) {
-    if (err instanceof PositionError) return false;
-    throw err;
-  }
-}
-
 /**
  * Apply LSP changes one after another, each against the text the previous one left; throws
  * PositionError (and changes nothing) when any range is invalid or has its end before its start.
+ * This is the server's semantics for a `change` message, kept here as the reference the tests
+ * rebuild documents with.
  */
 export function applyChanges(text: string, changes: readonly TextChange[]): string {
   let result = text;
