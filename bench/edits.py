@@ -5,8 +5,9 @@ as editor edits, then a completion is asked for one line (--task): `edit-line`, 
 added non-blank line (the edit sits right before the cursor); `next-line`, the first non-blank
 line --lines-after lines below the step's last change (the edit sits inside the prompt and
 everything after it has moved, as in the PIE paper's setup). The prompt is the text before
-that line plus its indentation (the last --context-tokens tokens), the suffix is the rest. Every method keeps its own document cache across the
-steps of a history, so approximation errors accumulate as they would in an editor session.
+that line plus its indentation (the last --context-tokens tokens), the suffix is the rest.
+Every method keeps its own document cache across the steps of a history, so approximation
+errors accumulate as they would in an editor session.
 
 Methods: full (recompute), prefix (common-prefix reuse), naive (splice without fixing
 positions), pie, pie+refresh. Per method: exact match and edit similarity of the first line
