@@ -93,42 +93,35 @@ def apply_unified_diff(text: str, diff: str) -> str:
     return "".join(out)
 
 
-def first_added_line(diff: str) -> int | None:
-    """0-based line number, in the new file, of the step's first added non-blank line."""
+def _new_file_lines(diff: str) -> Iterator[tuple[str, str, int]]:
+    """(tag, content, 0-based line in the new file) for every body line of a unified diff;
+    for a "-" line, the new-file line it was removed before."""
     new_line = 0
     for line in diff.splitlines():
         m = HUNK.match(line)
         if m:
             new_line = int(m.group(3)) - 1
             continue
-        if line.startswith(("+++", "---")):
+        if line.startswith(("+++", "---")) or line[:1] not in ("+", "-", " "):
             continue
-        if line.startswith("+"):
-            if line[1:].strip():
-                return new_line
+        yield line[:1], line[1:], new_line
+        if line[:1] in ("+", " "):
             new_line += 1
-        elif line.startswith(" "):
-            new_line += 1
-    return None
+
+
+def first_added_line(diff: str) -> int | None:
+    """0-based line number, in the new file, of the step's first added non-blank line."""
+    return next((at for tag, text, at in _new_file_lines(diff) if tag == "+" and text.strip()), None)
 
 
 def last_changed_line(diff: str) -> int | None:
     """0-based line number, in the new file, just after the step's last added or removed line."""
-    new_line, last = 0, None
-    for line in diff.splitlines():
-        m = HUNK.match(line)
-        if m:
-            new_line = int(m.group(3)) - 1
-            continue
-        if line.startswith(("+++", "---")):
-            continue
-        if line.startswith("+"):
-            new_line += 1
-            last = new_line
-        elif line.startswith("-"):
-            last = new_line
-        elif line.startswith(" "):
-            new_line += 1
+    last = None
+    for tag, _, at in _new_file_lines(diff):
+        if tag == "+":
+            last = at + 1
+        elif tag == "-":
+            last = at
     return last
 
 
