@@ -49,6 +49,10 @@ class CompletionService:
         name = req.document or (req.segments.filepath if req.segments else None) or "(unnamed)"
         return DocumentKey(tenant=tenant, document=name, model=self.engine.loaded.model_id)
 
+    def max_tokens_limit(self) -> int:
+        """The largest max_tokens a request may ask for (settings, and room in the context)."""
+        return min(self.settings.max_tokens_limit, self.engine.context_window - 16)
+
     def to_job(self, req: CompletionRequest) -> tuple[CompletionInput, GenerationParams]:
         """Check what pydantic cannot (it depends on the served model and settings)."""
         if req.model and req.model not in self.served_names():
@@ -61,7 +65,7 @@ class CompletionService:
         if not prefix and not suffix:
             raise ApiError(422, "empty_prompt", "prompt is empty: give a non-empty prefix (prompt) or suffix")
         max_tokens = req.max_tokens if req.max_tokens is not None else self.settings.default_max_tokens
-        limit = min(self.settings.max_tokens_limit, self.engine.context_window - 16)
+        limit = self.max_tokens_limit()
         if max_tokens > limit:
             raise ApiError(422, "invalid_request", f"max_tokens: must be at most {limit} (got {max_tokens})")
         params = GenerationParams(

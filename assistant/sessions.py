@@ -326,7 +326,7 @@ class EditorSession:
             await self.error("invalid_message", f"requestId {rid!r} is already in flight", rid, uri)
             return
         max_tokens = msg.maxTokens or self.settings.default_max_tokens
-        limit = min(self.settings.max_tokens_limit, self.completions.engine.context_window - 16)
+        limit = self.completions.max_tokens_limit()
         if max_tokens > limit:
             await self.error(
                 "invalid_message", f"maxTokens: must be at most {limit} (got {max_tokens})", rid, uri
