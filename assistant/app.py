@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,11 +22,22 @@ from splice.assistant.errors import ApiError, install_error_handlers
 from splice.assistant.events import EventStore, InMemoryEventStore, new_event
 from splice.assistant.metrics import Metrics
 from splice.assistant.middleware import BodySizeLimit, RequestMetrics
+from splice.assistant.repositories import RepositoryRegistry, parse_roots
 from splice.assistant.scheduler import GenerationScheduler
-from splice.assistant.schemas import CompletionRequest, EventRequest, EventResponse, Health
+from splice.assistant.schemas import (
+    CompletionRequest,
+    EventRequest,
+    EventResponse,
+    Health,
+    RepositoryRequest,
+    SearchRequest,
+)
 from splice.assistant.sessions import EditorSession
 from splice.assistant.settings import Settings
 from splice.completion.engine import CompletionEngine
+from splice.completion.fim import repository_separator
+from splice.retrieval.context import ContextAssembler
+from splice.retrieval.tokens import text_terms
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -40,6 +52,7 @@ class AppState:
     completions: CompletionService
     documents: DocumentStore
     keys: ApiKeys
+    repositories: RepositoryRegistry
 
     def tenant(self, request: Request) -> str:
         return self.keys.tenant(request.headers.get("authorization"))
@@ -95,6 +108,21 @@ def playground_dir(settings: Settings) -> Path:
     return Path(__file__).resolve().parent.parent / "editor-plugin" / "dist" / "playground"
 
 
+def make_registry(settings: Settings, engine: CompletionEngine) -> RepositoryRegistry:
+    tokenizer = engine.tokenizer
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    return RepositoryRegistry(
+        settings.home,
+        parse_roots(settings.repository_roots),
+        count,
+        file_sep=repository_separator(tokenizer, engine.template),
+        context_tokens=settings.context_tokens,
+    )
+
+
 def create_app(
     settings: Settings,
     engine: CompletionEngine,
@@ -112,12 +140,16 @@ def create_app(
         completions=CompletionService(engine, scheduler, metrics, settings),
         documents=documents or InMemoryDocumentStore(max_chars=settings.ws_max_message_bytes),
         keys=ApiKeys(settings.api_keys),
+        repositories=make_registry(settings, engine),
     )
+    state.completions.registry = state.repositories
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.repositories.load()
         yield
         scheduler.shutdown()
+        state.repositories.close()
 
     app = FastAPI(title="Splice", version=__version__, lifespan=lifespan)
     app.state.splice = state
@@ -178,6 +210,53 @@ def create_app(
         except UnknownDocument as exc:
             raise ApiError(404, "unknown_document", str(exc)) from exc
         return {"uri": doc.uri, "version": doc.version, "languageId": doc.language_id, "text": doc.text}
+
+    @app.post("/v1/repositories", openapi_extra=_body_doc(RepositoryRequest), status_code=202)
+    async def register_repository(request: Request, state: StateDep) -> dict[str, Any]:
+        state.tenant(request)
+        req = parse_body(await request.body(), RepositoryRequest)
+        repo = state.repositories.register(req.path, req.languages)
+        return repo.as_dict()
+
+    @app.get("/v1/repositories")
+    async def list_repositories(request: Request, state: StateDep) -> dict[str, Any]:
+        state.tenant(request)
+        return {"repositories": [r.as_dict() for r in state.repositories.repos.values()]}
+
+    @app.get("/v1/repositories/{repo_id}")
+    async def repository(repo_id: str, request: Request, state: StateDep) -> dict[str, Any]:
+        state.tenant(request)
+        return state.repositories.get(repo_id).as_dict()
+
+    @app.post("/v1/search", openapi_extra=_body_doc(SearchRequest))
+    async def search(request: Request, state: StateDep) -> dict[str, Any]:
+        state.tenant(request)
+        req = parse_body(await request.body(), SearchRequest)
+        repo = state.repositories.get(req.repository)
+
+        def run() -> list[dict[str, Any]]:
+            if req.query is not None:
+                hits = repo.index.store.search(text_terms(req.query), limit=req.limit)
+                return [
+                    {
+                        "path": c.path,
+                        "start_line": c.start_line,
+                        "end_line": c.end_line,
+                        "source": "search",
+                        "name": c.name,
+                        "score": round(score, 4),
+                        "text": c.text,
+                    }
+                    for c, score in hits
+                ]
+            state.repositories.flush()
+            where = state.repositories.locate(req.filepath, repo.id)
+            rel = where[1] if where else None
+            assembler = ContextAssembler(repo.index)
+            ranked = assembler.candidates(rel, req.prefix or "", req.suffix or "", req.language)
+            return [s.as_dict() for s in ranked[: req.limit]]
+
+        return {"repository": repo.id, "status": repo.status, "snippets": await asyncio.to_thread(run)}
 
     @app.get("/playground", include_in_schema=False)
     async def playground_root() -> Response:

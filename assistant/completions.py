@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import threading
 import time
@@ -16,11 +17,21 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from splice.assistant.errors import ApiError
 from splice.assistant.metrics import Metrics
+from splice.assistant.repositories import RepositoryRegistry
 from splice.assistant.scheduler import GenerationScheduler, QueueFull
-from splice.assistant.schemas import Choice, CompletionRequest, CompletionResponse, TimingInfo, Usage
+from splice.assistant.schemas import (
+    Choice,
+    CompletionRequest,
+    CompletionResponse,
+    DebugData,
+    SnippetOut,
+    TimingInfo,
+    Usage,
+)
 from splice.assistant.settings import Settings
 from splice.completion.document_cache import DocumentKey
 from splice.completion.engine import CompletionEngine, CompletionInput, CompletionResult, GenerationParams
+from splice.retrieval.context import Snippet
 
 DISCONNECT_POLL_S = 0.05
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
@@ -38,6 +49,7 @@ class CompletionService:
         self.scheduler = scheduler
         self.metrics = metrics
         self.settings = settings
+        self.registry: RepositoryRegistry | None = None  # set by the app when retrieval is on
 
     def served_names(self) -> set[str]:
         return {self.engine.loaded.model_id, self.settings.model, "default"}
@@ -77,6 +89,34 @@ class CompletionService:
         )
         filepath = req.segments.filepath if req.segments else None
         return CompletionInput(prefix=prefix, suffix=suffix, language=req.language, filepath=filepath), params
+
+    async def add_context(
+        self, inp: CompletionInput, document: str, repository: str | None = None, disabled: bool = False
+    ) -> tuple[CompletionInput, list[Snippet]]:
+        """`inp` with repository context for its file (off the event loop: it reads the index)."""
+        if self.registry is None or disabled or self.settings.context_tokens == 0:
+            if repository is not None and self.registry is None:
+                raise ApiError(404, "unknown_repository", "this server has no repositories registered")
+            return inp, []
+        registry = self.registry
+        if repository is not None:
+            registry.get(repository)  # 404 before any work
+        context, snippets = await asyncio.to_thread(
+            registry.context, inp.filepath, inp.prefix, inp.suffix, inp.language, document, repository
+        )
+        return dataclasses.replace(inp, context=context), snippets
+
+    async def _with_context(
+        self, req: CompletionRequest, inp: CompletionInput, tenant: str
+    ) -> tuple[CompletionInput, list[Snippet]]:
+        debug = req.debug_options
+        name = req.document or inp.filepath or "(unnamed)"
+        return await self.add_context(
+            inp,
+            f"{tenant}:{name}",
+            req.repository,
+            disabled=bool(debug and debug.disable_retrieval_augmented_code_completion),
+        )
 
     async def start(
         self, job: Callable[[], CompletionResult], watcher: asyncio.Task[None]
@@ -124,9 +164,23 @@ class CompletionService:
         if result.completion_tokens:
             self.metrics.ttft.observe(result.timings.first_token_ms / 1000.0)
 
-    def _response(self, cid: str, result: CompletionResult, queue_ms: float) -> CompletionResponse:
+    def _response(
+        self,
+        cid: str,
+        result: CompletionResult,
+        queue_ms: float,
+        req: CompletionRequest | None = None,
+        snippets: list[Snippet] | None = None,
+    ) -> CompletionResponse:
         t = result.timings
+        debug = None
+        if req is not None and req.debug_options is not None and req.debug_options.return_snippets:
+            debug = DebugData(
+                snippets=[SnippetOut.model_validate(s.as_dict()) for s in snippets or []],
+                context_tokens=result.context_tokens,
+            )
         return CompletionResponse(
+            debug_data=debug,
             id=cid,
             created=int(time.time()),
             model=self.engine.loaded.model_id,
@@ -150,6 +204,7 @@ class CompletionService:
 
     async def complete(self, req: CompletionRequest, request: Request, tenant: str = "default") -> Response:
         inp, params = self.to_job(req)
+        inp, snippets = await self._with_context(req, inp, tenant)
         document = self.document_key(req, tenant)
         cancel = threading.Event()
         watcher = asyncio.create_task(_watch_disconnect(request, cancel))
@@ -170,11 +225,13 @@ class CompletionService:
             raise ApiError(422, "invalid_request", str(exc)) from exc
         finally:
             watcher.cancel()
-        body = self._response(_new_id(), result, ((started or [queued])[0] - queued) * 1000.0)
-        return JSONResponse(body.model_dump())
+        queue_ms = ((started or [queued])[0] - queued) * 1000.0
+        body = self._response(_new_id(), result, queue_ms, req, snippets)
+        return JSONResponse(_dump(body))
 
     async def stream(self, req: CompletionRequest, request: Request, tenant: str = "default") -> Response:
         inp, params = self.to_job(req)
+        inp, snippets = await self._with_context(req, inp, tenant)
         document = self.document_key(req, tenant)
         cid = _new_id()
         cancel = threading.Event()
@@ -213,7 +270,9 @@ class CompletionService:
                 except ValueError as exc:
                     yield _sse({"error": {"code": "invalid_request", "message": str(exc)}})
                     return
-                final = self._response(cid, result, ((started or [queued])[0] - queued) * 1000.0).model_dump()
+                queue_ms = ((started or [queued])[0] - queued) * 1000.0
+                response = self._response(cid, result, queue_ms, req, snippets)
+                final = _dump(response)
                 final["choices"] = [{"index": 0, "text": "", "finish_reason": result.finish_reason}]
                 yield _sse(final)
                 yield "data: [DONE]\n\n"
@@ -231,6 +290,14 @@ async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
             cancel.set()
             return
         await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+def _dump(response: CompletionResponse) -> dict[str, object]:
+    """The response as JSON; `debug_data` only when it was asked for."""
+    body = response.model_dump()
+    if body.get("debug_data") is None:
+        body.pop("debug_data", None)
+    return body
 
 
 def _new_id() -> str:

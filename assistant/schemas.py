@@ -34,6 +34,15 @@ class Segments(BaseModel):
     _text = field_validator("prefix", "suffix")(_encodable)
 
 
+class DebugOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    return_snippets: bool = Field(False, description="Return the repository snippets used in `debug_data`")
+    disable_retrieval_augmented_code_completion: bool = Field(
+        False, description="Complete without repository context"
+    )
+
+
 class CompletionRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
@@ -47,6 +56,10 @@ class CompletionRequest(BaseModel):
     document: str | None = Field(
         None, max_length=1024, description="Splice: names the document so its KV cache is reused across calls"
     )
+    repository: str | None = Field(
+        None, max_length=256, description="Splice: id of a registered repository to take context from"
+    )
+    debug_options: DebugOptions | None = None
     stream: bool = False
     stop: str | list[str] | None = None
     n: int = Field(1, description="Only 1 is supported")
@@ -131,6 +144,21 @@ class TimingInfo(BaseModel):
     tokens_per_second: float
 
 
+class SnippetOut(BaseModel):
+    path: str
+    start_line: int = Field(description="0-based first line of the snippet in its file")
+    end_line: int = Field(description="0-based last line (inclusive)")
+    source: str = Field(description="definition, recent_edit or similar")
+    name: str
+    score: float
+    text: str
+
+
+class DebugData(BaseModel):
+    snippets: list[SnippetOut] = Field(default_factory=list)
+    context_tokens: int = 0
+
+
 class CompletionResponse(BaseModel):
     id: str
     object: Literal["text_completion"] = "text_completion"
@@ -139,6 +167,32 @@ class CompletionResponse(BaseModel):
     choices: list[Choice]
     usage: Usage
     timings: TimingInfo
+    debug_data: DebugData | None = None
+
+
+class RepositoryRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    path: str = Field(..., min_length=1, max_length=4096, description="Absolute path on the server")
+    languages: list[str] | None = Field(None, description="Index only these languages (default: all)")
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    repository: str = Field(..., min_length=1, max_length=256)
+    query: str | None = Field(None, max_length=10_000, description="Free text: BM25 over identifier tokens")
+    filepath: str | None = Field(None, max_length=4096, description="With prefix: rank context for a cursor")
+    prefix: str | None = Field(None, max_length=1_000_000)
+    suffix: str | None = Field(None, max_length=1_000_000)
+    language: str | None = Field(None, max_length=64)
+    limit: int = Field(10, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchRequest:
+        if (self.query is None) == (self.prefix is None):
+            raise ValueError("give either `query` (text search) or `prefix` (+ filepath: a cursor's context)")
+        return self
 
 
 class EventRequest(BaseModel):

@@ -297,6 +297,17 @@ class EditorSession:
             reason = {"document_too_large": "too_large"}.get(exc.code, exc.code)
             reason = reason if reason in RESYNC_REASONS else "invalid_change"
             await self.resync(msg.uri, reason, str(exc))
+            return
+        registry = self.completions.registry
+        if registry is not None and registry.repos:
+            # the repository index follows unsaved edits (applied before the next context)
+            ranged = [c for c in changes if c.start is not None]
+            lines = None
+            if ranged and len(ranged) == len(changes):
+                first = min(c.start.line for c in ranged if c.start is not None)
+                last = max((c.start.line if c.start else 0) + c.text.count("\n") for c in ranged)
+                lines = (first, last)
+            registry.buffer_changed(msg.uri, self.store.get(self.tenant, msg.uri).text, lines)
 
     async def on_complete(self, msg: CompleteMsg) -> None:
         rid, uri = msg.requestId, msg.uri
@@ -363,6 +374,8 @@ class EditorSession:
         self.awaiting_open.pop(msg.uri, None)
         with contextlib.suppress(UnknownDocument):
             self.store.close(self.tenant, msg.uri)
+        if self.completions.registry is not None:
+            self.completions.registry.buffer_closed(msg.uri)
         self.metrics.ws_documents.set(len(self.store))
 
     async def on_get(self, msg: GetMsg) -> None:
@@ -412,6 +425,7 @@ class EditorSession:
 
         try:
             try:
+                inp, _ = await self.completions.add_context(inp, f"{self.tenant}:{job.uri}")
                 future = await self.completions.start(run, watcher)
                 result = await future
             except ClientGone:

@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     playground_dir: Path | None = Field(
         None, description="Built playground (default: editor-plugin/dist/playground next to the sources)"
     )
+    repository_roots: str = Field(
+        "",
+        description="Folders (comma-separated) under which POST /v1/repositories may index; empty: none",
+    )
+    context_tokens: int = Field(
+        512, ge=0, description="Prompt tokens for repository context (snippets); 0 turns retrieval off"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
 
     def engine_config(self) -> EngineConfig:

@@ -79,6 +79,7 @@ class CompletionInput:
     suffix: str = ""
     language: str | None = None
     filepath: str | None = None
+    context: str = ""  # rendered repository snippets, placed before the document (splice.retrieval)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class CompletionResult:
     timings: Timings
     encoded_prompt_tokens: int = 0  # prompt tokens run through the model for this request
     reused_prompt_tokens: int = 0  # prompt tokens whose KV came from the document cache
+    context_tokens: int = 0  # repository context tokens in the prompt
 
 
 TextSink = Callable[[str], None]
@@ -199,6 +201,7 @@ class CompletionEngine:
             suffix,
             mode=self.config.fim_mode,
             max_prompt_tokens=self.max_prompt_tokens(max_tokens),
+            context=inp.context.replace("\r\n", "\n"),
         )
         return PreparedPrompt(fim, heal)
 
@@ -338,6 +341,7 @@ class CompletionEngine:
             timings=timings,
             encoded_prompt_tokens=encoded,
             reused_prompt_tokens=reused,
+            context_tokens=prompt.fim.context_tokens,
         )
 
 

@@ -45,6 +45,7 @@ class FimTemplate:
     end_tokens: tuple[str, ...]  # candidates; only those present in the vocabulary are used
     modes: tuple[str, ...]
     add_bos: bool
+    file_sep: str | None = None  # repository-level separator before each file's path, if trained with one
 
     def __post_init__(self) -> None:
         sentinels = (self.prefix_token, self.suffix_token, self.middle_token)
@@ -77,10 +78,12 @@ TEMPLATES: dict[str, FimTemplate] = {
         FimTemplate(
             "starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>",
             ("<|endoftext|>", "<fim_pad>", "<file_sep>"), ("psm", "spm"), add_bos=False,
+            file_sep="<file_sep>",
         ),
         FimTemplate(
             "qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>",
             ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|im_end|>"), ("psm",), add_bos=False,
+            file_sep="<|file_sep|>",
         ),
         FimTemplate(
             "deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>",
@@ -153,6 +156,7 @@ class FimPrompt:
     suffix_tokens: int  # suffix tokens kept in the prompt (0 for prefix-only)
     trimmed_prefix_tokens: int  # prefix tokens dropped from the left by the budget
     trimmed_suffix_tokens: int  # suffix tokens dropped from the right by the budget
+    context_tokens: int = 0  # repository context tokens at the start of the prompt
 
 
 def _encode_without_added_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -214,6 +218,27 @@ def _trim(prefix_ids: list[int], suffix_ids: list[int], budget: int | None) -> t
     return prefix_ids[len(prefix_ids) - prefix_keep :], suffix_ids[:suffix_keep]
 
 
+def repository_separator(tokenizer: PreTrainedTokenizerBase, template: FimTemplate) -> str | None:
+    """The template's file separator when this tokenizer has it as one token, else None."""
+    if template.file_sep is None or _token_id(tokenizer, template.file_sep) is None:
+        return None
+    return template.file_sep
+
+
+def _encode_context(tokenizer: PreTrainedTokenizerBase, template: FimTemplate, context: str) -> list[int]:
+    """Plain text, except that the template's file separator becomes its one token."""
+    sep = repository_separator(tokenizer, template)
+    if sep is None or sep not in context:
+        return _encode_text(tokenizer, context)
+    sep_id = _token_id(tokenizer, sep)
+    assert sep_id is not None
+    first, *rest = context.split(sep)
+    ids = _encode_text(tokenizer, first) if first else []
+    for part in rest:
+        ids += [sep_id, *(_encode_text(tokenizer, part) if part else [])]
+    return ids
+
+
 def build_prompt(
     tokenizer: PreTrainedTokenizerBase,
     template: FimTemplate,
@@ -222,19 +247,40 @@ def build_prompt(
     *,
     mode: str = "psm",
     max_prompt_tokens: int | None = None,
+    context: str = "",
 ) -> FimPrompt:
-    """The prompt ids for infilling between `prefix` and `suffix`, trimmed to `max_prompt_tokens`."""
+    """The prompt ids for infilling between `prefix` and `suffix`, trimmed to `max_prompt_tokens`.
+
+    `context` (repository snippets, already rendered and fitted to their own budget) comes
+    first, before the template's sentinels, so the document part of the prompt keeps its
+    layout; it may use at most half of the budget, and is cut at a line boundary if longer.
+    """
     if mode not in template.modes:
         raise ValueError(
             f"FIM mode {mode!r} is not supported by template {template.name!r}; "
             f"supported: {', '.join(template.modes)}"
         )
     budget = None if max_prompt_tokens is None else max_prompt_tokens - template.added_tokens
+    context_ids = _encode_context(tokenizer, template, context) if context else []
+    if budget is not None and len(context_ids) > budget // 2:
+        lines = context.split("\n")
+        while lines and len(context_ids) > budget // 2:
+            lines = lines[: max(0, len(lines) - max(1, len(lines) // 8))]
+            context_ids = _encode_context(tokenizer, template, "\n".join(lines) + "\n") if lines else []
+    if budget is not None:
+        budget -= len(context_ids)
     full_prefix = _encode_text(tokenizer, prefix)
 
     if not template.is_fim:
         kept_prefix, _ = _trim(full_prefix, [], budget)
-        return FimPrompt(kept_prefix, len(kept_prefix), 0, len(full_prefix) - len(kept_prefix), 0)
+        return FimPrompt(
+            [*context_ids, *kept_prefix],
+            len(kept_prefix),
+            0,
+            len(full_prefix) - len(kept_prefix),
+            0,
+            context_tokens=len(context_ids),
+        )
 
     missing = _missing_tokens(tokenizer, template)
     if missing:
@@ -248,13 +294,14 @@ def build_prompt(
     full_suffix = _encode_continuation(tokenizer, suffix)
     kept_prefix, kept_suffix = _trim(full_prefix, full_suffix, budget)
     if mode == "psm":
-        input_ids = [*bos, pre, *kept_prefix, suf, *kept_suffix, mid]
+        input_ids = [*bos, *context_ids, pre, *kept_prefix, suf, *kept_suffix, mid]
     else:
-        input_ids = [*bos, pre, suf, *kept_suffix, mid, *kept_prefix]
+        input_ids = [*bos, *context_ids, pre, suf, *kept_suffix, mid, *kept_prefix]
     return FimPrompt(
         input_ids=input_ids,
         prefix_tokens=len(kept_prefix),
         suffix_tokens=len(kept_suffix),
         trimmed_prefix_tokens=len(full_prefix) - len(kept_prefix),
         trimmed_suffix_tokens=len(full_suffix) - len(kept_suffix),
+        context_tokens=len(context_ids),
     )

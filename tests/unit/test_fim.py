@@ -382,3 +382,46 @@ def test_trimmed_prompt_fits_and_keeps_prefix_tail(
     assert kept == full_prefix[len(full_prefix) - prompt.prefix_tokens :]
     if prompt.trimmed_prefix_tokens or prompt.trimmed_suffix_tokens:
         assert len(prompt.input_ids) == max_prompt_tokens  # trimming fills the budget exactly
+
+
+# --- repository context ---
+
+
+def test_context_comes_first_and_counts_against_the_budget() -> None:
+    tok = _tokenizer("starcoder")
+    pre, suf, mid = _ids(tok, "<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+    context = "# Path: util.py\n# def helper(x): ...\n"
+    prompt = build_prompt(tok, TEMPLATES["starcoder"], PREFIX, SUFFIX, context=context)
+    c = _text(tok, context)
+    assert prompt.input_ids == [*c, pre, *_text(tok, PREFIX), suf, *_text(tok, SUFFIX), mid]
+    assert prompt.context_tokens == len(c)
+    # with a budget the context's tokens come out of the document's share
+    budget = 2 * len(c) + 3  # the context may use half of what the template leaves
+    trimmed = build_prompt(
+        tok, TEMPLATES["starcoder"], PREFIX, SUFFIX, context=context, max_prompt_tokens=budget
+    )
+    assert len(trimmed.input_ids) <= budget
+    assert trimmed.input_ids[: len(c)] == c
+
+
+def test_context_over_half_the_budget_is_cut_at_line_boundaries() -> None:
+    tok = _tokenizer("plain")
+    context = "".join(f"# line {i} of a long snippet\n" for i in range(100))
+    prompt = build_prompt(tok, TEMPLATES["prefix-only"], PREFIX, "", context=context, max_prompt_tokens=200)
+    assert 0 < prompt.context_tokens <= 100
+    kept = tok.decode(prompt.input_ids[: prompt.context_tokens])
+    assert context.startswith(kept) and kept.endswith("\n")
+    assert prompt.prefix_tokens == len(_text(tok, PREFIX))
+
+
+@pytest.mark.parametrize(("family", "sep"), [("starcoder", "<file_sep>"), ("qwen", "<|file_sep|>")])
+def test_file_separator_in_context_is_one_token(family: str, sep: str) -> None:
+    tok = _tokenizer(family)
+    (sep_id,) = _ids(tok, sep)
+    context = f"{sep}a.py\ndef f(): ...\n{sep}b.py\n"
+    prompt = build_prompt(tok, TEMPLATES[family], PREFIX, SUFFIX, context=context)
+    head = prompt.input_ids[: prompt.context_tokens]
+    assert head.count(sep_id) == 2 and head[0] == sep_id
+    # in the user's own text the separator stays text
+    plain = build_prompt(tok, TEMPLATES[family], sep + PREFIX, SUFFIX)
+    assert sep_id not in plain.input_ids

@@ -1,0 +1,308 @@
+"""Repositories the service knows: registration (inside an allow-list of roots), background
+indexing with progress, editor buffers feeding the index, and context for completions.
+
+Security: a path is accepted only when, after resolving symlinks and `..`, it lies inside one of
+`SPLICE_REPOSITORY_ROOTS`; with no roots configured, registration is refused. Files the walker
+treats as secret (`.env`, keys, credential patterns) are never indexed, so never returned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from splice.assistant.errors import ApiError
+from splice.retrieval.context import (
+    ContextAssembler,
+    ContextSlots,
+    RenderStyle,
+    Snippet,
+    render_context,
+    render_snippet,
+)
+from splice.retrieval.files import WalkConfig, check_path
+from splice.retrieval.indexer import IndexReport, RepositoryIndex, default_index_dir
+from splice.retrieval.languages import FAMILIES, expand_languages, language_for_path
+
+log = logging.getLogger(__name__)
+
+REGISTRY_FILE = "repositories.json"
+
+
+@dataclass
+class Repository:
+    id: str
+    root: Path
+    languages: list[str] | None
+    index: RepositoryIndex
+    status: str = "queued"  # queued | indexing | ready | failed
+    done: int = 0
+    total: int = 0
+    error: str = ""
+    report: IndexReport | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    git_token: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "path": str(self.root),
+            "languages": self.languages,
+            "status": self.status,
+            "progress": {"done": self.done, "total": self.total},
+            "error": self.error or None,
+            "index": self.index.store.counts(),
+            "last_index": self.report.as_dict() if self.report else None,
+            "started_at": self.started_at or None,
+            "finished_at": self.finished_at or None,
+        }
+
+
+def parse_roots(value: str) -> list[Path]:
+    """`SPLICE_REPOSITORY_ROOTS`: absolute folders separated by commas or the path separator."""
+    roots = []
+    for part in value.replace(";", ",").replace(":", ",").split(","):
+        part = part.strip()
+        if part:
+            roots.append(Path(part).expanduser().resolve())
+    return roots
+
+
+def file_uri_path(uri: str) -> Path | None:
+    """The local path of a `file://` URI (None for other schemes)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        return None
+    return Path(unquote(parsed.path))
+
+
+class RepositoryRegistry:
+    def __init__(
+        self,
+        home: Path,
+        roots: list[Path],
+        token_counter: Callable[[str], int],
+        file_sep: str | None = None,
+        context_tokens: int = 512,
+    ) -> None:
+        self.home = home
+        self.roots = roots
+        self.count_tokens = token_counter
+        self.file_sep = file_sep
+        self.context_tokens = context_tokens
+        self.repos: dict[str, Repository] = {}
+        self.slots = ContextSlots()
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str], tuple[str, tuple[int, int] | None]] = {}
+        self._registry_path = home / "indexes" / REGISTRY_FILE
+
+    # -- registration ------------------------------------------------------------------------
+
+    def check_allowed(self, raw: str) -> Path:
+        if not raw or "\x00" in raw:
+            raise ApiError(422, "invalid_path", "path must be a non-empty string without NUL bytes")
+        if not self.roots:
+            raise ApiError(
+                403,
+                "repositories_disabled",
+                "no repository roots are configured; set SPLICE_REPOSITORY_ROOTS to the folders "
+                "this server may index",
+            )
+        path = Path(raw).expanduser()
+        if not path.is_absolute():
+            raise ApiError(422, "invalid_path", f"path must be absolute: {raw!r}")
+        resolved = path.resolve()
+        if not any(resolved == r or resolved.is_relative_to(r) for r in self.roots):
+            raise ApiError(
+                403, "path_not_allowed", f"{raw!r} is outside the allowed repository roots of this server"
+            )
+        if not resolved.is_dir():
+            raise ApiError(404, "not_found", f"no such directory: {raw!r}")
+        return resolved
+
+    def register(
+        self, raw_path: str, languages: list[str] | None = None, background: bool = True
+    ) -> Repository:
+        root = self.check_allowed(raw_path)
+        if languages is not None:
+            unknown = [name for name in languages if name not in FAMILIES]
+            if unknown:
+                raise ApiError(
+                    422, "invalid_request", f"unknown language(s) {unknown}; known: {', '.join(FAMILIES)}"
+                )
+        index_dir = default_index_dir(root, self.home)
+        repo_id = index_dir.name
+        with self._lock:
+            repo = self.repos.get(repo_id)
+            if repo is None:
+                config = WalkConfig(languages=expand_languages(languages))
+                repo = Repository(repo_id, root, languages, RepositoryIndex(root, index_dir, config))
+                self.repos[repo_id] = repo
+                self._save()
+        self.reindex(repo, background=background)
+        return repo
+
+    def reindex(self, repo: Repository, background: bool = True) -> None:
+        with repo.lock:
+            if repo.status in ("queued", "indexing") and repo.started_at:
+                return  # already running
+            repo.status, repo.started_at, repo.error = "queued", time.time(), ""
+        if background:
+            threading.Thread(target=self._build, args=(repo,), name=f"index-{repo.id}", daemon=True).start()
+        else:
+            self._build(repo)
+
+    def _build(self, repo: Repository) -> None:
+        def progress(done: int, total: int) -> None:
+            repo.done, repo.total = done, total
+
+        repo.status = "indexing"
+        try:
+            repo.report = repo.index.build(progress=progress)
+            repo.git_token = repo.index.git_head()
+            repo.status = "ready"
+            log.info("indexed %s: %s", repo.root, repo.report.as_dict())
+        except Exception as exc:  # reported through GET /v1/repositories/{id}
+            log.exception("indexing %s failed", repo.root)
+            repo.status, repo.error = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            repo.finished_at = time.time()
+            repo.started_at = 0.0 if repo.status != "ready" else repo.started_at
+
+    def get(self, repo_id: str) -> Repository:
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            raise ApiError(404, "unknown_repository", f"no repository {repo_id!r} is registered")
+        return repo
+
+    def _save(self) -> None:
+        self._registry_path.parent.mkdir(parents=True, exist_ok=True)
+        data = [{"path": str(r.root), "languages": r.languages} for r in self.repos.values()]
+        tmp = self._registry_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self._registry_path)
+
+    def load(self) -> None:
+        """Re-open the repositories registered before a restart (indexes are on disk: the
+        refresh only re-reads files that changed meanwhile)."""
+        if not self._registry_path.is_file():
+            return
+        try:
+            entries = json.loads(self._registry_path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring %s: %s", self._registry_path, exc)
+            return
+        for entry in entries:
+            try:
+                self.register(entry["path"], entry.get("languages"))
+            except (ApiError, KeyError, TypeError) as exc:
+                log.warning("not reopening repository %r: %s", entry, exc)
+
+    def close(self) -> None:
+        for repo in self.repos.values():
+            repo.index.close()
+
+    # -- locating documents ------------------------------------------------------------------
+
+    def locate(self, filepath: str | None, repo_id: str | None = None) -> tuple[Repository, str] | None:
+        """(repository, path relative to its root) for a request's file, or None."""
+        if not filepath:
+            return None
+        candidates = [self.get(repo_id)] if repo_id else list(self.repos.values())
+        local = file_uri_path(filepath) if filepath.startswith("file:") else Path(filepath)
+        if local is None:
+            return None
+        for repo in candidates:
+            if local.is_absolute():
+                try:
+                    rel = local.resolve().relative_to(repo.root).as_posix()
+                except ValueError:
+                    continue
+            else:
+                rel = local.as_posix()
+                if rel.startswith("../") or "/../" in rel or rel == "..":
+                    continue
+            return repo, rel
+        return None
+
+    # -- editor buffers ------------------------------------------------------------------------
+
+    def buffer_changed(self, uri: str, text: str, lines: tuple[int, int] | None) -> None:
+        """An editor changed `uri` (unsaved). Applied lazily, before the next context is built."""
+        where = self.locate(uri)
+        if where is None:
+            return
+        repo, rel = where
+        with self._lock:
+            previous = self._pending.get((repo.id, rel))
+            if previous is not None and previous[1] is not None and lines is not None:
+                lines = (min(lines[0], previous[1][0]), max(lines[1], previous[1][1]))
+            self._pending[(repo.id, rel)] = (text, lines)
+
+    def buffer_closed(self, uri: str) -> None:
+        where = self.locate(uri)
+        if where is None:
+            return
+        repo, rel = where
+        with self._lock:
+            self._pending.pop((repo.id, rel), None)
+        if check_path(rel) is None and rel in repo.index.buffers:
+            repo.index.close_buffer(rel)
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for (repo_id, rel), (text, lines) in pending.items():
+            repo = self.repos.get(repo_id)
+            if repo is not None and repo.status == "ready":
+                repo.index.update_buffer(rel, text, lines)
+
+    def _maybe_refresh(self, repo: Repository) -> None:
+        """A `git` checkout/pull touched .git/index or HEAD: re-index what changed (by stat)."""
+        token = repo.index.git_head()
+        if repo.status == "ready" and token != repo.git_token:
+            repo.git_token = token
+            self.reindex(repo)
+
+    # -- context -----------------------------------------------------------------------------
+
+    def context(
+        self,
+        filepath: str | None,
+        prefix: str,
+        suffix: str,
+        language: str | None,
+        document: str,
+        repo_id: str | None = None,
+    ) -> tuple[str, list[Snippet]]:
+        """Rendered context and its snippets for a cursor ('' and [] without a repository)."""
+        where = self.locate(filepath, repo_id)
+        if where is None and repo_id is not None:
+            repo = self.get(repo_id)
+            where = (repo, "")
+        if where is None:
+            return "", []
+        repo, rel = where
+        if repo.status != "ready" and repo.index.store.counts()["files"] == 0:
+            return "", []
+        self.flush()
+        self._maybe_refresh(repo)
+        style = RenderStyle.for_language(language or language_for_path(rel), self.file_sep)
+        assembler = ContextAssembler(repo.index)
+        ranked = assembler.candidates(rel or None, prefix, suffix, language)
+        chosen = self.slots.arrange(
+            f"{repo.id}:{document}",
+            ranked,
+            self.context_tokens,
+            lambda s: self.count_tokens(render_snippet(s, style)),
+        )
+        return render_context(chosen, style, rel or None), chosen

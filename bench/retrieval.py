@@ -1,0 +1,302 @@
+"""Retrieval evaluation on a repository's own cross-file references.
+
+Tasks: a line of file A that uses a name defined at the top level of exactly one other file B
+(so the answer is unambiguous, and found without the resolver under test); the prompt is A up to
+that line (and the line's indentation), with nothing after it. For each task:
+
+- recall@k: whether the defining chunk in B is among the first k snippets the context assembler
+  ranks for that cursor; `recall@budget` is the same over the snippets that fit the context
+  budget (what the model sees);
+- exact match of the completed line, generated greedily by the default model through the
+  service's completion path, with the assembled context and without it, at the same total prompt
+  budget.
+
+The index is built from scratch in a temporary folder (timed: files/s), and single-file updates
+are timed on a sample of files as an editor buffer update (parse + store).
+
+    splice eval retrieval --repo PATH [--limit N] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from splice.retrieval.chunking import parse_outline
+from splice.retrieval.context import ContextAssembler, RenderStyle, Snippet, render_context, render_snippet
+from splice.retrieval.files import WalkConfig
+from splice.retrieval.indexer import RepositoryIndex
+from splice.retrieval.languages import expand_languages
+from splice.retrieval.tokens import IDENTIFIER, is_meaningful
+
+KS = (1, 5, 10)
+_COMMENT = re.compile(r"^\s*(#|//|/\*|\*|\"\"\"|''')")
+
+
+@dataclass(frozen=True)
+class Task:
+    path: str
+    language: str
+    line: int  # 0-based
+    name: str
+    prefix: str
+    target: str  # the line, stripped
+    chunk_id: int  # the defining chunk
+    defined_in: str
+
+
+def build_tasks(index: RepositoryIndex, limit: int, seed: int = 0, per_file: int = 3) -> list[Task]:
+    """Up to `limit` tasks, spread over files (at most `per_file` each), deterministic for `seed`."""
+    store = index.store
+    unique: dict[str, tuple[int, str]] = {}  # name -> (chunk id, path) for names defined once
+    seen_twice: set[str] = set()
+    for path in store.paths():
+        for chunk in store.chunks_in_file(path):
+            if not chunk.name or chunk.kind == "header" or "." in chunk.qualname:
+                continue
+            if chunk.name in unique and unique[chunk.name][1] != path:
+                seen_twice.add(chunk.name)
+            unique.setdefault(chunk.name, (chunk.id, path))
+    for name in seen_twice:
+        unique.pop(name, None)
+
+    by_file: dict[str, list[Task]] = defaultdict(list)
+    for state in store.file_states().values():
+        try:
+            text = (index.root / state.path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        outline = parse_outline(text, state.language)
+        local = {c.name for c in outline.chunks if c.name}
+        header_end = max((imp.line for imp in outline.imports), default=-1)
+        lines = text.split("\n")
+        offset = 0
+        offsets = []
+        for line in lines:
+            offsets.append(offset)
+            offset += len(line) + 1
+        for i in range(header_end + 1, len(lines)):
+            line = lines[i]
+            stripped = line.strip()
+            if len(stripped) < 8 or len(stripped) > 120 or _COMMENT.match(line):
+                continue
+            for m in IDENTIFIER.finditer(line):
+                name = m.group(0)
+                hit = unique.get(name)
+                if (
+                    hit is None
+                    or hit[1] == state.path
+                    or name in local
+                    or len(name) < 3
+                    or not is_meaningful(name)
+                ):
+                    continue
+                indent = line[: len(line) - len(line.lstrip())]
+                by_file[state.path].append(
+                    Task(
+                        state.path,
+                        state.language,
+                        i,
+                        name,
+                        text[: offsets[i]] + indent,
+                        stripped,
+                        hit[0],
+                        hit[1],
+                    )
+                )
+                break
+    rng = random.Random(seed)
+    files = sorted(by_file)
+    rng.shuffle(files)
+    for f in files:
+        rng.shuffle(by_file[f])
+    tasks: list[Task] = []
+    for round_ in range(per_file):
+        for f in files:
+            if len(tasks) >= limit:
+                return tasks
+            if round_ < len(by_file[f]):
+                tasks.append(by_file[f][round_])
+    return tasks
+
+
+def _hit(snippets: list[Snippet], task: Task) -> int | None:
+    """1-based rank of the defining chunk among `snippets`, or None."""
+    for rank, s in enumerate(snippets, 1):
+        if s.chunk_id == task.chunk_id:
+            return rank
+    return None
+
+
+def update_times(index: RepositoryIndex, n: int = 100, seed: int = 0) -> list[float]:
+    """Milliseconds to re-index one file from an editor buffer (parse + store), on `n` files."""
+    paths = index.store.paths()
+    random.Random(seed).shuffle(paths)
+    times = []
+    for rel in paths[:n]:
+        try:
+            text = (index.root / rel).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        t0 = time.perf_counter()
+        index.update_buffer(rel, text + "\n")
+        times.append((time.perf_counter() - t0) * 1000.0)
+        index.buffers.discard(rel)
+    return times
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run(
+    repo: Path,
+    *,
+    limit: int = 100,
+    model: str | None = "default",
+    context_tokens: int = 384,
+    prompt_tokens: int = 1024,
+    languages: list[str] | None = None,
+    index_dir: Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+) -> dict[str, object]:
+    """The evaluation; `model=None` skips exact match (retrieval numbers only)."""
+    with tempfile.TemporaryDirectory(prefix="splice-eval-") as tmp:
+        index = RepositoryIndex(
+            repo, index_dir or Path(tmp), WalkConfig(languages=expand_languages(languages))
+        )
+        try:
+            report = index.build(show_progress=progress)
+            log(f"indexed {report.files_indexed} files ({report.chunks} chunks) in {report.seconds:.1f} s")
+            tasks = build_tasks(index, limit)
+            if not tasks:
+                raise ValueError(f"no cross-file tasks found in {repo}")
+            assembler = ContextAssembler(index)
+            style_cache: dict[str, RenderStyle] = {}
+            ranks: list[int | None] = []
+            in_budget: list[bool] = []
+            contexts: list[str] = []
+            for task in tqdm(tasks, desc="retrieval", disable=not progress, unit="task"):
+                style = style_cache.setdefault(task.language, RenderStyle.for_language(task.language))
+                ranked = assembler.candidates(task.path, task.prefix, "", task.language)
+                ranks.append(_hit(ranked, task))
+                chosen = assembler.assemble(
+                    task.path,
+                    task.prefix,
+                    "",
+                    task.language,
+                    budget_tokens=context_tokens,
+                    render=lambda s, st=style: render_snippet(s, st),  # type: ignore[misc]
+                )
+                in_budget.append(_hit(chosen, task) is not None)
+                contexts.append(render_context(chosen, style, task.path))
+            times = update_times(index)
+        finally:
+            index.close()
+
+    n = len(tasks)
+    result: dict[str, object] = {"repo": str(repo), "tasks": n}
+    for k in KS:
+        result[f"recall@{k}"] = round(sum(1 for r in ranks if r is not None and r <= k) / n, 4)
+    result["recall@budget"] = round(sum(in_budget) / n, 4)
+    result["em_with"] = None
+    result["em_without"] = None
+    if model is not None:
+        em_with, em_without = _exact_match(tasks, contexts, model, prompt_tokens, progress)
+        result["em_with"], result["em_without"] = round(em_with, 4), round(em_without, 4)
+    result["index_files_per_s"] = round(report.files_per_s, 1)
+    result["index_files"] = report.files_indexed
+    result["index_seconds"] = round(report.seconds, 2)
+    result["update_ms_p50"] = round(_percentile(times, 0.5), 2)
+    result["update_ms_p99"] = round(_percentile(times, 0.99), 2)
+    result["context_tokens"] = context_tokens
+    result["prompt_tokens"] = prompt_tokens
+    return result
+
+
+def _exact_match(
+    tasks: list[Task], contexts: list[str], model: str, prompt_tokens: int, progress: bool
+) -> tuple[float, float]:
+    from splice.completion.engine import CompletionEngine, CompletionInput, EngineConfig, GenerationParams
+    from splice.completion.models import load_model, parse_spec
+
+    loaded = load_model(parse_spec(model), progress=lambda m: print(m, file=sys.stderr))
+    engine = CompletionEngine(loaded, EngineConfig(max_prompt_tokens=prompt_tokens))
+    params = GenerationParams(max_tokens=48, stop=("\n",))
+    hits = {"with": 0, "without": 0}
+    for task, context in tqdm(
+        list(zip(tasks, contexts, strict=True)), desc="completions", disable=not progress
+    ):
+        for arm, ctx in (("with", context), ("without", "")):
+            inp = CompletionInput(task.prefix, "", task.language, task.path, context=ctx)
+            out = engine.complete(inp, params)
+            if out.text.split("\n")[0].strip() == task.target:
+                hits[arm] += 1
+    return hits["with"] / len(tasks), hits["without"] / len(tasks)
+
+
+def print_table(result: dict[str, object]) -> None:
+    keys = ["tasks", "recall@1", "recall@5", "recall@10", "recall@budget", "em_with", "em_without"]
+    keys += ["index_files_per_s", "update_ms_p50", "update_ms_p99"]
+    print(f"| {result['repo']} | " + " | ".join(f"{k}={result[k]}" for k in keys) + " |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="splice eval retrieval",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--repo", type=Path, required=True, help="repository folder")
+    parser.add_argument("--limit", type=int, default=100, help="tasks (default 100)")
+    parser.add_argument("--model", default="default", help="model spec for exact match (default: default)")
+    parser.add_argument("--no-completions", action="store_true", help="retrieval numbers only")
+    parser.add_argument("--context-tokens", type=int, default=384, help="context budget (default 384)")
+    parser.add_argument("--prompt-tokens", type=int, default=1024, help="whole prompt budget (default 1024)")
+    parser.add_argument("--languages", nargs="+", help="index only these languages")
+    parser.add_argument("--json", type=Path, help="write the result here")
+    args = parser.parse_args(argv)
+    if not args.repo.is_dir():
+        print(f"splice eval retrieval: error: not a directory: {args.repo}", file=sys.stderr)
+        return 2
+    if args.limit < 1:
+        print("splice eval retrieval: error: --limit must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        result = run(
+            args.repo,
+            limit=args.limit,
+            model=None if args.no_completions else args.model,
+            context_tokens=args.context_tokens,
+            prompt_tokens=args.prompt_tokens,
+            languages=args.languages,
+        )
+    except ValueError as exc:
+        print(f"splice eval retrieval: error: {exc}", file=sys.stderr)
+        return 1
+    print_table(result)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

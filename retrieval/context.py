@@ -1,0 +1,426 @@
+"""Context assembly: the repository snippets a completion at a cursor should see.
+
+Sources, in order of trust:
+1. **Definitions** of identifiers used or imported near the cursor. The current buffer is
+   parsed (unsaved text included); each import is resolved through the import graph
+   (`splice.retrieval.resolve`) to the defining chunk in the imported file, following
+   re-exports (`from ._models import Request` in a package `__init__`); `module.name` accesses
+   resolve `name` in the module's file. Identifiers that no import explains are looked up in
+   the symbol table: files the buffer imports or includes first, then its own folder (Go and
+   Java packages), then the whole repository when the name is rare.
+2. **Recently edited regions** of other files (the chunk around each edit).
+3. **Similar chunks**: BM25 over identifier sub-tokens of the lines before the cursor.
+
+A name's weight is its use near the cursor (each occurrence decays with distance in lines)
+plus a bonus for names imported but not yet used, which the code below is about to use. The
+candidates are deduplicated (by chunk and by near-identical text), ranked, and cut to a token
+budget. `ContextSlots` then keeps the prompt stable between requests of one document.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+import re
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .chunking import Outline, parse_outline
+from .indexer import RepositoryIndex
+from .languages import language_for_path
+from .store import StoredChunk, StoredImport
+from .tokens import IDENTIFIER, is_meaningful, text_terms
+
+TokenCounter = Callable[[str], int]
+
+# editor language ids that differ from grammar names
+_EDITOR_LANGUAGES = {"typescriptreact": "tsx", "javascriptreact": "javascript", "c++": "cpp", "golang": "go"}
+_LINE_COMMENT = {"python": "#"}
+
+
+def approx_tokens(text: str) -> int:
+    """A tokenizer-free estimate (code averages ~3.3 characters per BPE token)."""
+    return max(1, math.ceil(len(text) / 3.3))
+
+
+@dataclass(frozen=True, slots=True)
+class Snippet:
+    """One piece of context. `key` identifies it across requests (path + symbol or lines)."""
+
+    key: str
+    path: str
+    start_line: int
+    end_line: int
+    text: str
+    source: str  # "definition" | "recent_edit" | "similar"
+    name: str
+    score: float
+    chunk_id: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "start_line": self.start_line,
+            "end_line": self.end_line,
+            "source": self.source,
+            "name": self.name,
+            "score": round(self.score, 4),
+            "text": self.text,
+        }
+
+
+@dataclass(frozen=True)
+class ContextOptions:
+    window_lines: int = 40  # lines before the cursor whose identifiers count
+    suffix_lines: int = 10  # ... and after it
+    decay_lines: float = 12.0  # an occurrence this far from the cursor weighs 1/e
+    max_definitions: int = 24
+    max_similar: int = 8
+    max_recent: int = 4
+    max_snippet_lines: int = 60  # longer chunks are cut (signature and first lines kept)
+    rare_name_limit: int = 3  # a name defined in more files than this is not looked up globally
+
+
+@dataclass
+class _Candidate:
+    name: str
+    weight: float  # use near the cursor
+    prior: float  # how sure the resolution is
+    chunks: list[StoredChunk]
+
+
+def _language(path: str | None, language: str | None) -> str | None:
+    if language:
+        language = _EDITOR_LANGUAGES.get(language, language)
+    if path:
+        return language_for_path(path) or language
+    return language
+
+
+def _clip(text: str, max_lines: int) -> str:
+    lines = text.split("\n")
+    if len(lines) <= max_lines:
+        return text
+    return "\n".join([*lines[:max_lines], "..."])
+
+
+class ContextAssembler:
+    """Ranks snippets from one repository for a cursor in one of its files."""
+
+    def __init__(self, index: RepositoryIndex, options: ContextOptions | None = None) -> None:
+        self.index = index
+        self.options = options or ContextOptions()
+
+    # -- public ---------------------------------------------------------------------------
+
+    def candidates(
+        self, path: str | None, prefix: str, suffix: str = "", language: str | None = None
+    ) -> list[Snippet]:
+        """Every snippet worth showing, best first (not yet cut to a budget)."""
+        lang = _language(path, language)
+        current = path or ""
+        snippets: list[Snippet] = []
+        if lang is not None:
+            snippets += self._definitions(current, lang, prefix, suffix)
+        snippets += self._recent(current)
+        snippets += self._similar(current, prefix)
+        return _dedupe(snippets)
+
+    def assemble(
+        self,
+        path: str | None,
+        prefix: str,
+        suffix: str = "",
+        language: str | None = None,
+        budget_tokens: int = 1024,
+        count_tokens: TokenCounter = approx_tokens,
+        render: Callable[[Snippet], str] | None = None,
+    ) -> list[Snippet]:
+        """The best snippets whose rendering fits `budget_tokens`, best first."""
+        chosen: list[Snippet] = []
+        used = 0
+        for snippet in self.candidates(path, prefix, suffix, language):
+            cost = count_tokens(render(snippet) if render else snippet.text)
+            if used + cost > budget_tokens:
+                continue  # a smaller one further down may still fit
+            chosen.append(snippet)
+            used += cost
+        return chosen
+
+    # -- definitions ----------------------------------------------------------------------
+
+    def _definitions(self, path: str, lang: str, prefix: str, suffix: str) -> list[Snippet]:
+        opts = self.options
+        store = self.index.store
+        resolver = self.index.resolver
+        outline = _parse(prefix + suffix, lang)
+        local_names = {c.name for c in outline.chunks if c.name}
+
+        # use of each identifier near the cursor, and whether it is an attribute (`.name`)
+        before = prefix.split("\n")
+        window = before[-opts.window_lines :]
+        after = suffix.split("\n")[: opts.suffix_lines]
+        weight: dict[str, float] = defaultdict(float)
+        qualified: dict[tuple[str, str], float] = defaultdict(float)  # (module local, name)
+        lines = [(len(window) - 1 - i, line) for i, line in enumerate(window)]
+        lines += [(i + 1, line) for i, line in enumerate(after)]
+        for distance, line in lines:
+            w = math.exp(-distance / opts.decay_lines)
+            for m in re.finditer(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:\.|::)\s*([A-Za-z_][A-Za-z0-9_]*)", line):
+                qualified[(m.group(1), m.group(2))] += w
+            for m in IDENTIFIER.finditer(line):
+                weight[m.group(0)] += w
+        header_end = max((imp.line for imp in outline.imports), default=-1)
+        used_in_body = {m.group(0) for line in before[header_end + 1 :] for m in IDENTIFIER.finditer(line)}
+
+        imports = [
+            StoredImport(i.module, n, loc, i.line, i.level, i.system)
+            for i in outline.imports
+            for n, loc in (i.names or (("", i.local),))
+        ]
+        found: dict[int, _Candidate] = {}
+        by_local: dict[str, list[str]] = {}  # local module binding -> files
+
+        def add(name: str, w: float, prior: float, chunks: list[StoredChunk]) -> None:
+            for chunk in chunks:
+                if chunk.path == path:
+                    continue
+                cand = found.get(chunk.id)
+                score = prior * w
+                if cand is None or cand.prior * cand.weight < score:
+                    found[chunk.id] = _Candidate(name, w, prior, [chunk])
+
+        imported_files: list[str] = []
+        for imp in imports:
+            targets = resolver.resolve(path, lang, imp)
+            imported_files += targets
+            if not targets:
+                continue
+            if imp.name in ("", "*"):
+                if imp.local:
+                    by_local[imp.local] = targets
+                if imp.name == "*" or lang in ("c", "cpp", "go", "java") or not imp.local:
+                    continue
+            if imp.name and imp.name != "*":
+                local = imp.local or imp.name
+                w = weight.get(local, 0.0) + (0.6 if local not in used_in_body else 0.05)
+                add(local, w, 1.0, self._resolve_name(imp.name, targets, lang))
+                # `from pkg import module` binds a module: its attributes resolve in it
+                module_files = [
+                    t
+                    for t in targets
+                    if posixpath.splitext(posixpath.basename(t))[0] == imp.name
+                    or t.endswith(f"/{imp.name}/__init__.py")
+                ]
+                if module_files:
+                    by_local[local] = module_files
+        # Go imports bind the package's last path element; Rust `use a::b` binds b
+        for (mod_local, name), w in qualified.items():
+            files = by_local.get(mod_local)
+            if files and is_meaningful(name):
+                add(name, w + 0.05, 1.0, self._resolve_name(name, files, lang))
+
+        # names no import explains: included/imported files, the same folder, then anywhere if rare
+        folder = posixpath.dirname(path)
+        explained = {c.name for c in found.values()} | local_names
+        for name, w in sorted(weight.items(), key=lambda kv: -kv[1]):
+            if name in explained or not is_meaningful(name) or w < 0.05:
+                continue
+            defs = store.definitions(name)
+            if not defs:
+                continue
+            near = [c for c in defs if c.path in imported_files]
+            if near:
+                add(name, w, 0.8, near)
+                continue
+            same = [c for c in defs if posixpath.dirname(c.path) == folder]
+            if same:
+                add(name, w, 0.7, same)
+            elif len({c.path for c in defs}) <= opts.rare_name_limit:
+                add(name, w, 0.4, defs)
+
+        ranked = sorted(found.values(), key=lambda c: -(c.prior * c.weight))[: opts.max_definitions]
+        out = []
+        for cand in ranked:
+            chunk = cand.chunks[0]
+            out.append(self._snippet(chunk, "definition", cand.name, cand.prior * cand.weight))
+        return out
+
+    def _resolve_name(self, name: str, files: Sequence[str], lang: str, depth: int = 0) -> list[StoredChunk]:
+        """The chunk(s) defining `name` in `files`, following re-exports up to two hops."""
+        store = self.index.store
+        defs = [c for c in store.definitions(name, list(files)) if c.kind != "header"]
+        top = [c for c in defs if "." not in c.qualname] or defs
+        if top or depth >= 2:
+            return top[:2]
+        out: list[StoredChunk] = []
+        for f in files:
+            for imp in store.imports_of(f):
+                if imp.local == name or imp.name == name or imp.name == "*":
+                    targets = self.index.resolver.resolve(f, lang, imp)
+                    real = imp.name if imp.name and imp.name != "*" else name
+                    out += self._resolve_name(real, [t for t in targets if t not in files], lang, depth + 1)
+            if out:
+                break
+        return out[:2]
+
+    # -- the other sources -----------------------------------------------------------------
+
+    def _recent(self, path: str) -> list[Snippet]:
+        out: list[Snippet] = []
+        seen: set[str] = set()
+        for i, edit in enumerate(reversed(list(self.index.recent))):
+            if edit.path == path or len(out) >= self.options.max_recent:
+                continue
+            chunks = self.index.store.chunks_in_file(edit.path)
+            inside = [c for c in chunks if c.start_line <= edit.end_line and c.end_line >= edit.start_line]
+            inside.sort(key=lambda c: (c.kind == "header", c.end_line - c.start_line))
+            if not inside:
+                continue
+            chunk = inside[0]
+            key = f"{chunk.path}#{chunk.qualname or chunk.start_line}"
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(self._snippet(chunk, "recent_edit", chunk.name, 0.5 * 0.8**i))
+        return out
+
+    def _similar(self, path: str, prefix: str) -> list[Snippet]:
+        query_lines = prefix.split("\n")[-12:]
+        terms = text_terms("\n".join(query_lines))
+        if not terms:
+            return []
+        hits = self.index.store.search(terms[-64:], limit=self.options.max_similar, exclude_path=path)
+        if not hits:
+            return []
+        best = hits[0][1]
+        return [
+            self._snippet(chunk, "similar", chunk.name, 0.3 * score / best)
+            for chunk, score in hits
+            if chunk.kind != "header"
+        ]
+
+    def _snippet(self, chunk: StoredChunk, source: str, name: str, score: float) -> Snippet:
+        return Snippet(
+            key=f"{chunk.path}#{chunk.qualname or chunk.start_line}",
+            path=chunk.path,
+            start_line=chunk.start_line,
+            end_line=chunk.end_line,
+            text=_clip(chunk.text, self.options.max_snippet_lines),
+            source=source,
+            name=name,
+            score=score,
+            chunk_id=chunk.id,
+        )
+
+
+_PARSE_CACHE: OrderedDict[tuple[int, str], Outline] = OrderedDict()
+
+
+def _parse(text: str, language: str) -> Outline:
+    key = (hash(text), language)
+    hit = _PARSE_CACHE.get(key)
+    if hit is None:
+        hit = parse_outline(text, language)
+        _PARSE_CACHE[key] = hit
+        if len(_PARSE_CACHE) > 64:
+            _PARSE_CACHE.popitem(last=False)
+    return hit
+
+
+def _dedupe(snippets: list[Snippet]) -> list[Snippet]:
+    """Best first; one snippet per key and none whose text nearly repeats a better one."""
+    out: list[Snippet] = []
+    keys: set[str] = set()
+    token_sets: list[set[str]] = []
+    for s in sorted(snippets, key=lambda s: -s.score):
+        if s.key in keys:
+            continue
+        tokens = set(IDENTIFIER.findall(s.text))
+        if any(len(tokens & t) / max(1, len(tokens | t)) > 0.9 for t in token_sets):
+            continue
+        keys.add(s.key)
+        token_sets.append(tokens)
+        out.append(s)
+    return out
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderStyle:
+    """How snippets enter the prompt: comment-prefixed with the file's path (any model), or
+    between repository-level file separators where the model was trained with them."""
+
+    comment: str = "#"
+    file_sep: str | None = None  # e.g. "<file_sep>" (StarCoder2), "<|file_sep|>" (Qwen2.5-Coder)
+
+    @staticmethod
+    def for_language(language: str | None, file_sep: str | None = None) -> RenderStyle:
+        lang = _language(None, language) or "python"
+        return RenderStyle(_LINE_COMMENT.get(lang, "//"), file_sep)
+
+
+def render_snippet(snippet: Snippet, style: RenderStyle) -> str:
+    if style.file_sep:
+        return f"{style.file_sep}{snippet.path}\n{snippet.text}\n"
+    c = style.comment
+    body = "\n".join(f"{c} {line}" if line else c for line in snippet.text.split("\n"))
+    return f"{c} Path: {snippet.path}\n{body}\n"
+
+
+def render_context(snippets: Sequence[Snippet], style: RenderStyle, current_path: str | None = None) -> str:
+    """The text that goes before the document's prefix (empty without snippets)."""
+    if not snippets:
+        return ""
+    text = "".join(render_snippet(s, style) for s in snippets)
+    if style.file_sep:
+        text += f"{style.file_sep}{current_path or ''}\n"
+    return text
+
+
+# -- stable slots ------------------------------------------------------------------------------
+
+
+class ContextSlots:
+    """Per-document slot layout that changes as little as possible between requests.
+
+    The prompt is `context + document`, and the document's KV cache is reused through an edit
+    script (PIE): a context that is re-ranked from scratch would move every snippet and turn each
+    request into a new prompt. Here a snippet that is still wanted keeps its slot; a slot whose
+    snippet dropped out is refilled in place (a local edit); new snippets are appended; when the
+    budget overflows, the lowest-ranked snippets leave.
+    """
+
+    def __init__(self, max_documents: int = 256) -> None:
+        self._layouts: OrderedDict[str, list[str]] = OrderedDict()
+        self.max_documents = max_documents
+
+    def arrange(
+        self, document: str, ranked: Sequence[Snippet], budget_tokens: int, cost: Callable[[Snippet], int]
+    ) -> list[Snippet]:
+        wanted: list[Snippet] = []
+        used = 0
+        for s in ranked:
+            c = cost(s)
+            if used + c <= budget_tokens:
+                wanted.append(s)
+                used += c
+        by_key = {s.key: s for s in wanted}
+        previous = self._layouts.get(document, [])
+        layout: list[str | None] = [k if k in by_key else None for k in previous]
+        fresh = [s.key for s in wanted if s.key not in previous]
+        for i, slot in enumerate(layout):
+            if slot is None and fresh:
+                layout[i] = fresh.pop(0)
+        keys = [k for k in layout if k is not None] + fresh
+        self._layouts[document] = keys
+        self._layouts.move_to_end(document)
+        while len(self._layouts) > self.max_documents:
+            self._layouts.popitem(last=False)
+        return [by_key[k] for k in keys]
+
+    def forget(self, document: str) -> None:
+        self._layouts.pop(document, None)
