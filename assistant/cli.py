@@ -1,4 +1,4 @@
-"""`splice` command line: serve, complete, model pull.
+"""`splice` command line: serve, complete, index, eval, bench, model pull.
 
 Settings come from `SPLICE_*` environment variables and `.env`; flags override them.
 Errors print one clear line to stderr and exit non-zero (2 for usage errors, 1 otherwise).
@@ -164,6 +164,50 @@ def cmd_bench_edits(args: argparse.Namespace) -> int:
     return edits_main(args.args)
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from splice.assistant.repositories import record_repository
+    from splice.retrieval.files import WalkConfig
+    from splice.retrieval.indexer import RepositoryIndex, default_index_dir
+    from splice.retrieval.languages import expand_languages
+
+    settings = _settings(args)
+    root = Path(args.path).expanduser()
+    if not root.is_dir():
+        raise CliError(f"not a directory: {root}", 2)
+    root = root.resolve()
+    languages = [x for part in args.languages or [] for x in part.split(",") if x] or None
+    try:
+        config = WalkConfig(languages=expand_languages(languages), max_file_bytes=args.max_file_bytes)
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from exc
+    index_dir = Path(args.index_dir) if args.index_dir else default_index_dir(root, settings.home)
+    try:
+        index = RepositoryIndex(root, index_dir, config)
+    except ValueError as exc:  # an index of another schema version
+        raise CliError(str(exc)) from exc
+    try:
+        report = index.build(show_progress=not args.quiet)
+        counts = index.store.counts()
+    finally:
+        index.close()
+    if not args.index_dir:
+        record_repository(settings.home, root, languages, origin="cli")
+    summary = {"root": str(root), "index": str(index_dir), **report.as_dict(), "totals": counts}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        skipped = ", ".join(f"{k} {v}" for k, v in sorted(report.skipped.items())) or "none"
+        print(
+            f"indexed {root}: {report.files_indexed} new or changed, {report.files_unchanged} unchanged, "
+            f"{report.files_removed} removed; {counts['files']} files, {counts['chunks']} chunks, "
+            f"{counts['symbols']} symbols, {counts['imports']} imports in {report.seconds:.1f} s "
+            f"({report.files_per_s:.0f} files/s)\nskipped: {skipped}\nindex: {index_dir}"
+        )
+        if not args.index_dir:
+            print("`splice serve` (same SPLICE_HOME) opens it at start and keeps it current")
+    return 0
+
+
 def cmd_model_pull(args: argparse.Namespace) -> int:
     from splice.completion.models import ModelLoadError, parse_spec, pull
 
@@ -179,6 +223,12 @@ def cmd_model_pull(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     print(source)
     return 0
+
+
+def _run_retrieval_eval(argv: list[str]) -> int:
+    from splice.bench.retrieval import main as retrieval_main
+
+    return retrieval_main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,6 +277,43 @@ def build_parser() -> argparse.ArgumentParser:
     edits.add_argument("args", nargs=argparse.REMAINDER, help="arguments of bench/edits.py (try --help)")
     edits.set_defaults(func=cmd_bench_edits)
 
+    index = sub.add_parser(
+        "index",
+        help="index a repository for context retrieval",
+        description="Index PATH (tree-sitter chunks, symbols, imports, BM25) under SPLICE_HOME/indexes; "
+        "later runs re-read only changed files. `splice serve` opens indexed repositories at start.",
+    )
+    index.add_argument("path", metavar="PATH", help="repository folder")
+    index.add_argument(
+        "--languages",
+        nargs="+",
+        metavar="LANG",
+        help="only these (python javascript typescript java go rust c cpp; default: all)",
+    )
+    index.add_argument(
+        "--max-file-bytes", type=int, default=1_000_000, help="skip larger files (default 1 MB)"
+    )
+    index.add_argument("--index-dir", help="where to write the index (default: SPLICE_HOME/indexes/...)")
+    index.add_argument("--json", action="store_true", help="print the report as JSON")
+    index.add_argument("--quiet", action="store_true", help="no progress bar")
+    index.set_defaults(func=cmd_index)
+
+    evaluate = sub.add_parser(
+        "eval", help="run an evaluation", description="Evaluations that print a table and JSON."
+    )
+    eval_sub = evaluate.add_subparsers(dest="eval_command", metavar="EVALUATION")
+    eval_sub.required = True
+    retrieval = eval_sub.add_parser(
+        "retrieval",
+        help="recall and exact match of repository context",
+        description="See bench/retrieval.py.",
+        add_help=False,
+    )
+    retrieval.add_argument(
+        "args", nargs=argparse.REMAINDER, help="arguments of bench/retrieval.py (try --help)"
+    )
+    retrieval.set_defaults(func=lambda a: _run_retrieval_eval(a.args))
+
     model = sub.add_parser(
         "model", help="manage models", description="Manage models in the cache (SPLICE_HOME)."
     )
@@ -248,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         from splice.bench.edits import main as edits_main
 
         return edits_main(argv[2:])
+    if argv[:2] == ["eval", "retrieval"]:  # the evaluation parses its own flags (bench/retrieval.py)
+        return _run_retrieval_eval(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -85,6 +85,34 @@ def file_uri_path(uri: str) -> Path | None:
     return Path(unquote(parsed.path))
 
 
+def registered_repositories(home: Path) -> list[dict[str, Any]]:
+    """The entries of `<home>/indexes/repositories.json` (empty when absent or unreadable)."""
+    path = home / "indexes" / REGISTRY_FILE
+    try:
+        entries = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return []
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("path"), str)]
+
+
+def record_repository(home: Path, root: Path, languages: list[str] | None, origin: str) -> None:
+    """Add (or update) `root` in the registry file that `splice serve` reopens at start. `origin`
+    is "cli" (`splice index`, trusted) or "api" (checked against the allowed roots again)."""
+    path = home / "indexes" / REGISTRY_FILE
+    entries = registered_repositories(home)
+    if any(e["path"] == str(root) and e.get("origin") == "cli" for e in entries):
+        origin = "cli"  # the operator's `splice index` stays trusted
+    entries = [e for e in entries if e["path"] != str(root)]
+    entries.append({"path": str(root), "languages": languages, "origin": origin})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(entries, indent=2))
+    tmp.replace(path)
+
+
 class RepositoryRegistry:
     def __init__(
         self,
@@ -103,7 +131,6 @@ class RepositoryRegistry:
         self.slots = ContextSlots()
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str], tuple[str, tuple[int, int] | None]] = {}
-        self._registry_path = home / "indexes" / REGISTRY_FILE
 
     # -- registration ------------------------------------------------------------------------
 
@@ -129,10 +156,23 @@ class RepositoryRegistry:
             raise ApiError(404, "not_found", f"no such directory: {raw!r}")
         return resolved
 
+    @staticmethod
+    def _check_trusted(raw: str) -> Path:
+        path = Path(raw).expanduser()
+        if not path.is_absolute() or not path.is_dir():
+            raise ApiError(404, "not_found", f"no such directory: {raw!r}")
+        return path.resolve()
+
     def register(
-        self, raw_path: str, languages: list[str] | None = None, background: bool = True
+        self,
+        raw_path: str,
+        languages: list[str] | None = None,
+        background: bool = True,
+        trusted: bool = False,
     ) -> Repository:
-        root = self.check_allowed(raw_path)
+        """Register (or re-index) the repository at `raw_path`; `trusted` (entries `splice index`
+        wrote) skips the allow-list, never the other checks."""
+        root = self._check_trusted(raw_path) if trusted else self.check_allowed(raw_path)
         if languages is not None:
             unknown = [name for name in languages if name not in FAMILIES]
             if unknown:
@@ -147,7 +187,8 @@ class RepositoryRegistry:
                 config = WalkConfig(languages=expand_languages(languages))
                 repo = Repository(repo_id, root, languages, RepositoryIndex(root, index_dir, config))
                 self.repos[repo_id] = repo
-                self._save()
+                if not trusted:
+                    self._save(repo)
         self.reindex(repo, background=background)
         return repo
 
@@ -184,27 +225,19 @@ class RepositoryRegistry:
             raise ApiError(404, "unknown_repository", f"no repository {repo_id!r} is registered")
         return repo
 
-    def _save(self) -> None:
-        self._registry_path.parent.mkdir(parents=True, exist_ok=True)
-        data = [{"path": str(r.root), "languages": r.languages} for r in self.repos.values()]
-        tmp = self._registry_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(self._registry_path)
+    def _save(self, repo: Repository) -> None:
+        record_repository(self.home, repo.root, repo.languages, origin="api")
 
     def load(self) -> None:
-        """Re-open the repositories registered before a restart (indexes are on disk: the
-        refresh only re-reads files that changed meanwhile)."""
-        if not self._registry_path.is_file():
-            return
-        try:
-            entries = json.loads(self._registry_path.read_text())
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring %s: %s", self._registry_path, exc)
-            return
-        for entry in entries:
+        """Re-open the repositories registered before a restart, by the API or by `splice index`
+        (indexes are on disk: the refresh only re-reads files that changed meanwhile). Entries
+        from the API must still lie inside the allowed roots; `splice index` ones were added by
+        the operator on this machine and are trusted."""
+        for entry in registered_repositories(self.home):
             try:
-                self.register(entry["path"], entry.get("languages"))
-            except (ApiError, KeyError, TypeError) as exc:
+                trusted = entry.get("origin") == "cli"
+                self.register(entry["path"], entry.get("languages"), trusted=trusted)
+            except (ApiError, KeyError, TypeError, AttributeError) as exc:
                 log.warning("not reopening repository %r: %s", entry, exc)
 
     def close(self) -> None:

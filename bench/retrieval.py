@@ -1,8 +1,10 @@
 """Retrieval evaluation on a repository's own cross-file references.
 
 Tasks: a line of file A that uses a name defined at the top level of exactly one other file B
-(so the answer is unambiguous, and found without the resolver under test); the prompt is A up to
-that line (and the line's indentation), with nothing after it. For each task:
+(so the answer is unambiguous, and found without the resolver under test) and that A neither
+defines nor binds (parameters, assignments); occurrences in strings, comments, import lines and
+attribute accesses on anything but an imported module are not tasks. The prompt is A up to that
+line (and the line's indentation), with nothing after it. For each task:
 
 - recall@k: whether the defining chunk in B is among the first k snippets the context assembler
   ranks for that cursor; `recall@budget` is the same over the snippets that fit the context
@@ -20,6 +22,7 @@ are timed on a sample of files as an editor buffer update (parse + store).
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import random
 import re
@@ -33,11 +36,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from splice.retrieval.chunking import parse_outline
-from splice.retrieval.context import ContextAssembler, RenderStyle, Snippet, render_context, render_snippet
+from splice.retrieval.chunking import parse_outline, parser_for
+from splice.retrieval.context import (
+    ContextAssembler,
+    RenderStyle,
+    Snippet,
+    bound_names,
+    render_context,
+    render_snippet,
+)
 from splice.retrieval.files import WalkConfig
 from splice.retrieval.indexer import RepositoryIndex
 from splice.retrieval.languages import expand_languages
+from splice.retrieval.store import StoredImport
 from splice.retrieval.tokens import IDENTIFIER, is_meaningful
 
 KS = (1, 5, 10)
@@ -56,14 +67,53 @@ class Task:
     defined_in: str
 
 
+_LITERAL_NODES = frozenset(
+    {
+        "string",
+        "comment",
+        "line_comment",
+        "block_comment",
+        "string_literal",
+        "raw_string_literal",
+        "char_literal",
+        "template_string",
+        "interpreted_string_literal",
+        "concatenated_string",
+        "text_block",
+        "system_lib_string",
+    }
+)
+
+
+def _literal_rows(text: str, language: str) -> tuple[list[tuple[int, int]], set[int]]:
+    """Byte spans of strings and comments, and the rows of import statements, in `text`."""
+    tree = parser_for(language).parse(text.encode("utf-8"))
+    spans: list[tuple[int, int]] = []
+    stack = [tree.root_node]
+    while stack:
+        node = stack.pop()
+        if node.type in _LITERAL_NODES:
+            spans.append((node.start_byte, node.end_byte))
+            continue
+        stack.extend(node.children)
+    import_rows = {
+        row for imp in parse_outline(text, language).imports for row in range(imp.line, imp.line + 1)
+    }
+    return spans, import_rows
+
+
 def build_tasks(index: RepositoryIndex, limit: int, seed: int = 0, per_file: int = 3) -> list[Task]:
-    """Up to `limit` tasks, spread over files (at most `per_file` each), deterministic for `seed`."""
+    """Up to `limit` tasks, spread over files (at most `per_file` each), deterministic for `seed`.
+
+    A task is an occurrence of a name defined at the top level of exactly one file B, in a file A
+    that does not define or bind it itself, outside strings, comments and import statements, and
+    not as an attribute (`x.name`) unless `x` is a name A imports (a module: `utils.name`)."""
     store = index.store
     unique: dict[str, tuple[int, str]] = {}  # name -> (chunk id, path) for names defined once
     seen_twice: set[str] = set()
     for path in store.paths():
         for chunk in store.chunks_in_file(path):
-            if not chunk.name or chunk.kind == "header" or "." in chunk.qualname:
+            if not chunk.name or chunk.kind in ("header", "block") or "." in chunk.qualname:
                 continue
             if chunk.name in unique and unique[chunk.name][1] != path:
                 seen_twice.add(chunk.name)
@@ -72,48 +122,52 @@ def build_tasks(index: RepositoryIndex, limit: int, seed: int = 0, per_file: int
         unique.pop(name, None)
 
     by_file: dict[str, list[Task]] = defaultdict(list)
-    for state in store.file_states().values():
+    for state in sorted(store.file_states().values(), key=lambda s: s.path):
         try:
             text = (index.root / state.path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
         outline = parse_outline(text, state.language)
-        local = {c.name for c in outline.chunks if c.name}
-        header_end = max((imp.line for imp in outline.imports), default=-1)
+        local = {c.name for c in outline.chunks if c.name} | bound_names(text)
+        for imp in outline.imports:  # a name imported from outside the repository is not B's
+            for name, bound in imp.names:
+                stored = StoredImport(imp.module, name, bound, imp.line, imp.level, imp.system)
+                if not index.resolver.resolve(state.path, state.language, stored):
+                    local.add(bound)
+        modules = {i.local for i in outline.imports if i.local}
+        modules |= {loc for i in outline.imports for _, loc in i.names}
+        literals, import_rows = _literal_rows(text, state.language)
+        literal_starts = sorted(literals)
         lines = text.split("\n")
+        offsets = []  # byte offset of each line
         offset = 0
-        offsets = []
         for line in lines:
             offsets.append(offset)
-            offset += len(line) + 1
-        for i in range(header_end + 1, len(lines)):
-            line = lines[i]
+            offset += len(line.encode("utf-8")) + 1
+        for i, line in enumerate(lines):
             stripped = line.strip()
-            if len(stripped) < 8 or len(stripped) > 120 or _COMMENT.match(line):
+            if i in import_rows or len(stripped) < 8 or len(stripped) > 120:
                 continue
             for m in IDENTIFIER.finditer(line):
                 name = m.group(0)
                 hit = unique.get(name)
-                if (
-                    hit is None
-                    or hit[1] == state.path
-                    or name in local
-                    or len(name) < 3
-                    or not is_meaningful(name)
-                ):
+                if hit is None or hit[1] == state.path or name in local or len(name) < 3:
+                    continue
+                if not is_meaningful(name):
+                    continue
+                before = line[: m.start()].rstrip()
+                if before.endswith((".", "->", "::")):
+                    qualifier = re.search(r"([A-Za-z_]\w*)\s*(?:\.|->|::)$", before)
+                    if qualifier is None or qualifier.group(1) not in modules:
+                        continue
+                at = offsets[i] + len(line[: m.start()].encode("utf-8"))
+                k = bisect.bisect_right(literal_starts, (at, 1 << 62)) - 1
+                if k >= 0 and literal_starts[k][0] <= at < literal_starts[k][1]:
                     continue
                 indent = line[: len(line) - len(line.lstrip())]
+                prefix = "\n".join(lines[:i]) + ("\n" if i else "") + indent
                 by_file[state.path].append(
-                    Task(
-                        state.path,
-                        state.language,
-                        i,
-                        name,
-                        text[: offsets[i]] + indent,
-                        stripped,
-                        hit[0],
-                        hit[1],
-                    )
+                    Task(state.path, state.language, i, name, prefix, stripped, hit[0], hit[1])
                 )
                 break
     rng = random.Random(seed)

@@ -344,6 +344,40 @@ def _python_import(b: _Builder, node: Node) -> None:
     b.add_import(Import(module, tuple(names), "", line, level), node)
 
 
+_PY_STATEMENT_BLOCKS = frozenset(
+    {
+        "block",
+        "if_statement",
+        "elif_clause",
+        "else_clause",
+        "for_statement",
+        "while_statement",
+        "try_statement",
+        "except_clause",
+        "finally_clause",
+        "with_statement",
+        "match_statement",
+        "case_clause",
+        "function_definition",
+        "decorated_definition",
+        "class_definition",
+    }
+)
+
+
+def _python_nested_imports(b: _Builder, block: Node) -> None:
+    """Imports inside a function (lazy imports): part of the import graph, not of the header.
+    Only statements are visited, never expressions, so this stays cheap."""
+    stack = [block]
+    while stack:
+        node = stack.pop()
+        for child in node.named_children:
+            if child.type in ("import_statement", "import_from_statement"):
+                _python_import(b, child)
+            elif child.type in _PY_STATEMENT_BLOCKS:
+                stack.append(child)
+
+
 def _python_definition(b: _Builder, node: Node, scope: str, in_class: bool = False) -> None:
     inner = _field(node, "definition") if node.type == "decorated_definition" else node
     if inner is None:
@@ -352,6 +386,8 @@ def _python_definition(b: _Builder, node: Node, scope: str, in_class: bool = Fal
     body = _field(inner, "body")
     if inner.type == "function_definition":
         b.add("method" if in_class else "function", name, scope, node, body)
+        if body is not None:
+            _python_nested_imports(b, body)
         return
     qual = f"{scope}.{name}" if scope else name
     elide = []

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import posixpath
 import re
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,7 +30,7 @@ from .chunking import Outline, parse_outline
 from .indexer import RepositoryIndex
 from .languages import language_for_path
 from .store import StoredChunk, StoredImport
-from .tokens import IDENTIFIER, is_meaningful, text_terms
+from .tokens import IDENTIFIER, is_meaningful, split_identifier, text_terms
 
 TokenCounter = Callable[[str], int]
 
@@ -80,6 +80,14 @@ class ContextOptions:
     max_recent: int = 4
     max_snippet_lines: int = 60  # longer chunks are cut (signature and first lines kept)
     rare_name_limit: int = 3  # a name defined in more files than this is not looked up globally
+    file_weight: float = 0.15  # each e-fold of uses anywhere in the file's body
+    unused_import_bonus: float = 0.5  # a name imported but not used yet
+    overlap_bonus: float = 0.4  # ... times its word overlap with the last lines typed
+    qualified_bonus: float = 0.05  # `module.name` is explicit
+    cooccurrence_chunks: int = 16  # similar chunks whose names count as likely next
+    cooccurrence_weight: float = 0.5  # ... weighted by their BM25 score relative to the best
+    cooccurrence_names: int = 12  # names found only there that are looked up
+    cooccurrence_min: float = 0.5
 
 
 @dataclass
@@ -88,6 +96,77 @@ class _Candidate:
     weight: float  # use near the cursor
     prior: float  # how sure the resolution is
     chunks: list[StoredChunk]
+
+
+class _Usage:
+    """How much each identifier is used around the cursor: occurrences in the window before it
+    (and a few lines after) decay with distance; every use in the file's body adds a little."""
+
+    def __init__(self, window: list[str], after: list[str], body: list[str], opts: ContextOptions) -> None:
+        self.bare: dict[str, float] = defaultdict(float)
+        self.qualified: dict[tuple[str, str], float] = defaultdict(float)  # (module local, name)
+        lines = [(len(window) - 1 - i, line) for i, line in enumerate(window)]
+        lines += [(i + 1, line) for i, line in enumerate(after)]
+        for distance, line in lines:
+            w = math.exp(-distance / opts.decay_lines)
+            for m in _QUALIFIED.finditer(line):
+                self.qualified[(m.group(1), m.group(2))] += w
+            for m in IDENTIFIER.finditer(line):
+                self.bare[m.group(0)] += w
+        self.counts: Counter[str] = Counter()
+        qualified_counts: Counter[tuple[str, str]] = Counter()
+        for line in body:
+            self.counts.update(IDENTIFIER.findall(line))
+            qualified_counts.update(_QUALIFIED.findall(line))
+        for name, n in self.counts.items():
+            self.bare[name] += opts.file_weight * math.log1p(n)
+        for pair, n in qualified_counts.items():
+            self.qualified[pair] += opts.file_weight * math.log1p(n)
+
+    def weight(self, name: str) -> float:
+        return self.bare.get(name, 0.0)
+
+    def used(self, name: str) -> bool:
+        return self.counts.get(name, 0) > 0
+
+
+_QUALIFIED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:\.|::|->)\s*([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _cooccurrence(hits: Sequence[tuple[StoredChunk, float]], limit: int) -> dict[str, float]:
+    """name -> sum over the best `limit` similar chunks that use it of their relative score."""
+    if not hits:
+        return {}
+    best = hits[0][1] or 1.0
+    uses: dict[str, float] = defaultdict(float)
+    for chunk, score in hits[:limit]:
+        for name in set(IDENTIFIER.findall(chunk.text)):
+            if name != chunk.name:
+                uses[name] += score / best
+    return uses
+
+
+def _overlap(name: str, terms: set[str]) -> float:
+    """Jaccard overlap of a name's sub-tokens with `terms`."""
+    parts = {p for p in split_identifier(name) if len(p) > 1}
+    if not parts or not terms:
+        return 0.0
+    return len(parts & terms) / len(parts | terms)
+
+
+def bound_names(text: str) -> set[str]:
+    """Names `text` binds itself, by their shape in any of the indexed languages: assignment and
+    annotation targets (`x =`, `x :=`, `x: T`), loop and `as` targets, and function parameters.
+    Such a name near the cursor is a local, not a reference to another file."""
+    bound = set(_ASSIGNED.findall(text)) | set(_LOOP_OR_AS.findall(text))
+    for params in _PARAMETERS.findall(text):
+        bound |= {m.group(0) for m in IDENTIFIER.finditer(params)}
+    return bound
+
+
+_ASSIGNED = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\s*(?:=(?!=)|:=|:(?!:))")
+_LOOP_OR_AS = re.compile(r"\b(?:for|as)\s+([A-Za-z_]\w*)")
+_PARAMETERS = re.compile(r"\b(?:def|function|func|fn)\s*\w*\s*\(([^()]*)\)")
 
 
 def _language(path: str | None, language: str | None) -> str | None:
@@ -120,11 +199,12 @@ class ContextAssembler:
         """Every snippet worth showing, best first (not yet cut to a budget)."""
         lang = _language(path, language)
         current = path or ""
+        similar = self._similar_hits(current, prefix)
         snippets: list[Snippet] = []
         if lang is not None:
-            snippets += self._definitions(current, lang, prefix, suffix)
+            snippets += self._definitions(current, lang, prefix, suffix, similar)
         snippets += self._recent(current)
-        snippets += self._similar(current, prefix)
+        snippets += self._similar(similar)
         return _dedupe(snippets)
 
     def assemble(
@@ -150,29 +230,27 @@ class ContextAssembler:
 
     # -- definitions ----------------------------------------------------------------------
 
-    def _definitions(self, path: str, lang: str, prefix: str, suffix: str) -> list[Snippet]:
+    def _definitions(
+        self,
+        path: str,
+        lang: str,
+        prefix: str,
+        suffix: str,
+        similar: Sequence[tuple[StoredChunk, float]] = (),
+    ) -> list[Snippet]:
         opts = self.options
         store = self.index.store
         resolver = self.index.resolver
         outline = _parse(prefix + suffix, lang)
         local_names = {c.name for c in outline.chunks if c.name}
-
-        # use of each identifier near the cursor, and whether it is an attribute (`.name`)
+        header_end = next((c.end_line for c in outline.chunks if c.kind == "header"), -1)
         before = prefix.split("\n")
+        body = before[header_end + 1 :]
         window = before[-opts.window_lines :]
         after = suffix.split("\n")[: opts.suffix_lines]
-        weight: dict[str, float] = defaultdict(float)
-        qualified: dict[tuple[str, str], float] = defaultdict(float)  # (module local, name)
-        lines = [(len(window) - 1 - i, line) for i, line in enumerate(window)]
-        lines += [(i + 1, line) for i, line in enumerate(after)]
-        for distance, line in lines:
-            w = math.exp(-distance / opts.decay_lines)
-            for m in re.finditer(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:\.|::)\s*([A-Za-z_][A-Za-z0-9_]*)", line):
-                qualified[(m.group(1), m.group(2))] += w
-            for m in IDENTIFIER.finditer(line):
-                weight[m.group(0)] += w
-        header_end = max((imp.line for imp in outline.imports), default=-1)
-        used_in_body = {m.group(0) for line in before[header_end + 1 :] for m in IDENTIFIER.finditer(line)}
+        usage = _Usage(window, after, body, opts)
+        bound = bound_names("\n".join(window))  # parameters and local variables near the cursor
+        recent_terms = set(text_terms("\n".join(before[-3:])))
 
         imports = [
             StoredImport(i.module, n, loc, i.line, i.level, i.system)
@@ -180,15 +258,14 @@ class ContextAssembler:
             for n, loc in (i.names or (("", i.local),))
         ]
         found: dict[int, _Candidate] = {}
-        by_local: dict[str, list[str]] = {}  # local module binding -> files
+        by_local: dict[str, list[str]] = {}  # a module's local binding -> its files
 
         def add(name: str, w: float, prior: float, chunks: list[StoredChunk]) -> None:
             for chunk in chunks:
                 if chunk.path == path:
                     continue
                 cand = found.get(chunk.id)
-                score = prior * w
-                if cand is None or cand.prior * cand.weight < score:
+                if cand is None or cand.prior * cand.weight < prior * w:
                     found[chunk.id] = _Candidate(name, w, prior, [chunk])
 
         imported_files: list[str] = []
@@ -200,34 +277,47 @@ class ContextAssembler:
             if imp.name in ("", "*"):
                 if imp.local:
                     by_local[imp.local] = targets
-                if imp.name == "*" or lang in ("c", "cpp", "go", "java") or not imp.local:
-                    continue
-            if imp.name and imp.name != "*":
-                local = imp.local or imp.name
-                w = weight.get(local, 0.0) + (0.6 if local not in used_in_body else 0.05)
-                add(local, w, 1.0, self._resolve_name(imp.name, targets, lang))
-                # `from pkg import module` binds a module: its attributes resolve in it
-                module_files = [
-                    t
-                    for t in targets
-                    if posixpath.splitext(posixpath.basename(t))[0] == imp.name
-                    or t.endswith(f"/{imp.name}/__init__.py")
-                ]
-                if module_files:
-                    by_local[local] = module_files
-        # Go imports bind the package's last path element; Rust `use a::b` binds b
-        for (mod_local, name), w in qualified.items():
+                continue
+            local = imp.local or imp.name
+            w = usage.weight(local)
+            if not usage.used(local):
+                # imported, not used yet: the code below is about to use it; names that share
+                # words with the lines just typed first
+                w += opts.unused_import_bonus + opts.overlap_bonus * _overlap(local, recent_terms)
+            add(local, w, 1.0, self._resolve_name(imp.name, targets, lang))
+            # `from pkg import module` binds a module: its attributes resolve in it
+            module_files = [
+                t
+                for t in targets
+                if posixpath.splitext(posixpath.basename(t))[0] == imp.name
+                or t.endswith(f"/{imp.name}/__init__.py")
+            ]
+            if module_files:
+                by_local[local] = module_files
+        # `module.name` (Python module imports, Go packages, JS namespaces, Rust paths)
+        for (mod_local, name), w in usage.qualified.items():
             files = by_local.get(mod_local)
-            if files and is_meaningful(name):
-                add(name, w + 0.05, 1.0, self._resolve_name(name, files, lang))
+            if not files or not is_meaningful(name):
+                continue
+            chunks = self._resolve_name(name, files, lang)
+            if not chunks:  # re-exported deeper than followed (`from .algorithms import *` chains)
+                chunks = [c for c in store.definitions(name) if "." not in c.qualname][: opts.rare_name_limit]
+            add(name, w + opts.qualified_bonus, 0.9, chunks)
 
         # names no import explains: included/imported files, the same folder, then anywhere if rare
         folder = posixpath.dirname(path)
-        explained = {c.name for c in found.values()} | local_names
-        for name, w in sorted(weight.items(), key=lambda kv: -kv[1]):
+        explained = {c.name for c in found.values()} | local_names | bound
+        # names that code like the lines before the cursor uses (the similar chunks): likely next
+        uses = _cooccurrence(similar, opts.cooccurrence_chunks)
+        for cand in found.values():
+            cand.weight += opts.cooccurrence_weight * uses.get(cand.name, 0.0)
+        for name, u in sorted(uses.items(), key=lambda kv: -kv[1])[: opts.cooccurrence_names]:
+            if name not in usage.bare and u >= opts.cooccurrence_min:
+                usage.bare[name] = opts.cooccurrence_weight * u
+        for name, w in sorted(usage.bare.items(), key=lambda kv: -kv[1]):
             if name in explained or not is_meaningful(name) or w < 0.05:
                 continue
-            defs = store.definitions(name)
+            defs = [c for c in store.definitions(name) if "." not in c.qualname and c.path != path]
             if not defs:
                 continue
             near = [c for c in defs if c.path in imported_files]
@@ -241,18 +331,18 @@ class ContextAssembler:
                 add(name, w, 0.4, defs)
 
         ranked = sorted(found.values(), key=lambda c: -(c.prior * c.weight))[: opts.max_definitions]
-        out = []
-        for cand in ranked:
-            chunk = cand.chunks[0]
-            out.append(self._snippet(chunk, "definition", cand.name, cand.prior * cand.weight))
-        return out
+        return [
+            self._snippet(cand.chunks[0], "definition", cand.name, cand.prior * cand.weight)
+            for cand in ranked
+        ]
 
     def _resolve_name(self, name: str, files: Sequence[str], lang: str, depth: int = 0) -> list[StoredChunk]:
-        """The chunk(s) defining `name` in `files`, following re-exports up to two hops."""
+        """The chunk(s) defining `name` in `files`, following re-exports (`from .x import name`,
+        `from .x import *`, `export * from './x'`) up to four hops."""
         store = self.index.store
-        defs = [c for c in store.definitions(name, list(files)) if c.kind != "header"]
+        defs = [c for c in store.definitions(name, list(files)) if c.kind not in ("header", "block")]
         top = [c for c in defs if "." not in c.qualname] or defs
-        if top or depth >= 2:
+        if top or depth >= 4:
             return top[:2]
         out: list[StoredChunk] = []
         for f in files:
@@ -261,8 +351,8 @@ class ContextAssembler:
                     targets = self.index.resolver.resolve(f, lang, imp)
                     real = imp.name if imp.name and imp.name != "*" else name
                     out += self._resolve_name(real, [t for t in targets if t not in files], lang, depth + 1)
-            if out:
-                break
+                    if out:
+                        return out[:2]
         return out[:2]
 
     # -- the other sources -----------------------------------------------------------------
@@ -286,18 +376,22 @@ class ContextAssembler:
             out.append(self._snippet(chunk, "recent_edit", chunk.name, 0.5 * 0.8**i))
         return out
 
-    def _similar(self, path: str, prefix: str) -> list[Snippet]:
+    def _similar_hits(self, path: str, prefix: str) -> list[tuple[StoredChunk, float]]:
+        """BM25 over the identifier sub-tokens of the last lines before the cursor."""
         query_lines = prefix.split("\n")[-12:]
         terms = text_terms("\n".join(query_lines))
         if not terms:
             return []
-        hits = self.index.store.search(terms[-64:], limit=self.options.max_similar, exclude_path=path)
+        limit = max(self.options.max_similar, self.options.cooccurrence_chunks)
+        return self.index.store.search(terms[-64:], limit=limit, exclude_path=path)
+
+    def _similar(self, hits: Sequence[tuple[StoredChunk, float]]) -> list[Snippet]:
         if not hits:
             return []
         best = hits[0][1]
         return [
             self._snippet(chunk, "similar", chunk.name, 0.3 * score / best)
-            for chunk, score in hits
+            for chunk, score in hits[: self.options.max_similar]
             if chunk.kind != "header"
         ]
 
