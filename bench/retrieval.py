@@ -187,8 +187,8 @@ def build_tasks(index: RepositoryIndex, limit: int, seed: int = 0, per_file: int
 
 def _hit(snippets: list[Snippet], task: Task) -> int | None:
     """1-based rank of the defining chunk among `snippets`, or None."""
-    for rank, s in enumerate(snippets, 1):
-        if s.chunk_id == task.chunk_id:
+    for rank, s in enumerate(snippets, 1):  # a definitions snippet shows several chunks
+        if task.chunk_id in s.chunk_ids:
             return rank
     return None
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import posixpath
 import re
+import textwrap
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ class Snippet:
     source: str  # "definition" | "recent_edit" | "similar"
     name: str
     score: float
-    chunk_id: int | None = None
+    chunk_ids: tuple[int, ...] = ()  # the indexed chunks whose text the snippet shows
+    names: tuple[str, ...] = ()  # the definitions it shows, best first (definition snippets)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -65,6 +67,7 @@ class Snippet:
             "end_line": self.end_line,
             "source": self.source,
             "name": self.name,
+            "names": list(self.names or (self.name,)),
             "score": round(self.score, 4),
             "text": self.text,
         }
@@ -75,10 +78,13 @@ class ContextOptions:
     window_lines: int = 40  # lines before the cursor whose identifiers count
     suffix_lines: int = 10  # ... and after it
     decay_lines: float = 12.0  # an occurrence this far from the cursor weighs 1/e
-    max_definitions: int = 24
+    max_definitions: int = 48
     max_similar: int = 8
     max_recent: int = 4
     max_snippet_lines: int = 60  # longer chunks are cut (signature and first lines kept)
+    whole_definitions: int = 1  # per file, this many best definitions shown whole (when short)
+    summary_lines: int = 12  # the others: a signature, or a skeleton cut to this many lines
+    group_bonus: float = 0.1  # a file's other definitions add this fraction of their scores
     rare_name_limit: int = 3  # a name defined in more files than this is not looked up globally
     file_weight: float = 0.15  # each e-fold of uses anywhere in the file's body
     unused_import_bonus: float = 0.5  # a name imported but not used yet
@@ -131,6 +137,38 @@ class _Usage:
 
 
 _QUALIFIED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:\.|::|->)\s*([A-Za-z_][A-Za-z0-9_]*)")
+
+
+_CONTAINERS = frozenset({"class", "struct", "interface", "trait", "impl", "enum", "namespace", "module"})
+_SHORT_LINES = 6
+
+
+def compact_definition(chunk: StoredChunk, whole: bool = False, max_lines: int = 12) -> str:
+    """A definition as an API summary shows it: whole when short (or `whole` and under 30
+    lines), a container's skeleton cut to `max_lines`, a function's signature with its body
+    elided (`...` in Python, `{ ... }` in brace languages)."""
+    text = textwrap.dedent(chunk.text).strip("\n")
+    n = text.count("\n") + 1
+    if n <= _SHORT_LINES or (whole and n <= 30):
+        return text
+    if chunk.kind in _CONTAINERS:
+        return _clip(text, max_lines)
+    if chunk.kind in ("function", "method"):
+        return _signature_only(text, chunk.language == "python") or _clip(text, max_lines)
+    return _clip(text, max_lines)
+
+
+def _signature_only(text: str, python: bool) -> str:
+    """The lines of a function up to its body (decorators and multi-line parameters kept), the
+    body elided; '' when no body start is found within 12 lines."""
+    lines = text.split("\n")
+    for i, line in enumerate(lines[:12]):
+        code = line.split("#")[0].rstrip() if python else line.split("//")[0].rstrip()
+        if python and code.endswith(":") and not code.lstrip().startswith("@"):
+            return "\n".join([*lines[:i], code + " ..."])
+        if not python and "{" in code:
+            return "\n".join([*lines[:i], code[: code.index("{")].rstrip() + " { ... }"])
+    return ""
 
 
 def _cooccurrence(hits: Sequence[tuple[StoredChunk, float]], limit: int) -> dict[str, float]:
@@ -331,10 +369,57 @@ class ContextAssembler:
                 add(name, w, 0.4, defs)
 
         ranked = sorted(found.values(), key=lambda c: -(c.prior * c.weight))[: opts.max_definitions]
-        return [
-            self._snippet(cand.chunks[0], "definition", cand.name, cand.prior * cand.weight)
-            for cand in ranked
-        ]
+        return self._group_by_file(ranked)
+
+    def _group_by_file(self, ranked: list[_Candidate]) -> list[Snippet]:
+        """One snippet per defining file, its definitions best first: the best few shown whole
+        when short, the others as signatures or skeletons (LANCE-style API summaries), so the
+        budget holds many more definitions than whole chunks would allow."""
+        opts = self.options
+        groups: dict[str, list[_Candidate]] = {}
+        for cand in ranked:
+            groups.setdefault(cand.chunks[0].path, []).append(cand)
+        out = []
+        for path, cands in groups.items():
+            parts: list[str] = []
+            ids: list[int] = []
+            names: list[str] = []
+            lines = 0
+            seen: set[int] = set()
+            for i, cand in enumerate(cands):
+                chunk = cand.chunks[0]
+                if chunk.id in seen:
+                    continue
+                text = compact_definition(
+                    chunk, whole=i < opts.whole_definitions, max_lines=opts.summary_lines
+                )
+                n = text.count("\n") + 1
+                if parts and lines + n > opts.max_snippet_lines:
+                    continue
+                parts.append(text)
+                ids.append(chunk.id)
+                names.append(cand.name)
+                seen.add(chunk.id)
+                lines += n
+            chunks = [c.chunks[0] for c in cands if c.chunks[0].id in seen]
+            best = cands[0]
+            score = best.prior * best.weight + opts.group_bonus * sum(c.prior * c.weight for c in cands[1:])
+            out.append(
+                Snippet(
+                    key=f"{path}#definitions",
+                    path=path,
+                    start_line=min(c.start_line for c in chunks),
+                    end_line=max(c.end_line for c in chunks),
+                    text=_clip("\n".join(parts), opts.max_snippet_lines),
+                    source="definition",
+                    name=names[0],
+                    score=score,
+                    chunk_ids=tuple(ids),
+                    names=tuple(names),
+                )
+            )
+        out.sort(key=lambda s: -s.score)
+        return out
 
     def _resolve_name(self, name: str, files: Sequence[str], lang: str, depth: int = 0) -> list[StoredChunk]:
         """The chunk(s) defining `name` in `files`, following re-exports (`from .x import name`,
@@ -405,7 +490,7 @@ class ContextAssembler:
             source=source,
             name=name,
             score=score,
-            chunk_id=chunk.id,
+            chunk_ids=(chunk.id,),
         )
 
 

@@ -104,7 +104,8 @@ def py_repo(tmp_path: Path) -> RepositoryIndex:
 
 
 def _defs(snippets: list[Snippet]) -> list[str]:
-    return [f"{s.path}:{s.name}" for s in snippets if s.source == "definition"]
+    """path:name of every definition shown, best first (a snippet shows one file's definitions)."""
+    return [f"{s.path}:{n}" for s in snippets if s.source == "definition" for n in s.names or (s.name,)]
 
 
 # --- tokens ---
@@ -186,6 +187,44 @@ def test_imported_class_is_the_first_definition(py_repo: RepositoryIndex) -> Non
     assert defs[0] in ("pkg/models.py:Request", "pkg/models.py:make_request")
     assert {"pkg/models.py:Request", "pkg/models.py:make_request"} <= set(defs[:3])
     assert all(s.path != "pkg/client.py" for s in snippets)  # never the current file
+
+
+def test_definitions_of_one_file_share_a_snippet(py_repo: RepositoryIndex) -> None:
+    prefix = (py_repo.root / "pkg/client.py").read_text() + "\n    def build(self, url):\n        req = "
+    snippets = ContextAssembler(py_repo).candidates("pkg/client.py", prefix)
+    models = [s for s in snippets if s.source == "definition" and s.path == "pkg/models.py"]
+    assert len(models) == 1
+    (group,) = models
+    assert set(group.names) == {"Request", "make_request"} and len(group.chunk_ids) == 2
+    chunks = {c.id: c for c in py_repo.store.chunks_in_file("pkg/models.py")}
+    assert {chunks[i].name for i in group.chunk_ids} == {"Request", "make_request"}
+    assert "class Request:" in group.text and "def make_request(url: str) -> Request:" in group.text
+
+
+def test_long_definitions_are_summarised_as_signatures() -> None:
+    from splice.retrieval.context import compact_definition
+    from splice.retrieval.store import StoredChunk
+
+    body = "\n".join(f"    x{i} = {i}" for i in range(20))
+    py = StoredChunk(
+        1,
+        "a.py",
+        "python",
+        "function",
+        "f",
+        "f",
+        0,
+        22,
+        "def f(a, b)",
+        f"@cache\ndef f(\n    a,\n    b,\n) -> int:  # doc\n{body}\n    return a",
+    )
+    assert compact_definition(py) == "@cache\ndef f(\n    a,\n    b,\n) -> int: ..."
+    go = StoredChunk(
+        2, "a.go", "go", "function", "G", "G", 0, 21, "func G() int", "func G() int {\n" + body + "\n}"
+    )
+    assert compact_definition(go) == "func G() int { ... }"
+    short = StoredChunk(3, "a.py", "python", "function", "h", "h", 0, 1, "def h()", "def h():\n    return 1")
+    assert compact_definition(short) == short.text
 
 
 def test_module_attribute_resolves_in_the_module(py_repo: RepositoryIndex) -> None:
