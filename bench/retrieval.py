@@ -129,13 +129,14 @@ def build_tasks(index: RepositoryIndex, limit: int, seed: int = 0, per_file: int
             continue
         outline = parse_outline(text, state.language)
         local = {c.name for c in outline.chunks if c.name} | bound_names(text)
+        modules: set[str] = set()  # names bound to imports of the repository's own modules
         for imp in outline.imports:  # a name imported from outside the repository is not B's
-            for name, bound in imp.names:
+            for name, bound in imp.names or (("", imp.local),):
                 stored = StoredImport(imp.module, name, bound, imp.line, imp.level, imp.system)
-                if not index.resolver.resolve(state.path, state.language, stored):
+                if index.resolver.resolve(state.path, state.language, stored):
+                    modules.add(bound)
+                elif name:
                     local.add(bound)
-        modules = {i.local for i in outline.imports if i.local}
-        modules |= {loc for i in outline.imports for _, loc in i.names}
         literals, import_rows = _literal_rows(text, state.language)
         literal_starts = sorted(literals)
         lines = text.split("\n")

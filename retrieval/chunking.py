@@ -73,6 +73,7 @@ _local = threading.local()
 BLOCK_MAX_LINES = 40  # a run of other top-level code is cut into blocks this long
 _SIGNATURE_CHARS = 300
 _COMMENTS = frozenset({"comment", "line_comment", "block_comment"})
+_ATTACHED = _COMMENTS | {"attribute_item"}  # kept with the definition below them (docs, #[derive])
 
 
 def parser_for(language: str) -> Parser:
@@ -138,7 +139,7 @@ class _Builder:
         self.header_node(node)
 
     def loose(self, node: Node) -> None:
-        if node.type not in _COMMENTS and node.is_named:
+        if node.type not in _ATTACHED and node.is_named:
             self._loose.append(node)
 
     def add(
@@ -157,7 +158,7 @@ class _Builder:
         self.seen_definition = self.seen_definition or kind != "macro"  # include guards come first
         first = node
         prev = node.prev_sibling
-        while prev is not None and prev.type in _COMMENTS and prev.end_point.row >= first.start_point.row - 1:
+        while prev is not None and prev.type in _ATTACHED and prev.end_point.row >= first.start_point.row - 1:
             first = prev
             prev = prev.prev_sibling
         start = self._line_start(first.start_byte)
@@ -177,6 +178,7 @@ class _Builder:
         if sig_end < 0:
             sig_end = end
         signature = " ".join(self.src[node.start_byte : sig_end].decode("utf-8", "replace").split())
+        signature = re.sub(r",?\s*\)", ")", re.sub(r"\(\s+", "(", signature))
         signature = signature.rstrip(":{ ")[:_SIGNATURE_CHARS]
         qualname = f"{scope}.{name}" if scope else name
         self.chunks.append(
@@ -907,6 +909,10 @@ def _c_record(b: _Builder, node: Node, scope: str, outer: Node, name: str) -> No
                 b.add("method", _c_declarator_name(b, d)[0], qual, m)
         elif m.type in _C_RECORDS and _field(m, "body") is not None:
             _c_record(b, m, qual, m, b.text(_field(m, "name")))
+        elif m.type == "field_declaration":
+            record = _field(m, "type")
+            if record is not None and record.type in _C_RECORDS and _field(record, "body") is not None:
+                _c_record(b, record, qual, m, b.text(_field(record, "name")))
 
 
 def _c_declarator_name(b: _Builder, node: Node | None) -> tuple[str, str]:
