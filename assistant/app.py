@@ -120,6 +120,7 @@ def make_registry(settings: Settings, engine: CompletionEngine) -> RepositoryReg
         count,
         file_sep=repository_separator(tokenizer, engine.template),
         context_tokens=settings.context_tokens,
+        refresh_interval_s=settings.index_refresh_s,
     )
 
 
@@ -235,6 +236,7 @@ def create_app(
         repo = state.repositories.get(req.repository)
 
         def run() -> list[dict[str, Any]]:
+            state.repositories.flush()  # unsaved editor buffers first
             if req.query is not None:
                 hits = repo.index.store.search(text_terms(req.query), limit=req.limit)
                 return [
@@ -249,7 +251,6 @@ def create_app(
                     }
                     for c, score in hits
                 ]
-            state.repositories.flush()
             where = state.repositories.locate(req.filepath, repo.id)
             rel = where[1] if where else None
             assembler = ContextAssembler(repo.index)

@@ -121,12 +121,14 @@ class RepositoryRegistry:
         token_counter: Callable[[str], int],
         file_sep: str | None = None,
         context_tokens: int = 512,
+        refresh_interval_s: float = 10.0,
     ) -> None:
         self.home = home
         self.roots = roots
         self.count_tokens = token_counter
         self.file_sep = file_sep
         self.context_tokens = context_tokens
+        self.refresh_interval_s = refresh_interval_s
         self.repos: dict[str, Repository] = {}
         self.slots = ContextSlots()
         self._lock = threading.Lock()
@@ -296,13 +298,18 @@ class RepositoryRegistry:
             pending, self._pending = self._pending, {}
         for (repo_id, rel), (text, lines) in pending.items():
             repo = self.repos.get(repo_id)
-            if repo is not None and repo.status == "ready":
+            if repo is not None:  # safe during a build too: the build leaves open buffers alone
                 repo.index.update_buffer(rel, text, lines)
 
     def _maybe_refresh(self, repo: Repository) -> None:
-        """A `git` checkout/pull touched .git/index or HEAD: re-index what changed (by stat)."""
+        """Files saved or changed by `git` (checkout, pull) are re-indexed one by one, found by
+        stat in a background pass: at once when .git/index or HEAD changed, else at most every
+        `refresh_interval_s`. Open editor buffers keep their unsaved text."""
+        if repo.status != "ready":
+            return
         token = repo.index.git_head()
-        if repo.status == "ready" and token != repo.git_token:
+        stale = time.time() - repo.finished_at > self.refresh_interval_s
+        if token != repo.git_token or stale:
             repo.git_token = token
             self.reindex(repo)
 

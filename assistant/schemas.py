@@ -150,6 +150,7 @@ class SnippetOut(BaseModel):
     end_line: int = Field(description="0-based last line (inclusive)")
     source: str = Field(description="definition, recent_edit or similar")
     name: str
+    names: list[str] = Field(default_factory=list, description="definitions shown (one file's, best first)")
     score: float
     text: str
 

@@ -278,6 +278,9 @@ class EditorSession:
         self.open_uris.add(msg.uri)
         self.awaiting_open.pop(msg.uri, None)
         self.metrics.ws_documents.set(len(self.store))
+        registry = self.completions.registry
+        if registry is not None and registry.repos:
+            registry.buffer_changed(msg.uri, msg.text, None)  # the editor's text may be unsaved
 
     async def on_change(self, msg: ChangeMsg) -> None:
         if msg.uri in self.awaiting_open:
@@ -425,6 +428,7 @@ class EditorSession:
 
         try:
             try:
+                # repository context for the cursor; `run` reads `inp` when it runs, after this
                 inp, _ = await self.completions.add_context(inp, f"{self.tenant}:{job.uri}")
                 future = await self.completions.start(run, watcher)
                 result = await future

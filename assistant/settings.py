@@ -77,6 +77,9 @@ class Settings(BaseSettings):
         "",
         description="Folders (comma-separated) under which POST /v1/repositories may index; empty: none",
     )
+    index_refresh_s: float = Field(
+        10.0, ge=0.0, description="At most this often, files changed on disk are re-indexed (by stat)"
+    )
     context_tokens: int = Field(
         512, ge=0, description="Prompt tokens for repository context (snippets); 0 turns retrieval off"
     )
