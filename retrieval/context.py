@@ -82,8 +82,8 @@ class ContextOptions:
     max_similar: int = 8
     max_recent: int = 4
     max_snippet_lines: int = 60  # longer chunks are cut (signature and first lines kept)
-    whole_definitions: int = 1  # per file, this many best definitions shown whole (when short)
-    summary_lines: int = 12  # the others: a signature, or a skeleton cut to this many lines
+    whole_definitions: int = 0  # per file, this many best definitions shown whole (when short)
+    summary_lines: int = 6  # the others: a signature, or a skeleton cut to this many lines
     group_bonus: float = 0.1  # a file's other definitions add this fraction of their scores
     rare_name_limit: int = 3  # a name defined in more files than this is not looked up globally
     file_weight: float = 0.15  # each e-fold of uses anywhere in the file's body
@@ -152,10 +152,24 @@ def compact_definition(chunk: StoredChunk, whole: bool = False, max_lines: int =
     if n <= _SHORT_LINES or (whole and n <= 30):
         return text
     if chunk.kind in _CONTAINERS:
-        return _clip(text, max_lines)
+        return _clip(_without_docs(text, chunk.language == "python"), max_lines)
     if chunk.kind in ("function", "method"):
         return _signature_only(text, chunk.language == "python") or _clip(text, max_lines)
     return _clip(text, max_lines)
+
+
+_DOCSTRING = re.compile(r'^[ \t]*[rbuRBU]?("""|\'\'\')[\s\S]*?\1[ \t]*\n', re.MULTILINE)
+_BLOCK_COMMENT = re.compile(r"^[ \t]*/\*[\s\S]*?\*/[ \t]*\n", re.MULTILINE)
+
+
+def _without_docs(text: str, python: bool) -> str:
+    """A skeleton without its docstrings, comment lines and blank lines: the members' signatures
+    and fields are what an API summary is for. The first line (the header) always stays."""
+    head, _, rest = text.partition("\n")
+    rest = (_DOCSTRING if python else _BLOCK_COMMENT).sub("", rest + "\n")
+    marker = "#" if python else "//"
+    kept = [line for line in rest.split("\n") if line.strip() and not line.strip().startswith(marker)]
+    return "\n".join([head, *kept])
 
 
 def _signature_only(text: str, python: bool) -> str:
