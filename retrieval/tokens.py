@@ -10,7 +10,8 @@ signal and are dropped.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from functools import lru_cache
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HUMPS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
@@ -47,26 +48,30 @@ def split_identifier(name: str) -> list[str]:
     return parts
 
 
-def identifiers(text: str) -> Iterator[str]:
+def identifiers(text: str) -> list[str]:
     """Identifiers in `text`, in order, keywords included (callers filter)."""
-    return (m.group(0) for m in IDENTIFIER.finditer(text))
+    return IDENTIFIER.findall(text)
 
 
 def is_meaningful(name: str) -> bool:
     return len(name) > 1 and name.lower() not in STOP_WORDS
 
 
+@lru_cache(maxsize=1 << 16)
+def _name_terms(name: str) -> tuple[str, ...]:
+    if not is_meaningful(name):
+        return ()
+    subs = split_identifier(name)
+    if len(subs) <= 1:
+        return (name.lower(),)
+    return (name.lower(), *(s for s in subs if len(s) > 1 and s not in STOP_WORDS))
+
+
 def index_terms(names: Iterable[str]) -> list[str]:
     """The terms indexed for these identifiers: each whole (lowercased) plus its sub-tokens."""
     terms: list[str] = []
     for name in names:
-        if not is_meaningful(name):
-            continue
-        whole = name.lower()
-        terms.append(whole)
-        subs = split_identifier(name)
-        if len(subs) > 1:
-            terms.extend(s for s in subs if len(s) > 1 and s not in STOP_WORDS)
+        terms.extend(_name_terms(name))
     return terms
 
 
