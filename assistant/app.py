@@ -121,6 +121,7 @@ def make_registry(settings: Settings, engine: CompletionEngine) -> RepositoryReg
         file_sep=repository_separator(tokenizer, engine.template),
         context_tokens=settings.context_tokens,
         refresh_interval_s=settings.index_refresh_s,
+        context_snippets=settings.context_snippets,
     )
 
 

@@ -122,6 +122,7 @@ class RepositoryRegistry:
         file_sep: str | None = None,
         context_tokens: int = 512,
         refresh_interval_s: float = 10.0,
+        context_snippets: int = 3,
     ) -> None:
         self.home = home
         self.roots = roots
@@ -130,7 +131,7 @@ class RepositoryRegistry:
         self.context_tokens = context_tokens
         self.refresh_interval_s = refresh_interval_s
         self.repos: dict[str, Repository] = {}
-        self.slots = ContextSlots()
+        self.slots = ContextSlots(max_snippets=context_snippets)
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str], tuple[str, tuple[int, int] | None]] = {}
 

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     index_refresh_s: float = Field(
         10.0, ge=0.0, description="At most this often, files changed on disk are re-indexed (by stat)"
     )
+    context_snippets: int = Field(
+        3, ge=1, le=64, description="Most repository snippets in a prompt (the best nearest the code)"
+    )
     context_tokens: int = Field(
         512, ge=0, description="Prompt tokens for repository context (snippets); 0 turns retrieval off"
     )

@@ -33,14 +33,17 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from splice.retrieval.chunking import parse_outline, parser_for
 from splice.retrieval.context import (
     ContextAssembler,
+    ContextSlots,
     RenderStyle,
     Snippet,
+    approx_tokens,
     bound_names,
     render_context,
     render_snippet,
@@ -50,6 +53,9 @@ from splice.retrieval.indexer import RepositoryIndex
 from splice.retrieval.languages import expand_languages
 from splice.retrieval.store import StoredImport
 from splice.retrieval.tokens import IDENTIFIER, is_meaningful
+
+if TYPE_CHECKING:
+    from splice.completion.engine import CompletionEngine
 
 KS = (1, 5, 10)
 _COMMENT = re.compile(r"^\s*(#|//|/\*|\*|\"\"\"|''')")
@@ -223,14 +229,25 @@ def run(
     *,
     limit: int = 100,
     model: str | None = "default",
-    context_tokens: int = 384,
-    prompt_tokens: int = 1024,
+    context_tokens: int = 512,
+    context_snippets: int = 3,
+    prompt_tokens: int = 2048,
     languages: list[str] | None = None,
     index_dir: Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> dict[str, object]:
-    """The evaluation; `model=None` skips exact match (retrieval numbers only)."""
+    """The evaluation; `model=None` skips exact match (retrieval numbers only). The context of a
+    task is chosen and laid out as the service does (`ContextSlots`: budget in the model's
+    tokens, at most `context_snippets` snippets, the best nearest the document)."""
+    engine = _engine(model, prompt_tokens) if model is not None else None
+    count: Callable[[str], int] = approx_tokens
+    if engine is not None:
+        tokenizer = engine.tokenizer
+
+        def count(text: str) -> int:
+            return len(tokenizer.encode(text, add_special_tokens=False))
+
     with tempfile.TemporaryDirectory(prefix="splice-eval-") as tmp:
         index = RepositoryIndex(
             repo, index_dir or Path(tmp), WalkConfig(languages=expand_languages(languages))
@@ -242,21 +259,16 @@ def run(
             if not tasks:
                 raise ValueError(f"no cross-file tasks found in {repo}")
             assembler = ContextAssembler(index)
-            style_cache: dict[str, RenderStyle] = {}
+            slots = ContextSlots(max_snippets=context_snippets)
             ranks: list[int | None] = []
             in_budget: list[bool] = []
             contexts: list[str] = []
-            for task in tqdm(tasks, desc="retrieval", disable=not progress, unit="task"):
-                style = style_cache.setdefault(task.language, RenderStyle.for_language(task.language))
+            for i, task in enumerate(tqdm(tasks, desc="retrieval", disable=not progress, unit="task")):
+                style = RenderStyle.for_language(task.language)
                 ranked = assembler.candidates(task.path, task.prefix, "", task.language)
                 ranks.append(_hit(ranked, task))
-                chosen = assembler.assemble(
-                    task.path,
-                    task.prefix,
-                    "",
-                    task.language,
-                    budget_tokens=context_tokens,
-                    render=lambda s, st=style: render_snippet(s, st),  # type: ignore[misc]
+                chosen = slots.arrange(
+                    f"task-{i}", ranked, context_tokens, lambda s, st=style: count(render_snippet(s, st))
                 )
                 in_budget.append(_hit(chosen, task) is not None)
                 contexts.append(render_context(chosen, style, task.path))
@@ -271,8 +283,8 @@ def run(
     result["recall@budget"] = round(sum(in_budget) / n, 4)
     result["em_with"] = None
     result["em_without"] = None
-    if model is not None:
-        em_with, em_without = _exact_match(tasks, contexts, model, prompt_tokens, progress)
+    if engine is not None:
+        em_with, em_without = _exact_match(engine, tasks, contexts, progress)
         result["em_with"], result["em_without"] = round(em_with, 4), round(em_without, 4)
     result["index_files_per_s"] = round(report.files_per_s, 1)
     result["index_files"] = report.files_indexed
@@ -280,18 +292,26 @@ def run(
     result["update_ms_p50"] = round(_percentile(times, 0.5), 2)
     result["update_ms_p99"] = round(_percentile(times, 0.99), 2)
     result["context_tokens"] = context_tokens
+    result["context_snippets"] = context_snippets
     result["prompt_tokens"] = prompt_tokens
     return result
 
 
-def _exact_match(
-    tasks: list[Task], contexts: list[str], model: str, prompt_tokens: int, progress: bool
-) -> tuple[float, float]:
-    from splice.completion.engine import CompletionEngine, CompletionInput, EngineConfig, GenerationParams
+def _engine(model: str, prompt_tokens: int) -> CompletionEngine:
+    from splice.completion.engine import CompletionEngine, EngineConfig
     from splice.completion.models import load_model, parse_spec
 
     loaded = load_model(parse_spec(model), progress=lambda m: print(m, file=sys.stderr))
-    engine = CompletionEngine(loaded, EngineConfig(max_prompt_tokens=prompt_tokens))
+    return CompletionEngine(loaded, EngineConfig(max_prompt_tokens=prompt_tokens))
+
+
+def _exact_match(
+    engine: CompletionEngine, tasks: list[Task], contexts: list[str], progress: bool
+) -> tuple[float, float]:
+    """Exact match of the completed line, through the service's completion path (templates,
+    token healing, post-processing), with the task's context and without it."""
+    from splice.completion.engine import CompletionInput, GenerationParams
+
     params = GenerationParams(max_tokens=48, stop=("\n",))
     hits = {"with": 0, "without": 0}
     for task, context in tqdm(
@@ -321,8 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=100, help="tasks (default 100)")
     parser.add_argument("--model", default="default", help="model spec for exact match (default: default)")
     parser.add_argument("--no-completions", action="store_true", help="retrieval numbers only")
-    parser.add_argument("--context-tokens", type=int, default=384, help="context budget (default 384)")
-    parser.add_argument("--prompt-tokens", type=int, default=1024, help="whole prompt budget (default 1024)")
+    parser.add_argument("--context-tokens", type=int, default=512, help="context budget (default 512)")
+    parser.add_argument(
+        "--context-snippets", type=int, default=3, help="most snippets in the context (default 3)"
+    )
+    parser.add_argument(
+        "--prompt-tokens", type=int, default=2048, help="whole prompt budget (default 2048, as on CPU)"
+    )
     parser.add_argument("--languages", nargs="+", help="index only these languages")
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
@@ -338,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             limit=args.limit,
             model=None if args.no_completions else args.model,
             context_tokens=args.context_tokens,
+            context_snippets=args.context_snippets,
             prompt_tokens=args.prompt_tokens,
             languages=args.languages,
         )

@@ -583,13 +583,15 @@ class ContextSlots:
     The prompt is `context + document`, and the document's KV cache is reused through an edit
     script (PIE): a context that is re-ranked from scratch would move every snippet and turn each
     request into a new prompt. Here a snippet that is still wanted keeps its slot; a slot whose
-    snippet dropped out is refilled in place (a local edit); new snippets are appended; when the
-    budget overflows, the lowest-ranked snippets leave.
+    snippet dropped out is refilled in place (a local edit); new snippets are appended, the best
+    last, nearest the document (small models heed the nearest context most); when the budget
+    overflows, the lowest-ranked snippets leave. At most `max_snippets` are kept.
     """
 
-    def __init__(self, max_documents: int = 256) -> None:
+    def __init__(self, max_documents: int = 256, max_snippets: int = 3) -> None:
         self._layouts: OrderedDict[str, list[str]] = OrderedDict()
         self.max_documents = max_documents
+        self.max_snippets = max_snippets
 
     def arrange(
         self, document: str, ranked: Sequence[Snippet], budget_tokens: int, cost: Callable[[Snippet], int]
@@ -597,6 +599,8 @@ class ContextSlots:
         wanted: list[Snippet] = []
         used = 0
         for s in ranked:
+            if len(wanted) >= self.max_snippets:
+                break
             c = cost(s)
             if used + c <= budget_tokens:
                 wanted.append(s)
@@ -604,11 +608,11 @@ class ContextSlots:
         by_key = {s.key: s for s in wanted}
         previous = self._layouts.get(document, [])
         layout: list[str | None] = [k if k in by_key else None for k in previous]
-        fresh = [s.key for s in wanted if s.key not in previous]
+        fresh = [s.key for s in wanted if s.key not in previous]  # best first
         for i, slot in enumerate(layout):
             if slot is None and fresh:
                 layout[i] = fresh.pop(0)
-        keys = [k for k in layout if k is not None] + fresh
+        keys = [k for k in layout if k is not None] + fresh[::-1]
         self._layouts[document] = keys
         self._layouts.move_to_end(document)
         while len(self._layouts) > self.max_documents:

@@ -373,13 +373,25 @@ def test_render_comment_prefixed_and_repo_level() -> None:
 
 
 def test_slots_keep_positions_and_refill_in_place() -> None:
-    slots = ContextSlots()
+    slots = ContextSlots(max_snippets=10)
+    # the best snippet goes last, nearest the document
     first = slots.arrange("doc", [_snip("a"), _snip("b"), _snip("c")], 100, lambda s: 10)
-    assert [s.key for s in first] == ["a", "b", "c"]
-    # b and c stay where they were; a's slot is refilled by d rather than everything moving
+    assert [s.key for s in first] == ["c", "b", "a"]
+    # c and b stay where they were; a's slot is refilled by d rather than everything moving
     second = slots.arrange("doc", [_snip("d"), _snip("c"), _snip("b")], 100, lambda s: 10)
-    assert [s.key for s in second] == ["d", "b", "c"]
-    # a new one is appended; over budget, the lowest-ranked leave
+    assert [s.key for s in second] == ["c", "b", "d"]
+    # over budget, the lowest-ranked leave (c) and the new one (e) takes the free slot
     third = slots.arrange("doc", [_snip("e"), _snip("d"), _snip("b"), _snip("c")], 30, lambda s: 10)
-    assert [s.key for s in third] == ["d", "b", "e"]
+    assert [s.key for s in third] == ["e", "b", "d"]
+    # new snippets beyond the refilled slots are appended, the best of them last
+    fourth = slots.arrange(
+        "doc", [_snip("f"), _snip("g"), _snip("e"), _snip("b"), _snip("d")], 100, lambda s: 10
+    )
+    assert [s.key for s in fourth] == ["e", "b", "d", "g", "f"]
     assert [s.key for s in slots.arrange("other", [_snip("z")], 100, lambda s: 10)] == ["z"]
+
+
+def test_slots_keep_at_most_max_snippets() -> None:
+    slots = ContextSlots(max_snippets=2)
+    chosen = slots.arrange("doc", [_snip("a"), _snip("b"), _snip("c")], 100, lambda s: 10)
+    assert [s.key for s in chosen] == ["b", "a"]
