@@ -91,20 +91,37 @@ _LITERAL_NODES = frozenset(
 )
 
 
+_IMPORT_NODES = frozenset(
+    {
+        "import_statement",
+        "import_from_statement",
+        "future_import_statement",
+        "import_declaration",
+        "preproc_include",
+        "use_declaration",
+        "export_statement",  # only those with a `source`: re-exports
+    }
+)
+
+
 def _literal_rows(text: str, language: str) -> tuple[list[tuple[int, int]], set[int]]:
-    """Byte spans of strings and comments, and the rows of import statements, in `text`."""
+    """Byte spans of strings and comments, and every row of import statements (all the lines
+    of a parenthesised multi-line import), in `text`."""
     tree = parser_for(language).parse(text.encode("utf-8"))
     spans: list[tuple[int, int]] = []
+    import_rows: set[int] = set()
     stack = [tree.root_node]
     while stack:
         node = stack.pop()
         if node.type in _LITERAL_NODES:
             spans.append((node.start_byte, node.end_byte))
             continue
+        if node.type in _IMPORT_NODES and (
+            node.type != "export_statement" or node.child_by_field_name("source") is not None
+        ):
+            import_rows.update(range(node.start_point.row, node.end_point.row + 1))
+            continue
         stack.extend(node.children)
-    import_rows = {
-        row for imp in parse_outline(text, language).imports for row in range(imp.line, imp.line + 1)
-    }
     return spans, import_rows
 
 
@@ -141,7 +158,7 @@ def build_tasks(index: RepositoryIndex, limit: int, seed: int = 0, per_file: int
                 stored = StoredImport(imp.module, name, bound, imp.line, imp.level, imp.system)
                 if index.resolver.resolve(state.path, state.language, stored):
                     modules.add(bound)
-                elif name:
+                else:
                     local.add(bound)
         literals, import_rows = _literal_rows(text, state.language)
         literal_starts = sorted(literals)
