@@ -284,9 +284,7 @@ def run(
                 style = RenderStyle.for_language(task.language)
                 ranked = assembler.candidates(task.path, task.prefix, "", task.language)
                 ranks.append(_hit(ranked, task))
-                chosen = slots.arrange(
-                    f"task-{i}", ranked, context_tokens, lambda s, st=style: count(render_snippet(s, st))
-                )
+                chosen = slots.arrange(f"task-{i}", ranked, context_tokens, _cost(count, style))
                 in_budget.append(_hit(chosen, task) is not None)
                 contexts.append(render_context(chosen, style, task.path))
             times = update_times(index)
@@ -312,6 +310,11 @@ def run(
     result["context_snippets"] = context_snippets
     result["prompt_tokens"] = prompt_tokens
     return result
+
+
+def _cost(count: Callable[[str], int], style: RenderStyle) -> Callable[[Snippet], int]:
+    """What a snippet costs in the prompt: the tokens of its rendering."""
+    return lambda snippet: count(render_snippet(snippet, style))
 
 
 def _engine(model: str, prompt_tokens: int) -> CompletionEngine:
