@@ -182,7 +182,12 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise CliError(str(exc), 2) from exc
     index_dir = Path(args.index_dir) if args.index_dir else default_index_dir(root, settings.home)
     try:
-        index = RepositoryIndex(root, index_dir, config)
+        embedder = None
+        if args.embedder:
+            from splice.retrieval.embedding import load_embedder
+
+            embedder = load_embedder(args.embedder)
+        index = RepositoryIndex(root, index_dir, config, embedder=embedder)
     except ValueError as exc:  # an index of another schema version
         raise CliError(str(exc)) from exc
     try:
@@ -294,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-file-bytes", type=int, default=1_000_000, help="skip larger files (default 1 MB)"
     )
     index.add_argument("--index-dir", help="where to write the index (default: SPLICE_HOME/indexes/...)")
+    index.add_argument(
+        "--embedder",
+        help="also build a vector index: 'hashing[:DIM]' or a sentence-embedding checkpoint directory "
+        "(e.g. all-MiniLM-L6-v2); similar code is then BM25 and vectors fused by reciprocal rank",
+    )
     index.add_argument("--json", action="store_true", help="print the report as JSON")
     index.add_argument("--quiet", action="store_true", help="no progress bar")
     index.set_defaults(func=cmd_index)

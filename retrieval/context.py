@@ -136,6 +136,7 @@ class _Usage:
         return self.counts.get(name, 0) > 0
 
 
+_RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 _QUALIFIED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:\.|::|->)\s*([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -476,13 +477,25 @@ class ContextAssembler:
         return out
 
     def _similar_hits(self, path: str, prefix: str) -> list[tuple[StoredChunk, float]]:
-        """BM25 over the identifier sub-tokens of the last lines before the cursor."""
-        query_lines = prefix.split("\n")[-12:]
-        terms = text_terms("\n".join(query_lines))
-        if not terms:
-            return []
+        """BM25 over the identifier sub-tokens of the last lines before the cursor, fused by
+        reciprocal rank with the vector index's nearest chunks when the index has an embedder."""
+        query_text = "\n".join(prefix.split("\n")[-12:])
+        terms = text_terms(query_text)
         limit = max(self.options.max_similar, self.options.cooccurrence_chunks)
-        return self.index.store.search(terms[-64:], limit=limit, exclude_path=path)
+        lexical = self.index.store.search(terms[-64:], limit=limit, exclude_path=path) if terms else []
+        embedder = self.index.embedder
+        if embedder is None or not query_text.strip():
+            return lexical
+        query = embedder.embed([query_text])[0]
+        dense = self.index.store.vector_search(query, limit=limit, exclude_path=path)
+        fused: dict[int, float] = defaultdict(float)
+        chunks: dict[int, StoredChunk] = {}
+        for hits in (lexical, dense):
+            for rank, (chunk, _) in enumerate(hits):
+                fused[chunk.id] += 1.0 / (_RRF_K + rank + 1)
+                chunks[chunk.id] = chunk
+        ranked = sorted(fused.items(), key=lambda kv: -kv[1])[:limit]
+        return [(chunks[cid], score) for cid, score in ranked]
 
     def _similar(self, hits: Sequence[tuple[StoredChunk, float]]) -> list[Snippet]:
         if not hits:

@@ -91,14 +91,33 @@ class RepositoryIndex:
         self.root = root.resolve()
         self.index_dir = index_dir
         self.config = config or WalkConfig()
-        self.embedder = embedder
         self.store = IndexStore(index_dir / INDEX_FILE)
         self.store.set_meta("root", str(self.root))
+        self.embedder = self._embedder(embedder)
         self._resolver: Resolver | None = None
         self._lock = threading.RLock()
         self.recent: deque[RecentEdit] = deque(maxlen=max_recent_edits)
         self.last_report: IndexReport | None = None
         self.buffers: set[str] = set()  # files whose indexed text is an open editor buffer
+
+    def _embedder(self, embedder: Embedder | None) -> Embedder | None:
+        """The given embedder (re-embedding everything when it differs from the one the index was
+        built with), or, given none, the index's own, so queries match the stored vectors."""
+        stored = self.store.get_meta("embedder")
+        if embedder is None:
+            if not stored:
+                return None
+            from .embedding import load_embedder
+
+            try:
+                return load_embedder(stored)
+            except (ValueError, OSError) as exc:
+                raise ValueError(f"{self.index_dir}: cannot load its embedder {stored!r}: {exc}") from exc
+        if embedder.name != stored:
+            if self.store.counts()["files"]:
+                self.store.forget_files()  # the next build re-reads and embeds every file
+            self.store.set_meta("embedder", embedder.name)
+        return embedder
 
     def close(self) -> None:
         self.store.close()

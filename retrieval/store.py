@@ -133,6 +133,8 @@ class IndexStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
+        self._version = 0  # bumped by every write; keys the in-memory vector matrix
+        self._vectors: tuple[int, np.ndarray, np.ndarray] | None = None  # (version, ids, matrix)
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -186,6 +188,7 @@ class IndexStore:
     ) -> int:
         """Store one file's chunks and imports in place of what was there. Returns its id."""
         with self._lock:
+            self._version += 1
             self._delete_file_rows(path)
             cur = self._db.execute(
                 "INSERT INTO files(path, language, size, mtime_ns, module) VALUES (?, ?, ?, ?, ?)",
@@ -229,7 +232,16 @@ class IndexStore:
 
     def remove_file(self, path: str) -> bool:
         with self._lock:
+            self._version += 1
             return self._delete_file_rows(path)
+
+    def forget_files(self) -> None:
+        """Make every file look changed (the next build re-reads them all) and drop the vectors:
+        after the embedder changed."""
+        with self._lock:
+            self._version += 1
+            self._db.execute("UPDATE files SET mtime_ns = -2")
+            self._db.execute("DELETE FROM vectors")
 
     def _delete_file_rows(self, path: str) -> bool:
         row = self._db.execute("SELECT id FROM files WHERE path=?", (path,)).fetchone()
@@ -244,6 +256,7 @@ class IndexStore:
 
     def set_vectors(self, chunk_ids: Sequence[int], vectors: np.ndarray) -> None:
         with self._lock:
+            self._version += 1
             self._db.executemany(
                 "INSERT OR REPLACE INTO vectors(chunk_id, vector) VALUES (?, ?)",
                 [
@@ -343,15 +356,25 @@ class IndexStore:
     def vector_search(
         self, query: np.ndarray, limit: int = 20, exclude_path: str | None = None
     ) -> list[tuple[StoredChunk, float]]:
-        """Cosine similarity against every stored vector (exact; fine to ~10^5 chunks)."""
+        """Cosine similarity against every stored vector (exact; the matrix is kept in memory
+        until the next write; fine to ~10^5 chunks)."""
         with self._lock:
-            rows = self._db.execute("SELECT chunk_id, vector FROM vectors").fetchall()
-        if not rows:
+            cached = self._vectors
+            if cached is None or cached[0] != self._version:
+                rows = self._db.execute("SELECT chunk_id, vector FROM vectors").fetchall()
+                ids = np.array([r[0] for r in rows], dtype=np.int64)
+                mat = (
+                    np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+                    if rows
+                    else np.zeros((0, 1), dtype=np.float32)
+                )  # [N, dim]
+                mat = mat / np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-9)
+                cached = self._vectors = (self._version, ids, mat)
+        _, ids, mat = cached
+        if not len(ids):
             return []
-        ids = np.array([r[0] for r in rows])
-        mat = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
         q = np.asarray(query, dtype=np.float32).reshape(-1)
-        sims = mat @ q / (np.linalg.norm(mat, axis=1) * np.linalg.norm(q) + 1e-9)
+        sims = mat @ (q / max(float(np.linalg.norm(q)), 1e-9))  # [N]
         order = np.argsort(-sims)[: limit + 16]
         marks = ",".join("?" * len(order))
         chunks = {c.id: c for c in self._chunks(f"c.id IN ({marks})", [int(ids[i]) for i in order])}

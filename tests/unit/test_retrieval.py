@@ -177,6 +177,46 @@ def test_default_index_dir_is_per_checkout(tmp_path: Path) -> None:
     assert a != b and a.name.startswith("repo-") and a.parent == tmp_path / "home" / "indexes"
 
 
+# --- the optional vector index ---
+
+
+def test_vector_index_with_an_embedder(tmp_path: Path) -> None:
+    from splice.retrieval.embedding import HashingEmbedder
+
+    root = tmp_path / "repo"
+    write(root, PY_REPO)
+    index = RepositoryIndex(root, tmp_path / "index", embedder=HashingEmbedder(64))
+    index.build()
+    counts = index.store.counts()
+    assert counts["vectors"] == counts["chunks"] > 5
+    target = index.store.definitions("backoff_delay")[0]
+    query = index.embedder.embed([target.text])[0]  # type: ignore[union-attr]
+    assert index.store.vector_search(query, limit=3)[0][0].id == target.id
+    hits = ContextAssembler(index)._similar_hits("app.py", "delay = base * (2 ** attempt)\n")
+    assert target.id in [c.id for c, _ in hits]
+    index.close()
+    # reopened without one, the index embeds queries with its own embedder
+    again = RepositoryIndex(root, tmp_path / "index")
+    assert again.embedder is not None and again.embedder.name == "hashing:64"
+    again.close()
+    # another embedder: every file is read and embedded again
+    wider = RepositoryIndex(root, tmp_path / "index", embedder=HashingEmbedder(128))
+    assert wider.build().files_indexed == 5
+    assert wider.store.counts()["vectors"] == counts["chunks"]
+    assert len(wider.embedder.embed(["x"])[0]) == 128  # type: ignore[union-attr]
+    wider.close()
+
+
+def test_load_embedder_errors() -> None:
+    from splice.retrieval.embedding import load_embedder
+
+    assert load_embedder("hashing").dim == 256
+    with pytest.raises(ValueError, match="unknown embedder"):
+        load_embedder("/nonexistent/model")
+    with pytest.raises(ValueError, match="bad embedder"):
+        load_embedder("hashing:2")
+
+
 # --- definitions through the import graph ---
 
 
