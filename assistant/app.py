@@ -122,6 +122,7 @@ def make_registry(settings: Settings, engine: CompletionEngine) -> RepositoryReg
         context_tokens=settings.context_tokens,
         refresh_interval_s=settings.index_refresh_s,
         context_snippets=settings.context_snippets,
+        commented=settings.context_commented,
     )
 
 

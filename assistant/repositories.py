@@ -123,6 +123,7 @@ class RepositoryRegistry:
         context_tokens: int = 512,
         refresh_interval_s: float = 10.0,
         context_snippets: int = 3,
+        commented: bool = False,
     ) -> None:
         self.home = home
         self.roots = roots
@@ -130,6 +131,7 @@ class RepositoryRegistry:
         self.file_sep = file_sep
         self.context_tokens = context_tokens
         self.refresh_interval_s = refresh_interval_s
+        self.commented = commented
         self.repos: dict[str, Repository] = {}
         self.slots = ContextSlots(max_snippets=context_snippets)
         self._lock = threading.Lock()
@@ -337,7 +339,7 @@ class RepositoryRegistry:
             return "", []
         self.flush()
         self._maybe_refresh(repo)
-        style = RenderStyle.for_language(language or language_for_path(rel), self.file_sep)
+        style = RenderStyle.for_language(language or language_for_path(rel), self.file_sep, self.commented)
         assembler = ContextAssembler(repo.index)
         ranked = assembler.candidates(rel or None, prefix, suffix, language)
         chosen = self.slots.arrange(

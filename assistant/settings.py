@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     index_refresh_s: float = Field(
         10.0, ge=0.0, description="At most this often, files changed on disk are re-indexed (by stat)"
     )
+    context_commented: bool = Field(
+        False, description="Comment out repository snippets (default: plain code after a path comment)"
+    )
     context_snippets: int = Field(
         3, ge=1, le=64, description="Most repository snippets in a prompt (the best nearest the code)"
     )

@@ -248,6 +248,7 @@ def run(
     model: str | None = "default",
     context_tokens: int = 512,
     context_snippets: int = 3,
+    commented: bool = False,
     prompt_tokens: int = 2048,
     languages: list[str] | None = None,
     index_dir: Path | None = None,
@@ -281,7 +282,7 @@ def run(
             in_budget: list[bool] = []
             contexts: list[str] = []
             for i, task in enumerate(tqdm(tasks, desc="retrieval", disable=not progress, unit="task")):
-                style = RenderStyle.for_language(task.language)
+                style = RenderStyle.for_language(task.language, commented=commented)
                 ranked = assembler.candidates(task.path, task.prefix, "", task.language)
                 ranks.append(_hit(ranked, task))
                 chosen = slots.arrange(f"task-{i}", ranked, context_tokens, _cost(count, style))
@@ -308,6 +309,7 @@ def run(
     result["update_ms_p99"] = round(_percentile(times, 0.99), 2)
     result["context_tokens"] = context_tokens
     result["context_snippets"] = context_snippets
+    result["context_commented"] = commented
     result["prompt_tokens"] = prompt_tokens
     return result
 
@@ -365,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--context-snippets", type=int, default=3, help="most snippets in the context (default 3)"
     )
+    parser.add_argument("--commented", action="store_true", help="comment out the snippets' code")
     parser.add_argument(
         "--prompt-tokens", type=int, default=2048, help="whole prompt budget (default 2048, as on CPU)"
     )
@@ -384,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             model=None if args.no_completions else args.model,
             context_tokens=args.context_tokens,
             context_snippets=args.context_snippets,
+            commented=args.commented,
             prompt_tokens=args.prompt_tokens,
             languages=args.languages,
         )

@@ -398,14 +398,22 @@ def _snip(key: str, score: float = 1.0, text: str = "x = 1") -> Snippet:
     return Snippet(key, f"{key}.py", 0, 0, text, "definition", key, score)
 
 
-def test_render_comment_prefixed_and_repo_level() -> None:
+def test_render_path_comment_then_code_and_repo_level() -> None:
     s = Snippet("a#f", "pkg/a.py", 3, 4, "def f():\n    return 1", "definition", "f", 1.0)
+    # code in the prompt's language follows its path comment as it is
     assert (
-        render_snippet(s, RenderStyle.for_language("python"))
-        == "# Path: pkg/a.py\n# def f():\n#     return 1\n"
+        render_snippet(s, RenderStyle.for_language("python")) == "# Path: pkg/a.py\ndef f():\n    return 1\n"
     )
+    # commented out when asked, or when the snippet is in another language
+    commented = "# Path: pkg/a.py\n# def f():\n#     return 1\n"
+    assert render_snippet(s, RenderStyle.for_language("python", commented=True)) == commented
     assert render_snippet(s, RenderStyle.for_language("typescript")).startswith(
         "// Path: pkg/a.py\n// def f()"
+    )
+    ts = Snippet("b#g", "web/b.ts", 0, 0, "export function g() {}", "definition", "g", 1.0)
+    assert (
+        render_snippet(ts, RenderStyle.for_language("typescriptreact"))
+        == "// Path: web/b.ts\nexport function g() {}\n"
     )
     text = render_context([s], RenderStyle("#", "<file_sep>"), "main.py")
     assert text == "<file_sep>pkg/a.py\ndef f():\n    return 1\n<file_sep>main.py\n"
