@@ -122,7 +122,7 @@ class RepositoryRegistry:
         file_sep: str | None = None,
         context_tokens: int = 512,
         refresh_interval_s: float = 10.0,
-        context_snippets: int = 3,
+        context_snippets: int = 5,
         commented: bool = False,
     ) -> None:
         self.home = home

@@ -84,7 +84,7 @@ class Settings(BaseSettings):
         False, description="Comment out repository snippets (default: plain code after a path comment)"
     )
     context_snippets: int = Field(
-        3, ge=1, le=64, description="Most repository snippets in a prompt (the best nearest the code)"
+        5, ge=1, le=64, description="Most repository snippets in a prompt (the best nearest the code)"
     )
     context_tokens: int = Field(
         512, ge=0, description="Prompt tokens for repository context (snippets); 0 turns retrieval off"

@@ -247,7 +247,7 @@ def run(
     limit: int = 100,
     model: str | None = "default",
     context_tokens: int = 512,
-    context_snippets: int = 3,
+    context_snippets: int = 5,
     commented: bool = False,
     prompt_tokens: int = 2048,
     languages: list[str] | None = None,
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-completions", action="store_true", help="retrieval numbers only")
     parser.add_argument("--context-tokens", type=int, default=512, help="context budget (default 512)")
     parser.add_argument(
-        "--context-snippets", type=int, default=3, help="most snippets in the context (default 3)"
+        "--context-snippets", type=int, default=5, help="most snippets in the context (default 5)"
     )
     parser.add_argument("--commented", action="store_true", help="comment out the snippets' code")
     parser.add_argument(

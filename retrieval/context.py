@@ -616,7 +616,7 @@ class ContextSlots:
     overflows, the lowest-ranked snippets leave. At most `max_snippets` are kept.
     """
 
-    def __init__(self, max_documents: int = 256, max_snippets: int = 3) -> None:
+    def __init__(self, max_documents: int = 256, max_snippets: int = 5) -> None:
         self._layouts: OrderedDict[str, list[str]] = OrderedDict()
         self.max_documents = max_documents
         self.max_snippets = max_snippets
