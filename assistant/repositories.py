@@ -335,7 +335,7 @@ class RepositoryRegistry:
         if where is None:
             return "", []
         repo, rel = where
-        if repo.status != "ready" and repo.index.store.counts()["files"] == 0:
+        if repo.status != "ready" and repo.index.store.is_empty():  # per request: no COUNT(*) scans
             return "", []
         self.flush()
         self._maybe_refresh(repo)

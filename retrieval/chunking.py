@@ -435,20 +435,18 @@ _JS_SIMPLE = {
 }
 
 
-def _items(item: Callable[[_Builder, Node, str, Node], bool]) -> Callable[..., None]:
-    """A visitor of a body's children: `item` outlines one (True when it did); the others are
-    loose top-level code when `top`."""
-
-    def visit(b: _Builder, root: Node, scope: str = "", top: bool = True) -> None:
-        for node in root.named_children:
-            if not item(b, node, scope, node) and top:
-                b.loose(node)
-
-    return visit
+def _visit_items(
+    item: Callable[[_Builder, Node, str, Node], bool], b: _Builder, root: Node, scope: str, top: bool
+) -> None:
+    """Outline each child of `root` with `item` (True when it did); the others are loose
+    top-level code when `top`."""
+    for node in root.named_children:
+        if not item(b, node, scope, node) and top:
+            b.loose(node)
 
 
 def _js(b: _Builder, root: Node, scope: str = "", top: bool = True) -> None:
-    _items(_js_statement)(b, root, scope, top)
+    _visit_items(_js_statement, b, root, scope, top)
 
 
 def _js_statement(b: _Builder, node: Node, scope: str, outer: Node) -> bool:
@@ -814,7 +812,7 @@ _C_NAMES = frozenset(
 
 
 def _c(b: _Builder, root: Node, scope: str = "", top: bool = True) -> None:
-    _items(_c_item)(b, root, scope, top)
+    _visit_items(_c_item, b, root, scope, top)
 
 
 def _c_item(b: _Builder, node: Node, scope: str, outer: Node) -> bool:

@@ -279,6 +279,10 @@ class IndexStore:
             ).fetchone()
         return None if row is None else FileState(*row)
 
+    def is_empty(self) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM files LIMIT 1").fetchone() is None
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             files = self._db.execute("SELECT count(*) FROM files").fetchone()[0]
