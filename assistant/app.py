@@ -170,6 +170,7 @@ def create_app(
             version=__version__,
             fim_template=state.engine.template.name,
             context_window=state.engine.context_window,
+            adapter=loaded.adapter_name,
         )
 
     @app.post("/v1/completions", openapi_extra=_body_doc(CompletionRequest), response_model=None)

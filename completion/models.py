@@ -284,6 +284,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     context_window: int
+    adapter: str | None = None  # folder of the LoRA adapter merged into `model` (splice.completion.adapters)
+    adapter_name: str | None = None
 
 
 def load_model(

@@ -134,6 +134,7 @@ def build_model(
     max_position_embeddings: int = 512,
     seed: int = 0,
     rope_parameters: dict[str, object] | None = None,
+    tie_word_embeddings: bool = False,
 ) -> PreTrainedModel:
     """A tiny random-weight causal LM (fp32) whose vocabulary matches `tokenizer`."""
     common = dict(
@@ -146,7 +147,7 @@ def build_model(
         max_position_embeddings=max_position_embeddings,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
     )
     if rope_parameters is not None:
         common["rope_parameters"] = rope_parameters
@@ -160,7 +161,7 @@ def build_model(
     with torch.no_grad():
         # Random init gives near-uniform logits; widen them so greedy decoding is decisive and
         # varied rather than a tie-break over noise.
-        model.lm_head.weight.normal_(0.0, 1.0)
+        model.lm_head.weight.normal_(0.0, 1.0)  # the embedding too when tied
     return model.eval()
 
 

@@ -1,0 +1,316 @@
+"""`splice data corpus`, `splice finetune` and `splice eval infill`: the training side's commands.
+
+Kept apart from `cli.py` so the serving commands stay readable; each command translates flags into
+the training package's config objects and its errors into CLI messages with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from splice.assistant.cli import CliError
+
+
+def _progress_bar(desc: str, unit: str, quiet: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(desc=desc, unit=unit, disable=quiet, dynamic_ncols=True, file=sys.stderr)
+
+
+# --- splice data corpus ---
+
+
+def cmd_data_corpus(args: argparse.Namespace) -> int:
+    from splice.training.corpus import CorpusConfig, build_corpus
+
+    try:
+        config = CorpusConfig(
+            languages=tuple(args.languages),
+            include_stdlib=not args.no_stdlib,
+            max_file_bytes=args.max_file_bytes,
+            heldout_percent=args.heldout_percent,
+            near_dup_threshold=args.near_dup_threshold,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from exc
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise CliError(f"{out} exists and is not empty; pass --force to overwrite it", 2)
+    bar = _progress_bar("corpus", "file", args.quiet)
+
+    def progress(done: int, total: int, source: str) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+        bar.set_postfix_str(source, refresh=False)
+
+    try:
+        manifest = build_corpus(out, config, progress=progress)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    files: dict[str, int] = manifest["files"]  # type: ignore[assignment]
+    dropped: dict[str, int] = manifest["dropped"]  # type: ignore[assignment]
+    licenses: dict[str, int] = manifest["by_license"]  # type: ignore[assignment]
+    excluded: list[dict[str, str]] = manifest["excluded_sources"]  # type: ignore[assignment]
+    print(
+        f"{files['kept']:,} files kept of {files['seen']:,} "
+        f"({files['train']:,} train, {files['heldout']:,} held out), "
+        f"{manifest['bytes_kept']:,} bytes, in {manifest['seconds']} s"
+    )
+    print(f"dropped: {', '.join(f'{k} {v}' for k, v in dropped.items()) or 'none'}")
+    print(f"licenses: {', '.join(f'{k} {v}' for k, v in licenses.items())}")
+    print(
+        f"excluded distributions ({len(excluded)}): "
+        + ", ".join(f"{s['name']} ({s['license']})" for s in excluded)
+    )
+    print(f"wrote {out}/train.jsonl.gz, heldout.jsonl.gz, manifest.json")
+    return 0
+
+
+# --- splice finetune ---
+
+_SKIP_FLAGS = {"notes"}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per FinetuneConfig field (--lora-r, --max-steps, ...); unset flags keep the config's value."""
+    from splice.training.config import FinetuneConfig
+
+    defaults = FinetuneConfig()
+    for f in dataclasses.fields(FinetuneConfig):
+        if f.name in _SKIP_FLAGS:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = f"default {default!r}"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, nargs="+", default=None, help=help_text)
+        elif f.name == "time_limit_s":
+            parser.add_argument(
+                flag, type=float, default=None, help="stop with a checkpoint after this many seconds"
+            )
+        else:
+            parser.add_argument(flag, type=type(default), default=None, help=help_text)
+
+
+def _finetune_config(args: argparse.Namespace) -> Any:
+    from splice.training.config import FinetuneConfig
+
+    data: dict[str, Any] = {}
+    try:
+        if args.config:
+            data = FinetuneConfig.load(Path(args.config)).to_dict()
+        for f in dataclasses.fields(FinetuneConfig):
+            value = getattr(args, f.name, None)
+            if value is not None:
+                data[f.name] = tuple(value) if isinstance(value, list) else value
+        config = FinetuneConfig.from_dict(data)
+    except FileNotFoundError as exc:
+        raise CliError(f"no such config file: {args.config}", 2) from exc
+    except (ValueError, TypeError) as exc:
+        raise CliError(f"invalid fine-tuning config: {exc}", 2) from exc
+    if not config.data:
+        raise CliError(
+            "give the training data: --data DIR (from `splice data corpus`) or `data` in --config", 2
+        )
+    return config
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from splice.completion.models import ModelLoadError
+    from splice.training.export import export_adapter
+    from splice.training.trainer import (
+        TrainingError,
+        latest_checkpoint,
+        load_corpus_texts,
+        prepare_model,
+        train,
+    )
+
+    config = _finetune_config(args)
+    out = Path(config.out)
+    if latest_checkpoint(out) is not None and args.restart:
+        import shutil
+
+        shutil.rmtree(out / "checkpoints")
+    try:
+        train_texts, heldout, manifest = load_corpus_texts(Path(config.data))
+        job = prepare_model(config)
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / "finetune-config.json")
+        print(
+            f"finetune: {len(train_texts):,} training files, {len(heldout):,} held out; "
+            f"{config.tokens_per_step:,} tokens per step, {config.max_steps} steps; "
+            f"template {job.template.name}"
+            + (f", added tokens {job.added_tokens}" if job.added_tokens else ""),
+            file=sys.stderr,
+        )
+        state = train(job, train_texts, heldout, show_progress=not args.quiet)
+    except (TrainingError, ModelLoadError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    if state.step < config.max_steps:
+        print(
+            f"stopped at step {state.step} of {config.max_steps} (checkpoint in {out}/checkpoints); "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 3
+    export_adapter(job, state, out, name=args.name or out.name, manifest=manifest)
+    last = state.evals[-1]["heldout_loss"] if state.evals else float("nan")
+    print(
+        f"adapter written to {out}: {state.tokens:,} tokens in {state.train_seconds / 60:.1f} min "
+        f"({state.tokens / max(state.train_seconds, 1e-9):.0f} tokens/s), held-out loss "
+        f"{state.evals[0]['heldout_loss']:.3f} -> {last:.3f}"
+    )
+    return 0
+
+
+# --- splice eval infill ---
+
+
+def cmd_eval_infill(args: argparse.Namespace) -> int:
+    from splice.completion.adapters import apply_adapter, resolve_adapter
+    from splice.completion.engine import CompletionEngine, EngineConfig
+    from splice.completion.models import ModelLoadError, load_model, parse_spec
+    from splice.training.infill_eval import InfillDataError, load_tasks, run_eval, set_name
+
+    data = Path(args.data)
+    try:
+        load_tasks(data, 1)  # fail fast on a bad file, before the model loads
+        spec = parse_spec(args.model)
+        loaded = load_model(
+            spec, device=args.device, dtype=args.dtype, progress=lambda m: print(m, file=sys.stderr)
+        )
+        adapter = None if args.no_adapter else resolve_adapter(args.adapter or "default", spec)
+        if adapter is not None:
+            loaded = apply_adapter(loaded, adapter)
+        engine = CompletionEngine(loaded, EngineConfig(fim_template=args.template, fim_mode=args.mode))
+    except (InfillDataError, ModelLoadError, ValueError) as exc:
+        raise CliError(str(exc), 2 if isinstance(exc, InfillDataError) else 1) from exc
+    bar = _progress_bar(f"infill {set_name(data)}", "task", args.quiet)
+
+    def progress(done: int, total: int, passed: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+        bar.set_postfix_str(f"pass@1 {passed / done:.3f}", refresh=False)
+
+    try:
+        report = run_eval(
+            engine,
+            data,
+            limit=args.limit,
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+            workers=args.workers,
+            timeout_s=args.timeout,
+            samples_out=Path(args.samples) if args.samples else None,
+            progress=progress,
+            extra={
+                "model": loaded.model_id,
+                "adapter": loaded.adapter_name,
+                "template": engine.template.name,
+                "mode": args.mode,
+                "max_tokens": args.max_tokens,
+            },
+        )
+    finally:
+        bar.close()
+    print(
+        f"{report['set']}: n={report['n']} pass@1={report['pass@1']:.3f} "
+        f"exact_match={report['exact_match']:.3f} "
+        f"({report['model']}{' + ' + report['adapter'] if report['adapter'] else ''}, "
+        f"template {report['template']}, "
+        f"{report['seconds']} s)"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.record and adapter is not None:
+        from splice.training.export import record_eval
+
+        record_eval(adapter, report)
+    return 0
+
+
+def add_training_commands(sub: Any, eval_sub: Any) -> None:
+    data = sub.add_parser("data", help="build training data", description="Build training data.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    data_sub.required = True
+    corpus = data_sub.add_parser(
+        "corpus",
+        help="collect permissively licensed code from this machine",
+        description="Collect source files from the standard library and installed distributions with a "
+        "permissive license (MIT, BSD, Apache-2.0, PSF, ISC, ...), filter, deduplicate (exact and "
+        "MinHash near-duplicates) and split by file into train and held-out sets.",
+    )
+    corpus.add_argument("--out", required=True, help="output folder")
+    corpus.add_argument("--languages", nargs="+", default=["python"], metavar="LANG", help="default: python")
+    corpus.add_argument("--no-stdlib", action="store_true", help="leave the standard library out")
+    corpus.add_argument(
+        "--max-file-bytes", type=int, default=200_000, help="skip larger files (default 200 KB)"
+    )
+    corpus.add_argument("--heldout-percent", type=float, default=2.0, help="files held out (default 2%%)")
+    corpus.add_argument(
+        "--near-dup-threshold", type=float, default=0.85, help="MinHash Jaccard (default 0.85)"
+    )
+    corpus.add_argument("--seed", type=int, default=0)
+    corpus.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    corpus.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    corpus.add_argument("--quiet", action="store_true", help="no progress bar")
+    corpus.set_defaults(func=cmd_data_corpus)
+
+    finetune = sub.add_parser(
+        "finetune",
+        help="train a LoRA FIM adapter",
+        description="Fine-tune a LoRA adapter for fill-in-the-middle on a corpus from `splice data corpus`. "
+        "Checkpoints go to OUT/checkpoints; running the same command again resumes. Settings come from "
+        "--config (JSON or TOML, the fields of FinetuneConfig) and flags, flags winning. "
+        "Runs on one CPU or GPU.",
+    )
+    finetune.add_argument("--config", help="JSON or TOML file of FinetuneConfig fields")
+    finetune.add_argument("--name", help="adapter name in its model card (default: the --out folder's name)")
+    finetune.add_argument("--restart", action="store_true", help="ignore existing checkpoints in --out")
+    finetune.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(finetune)
+    finetune.set_defaults(func=cmd_finetune)
+
+    infill = eval_sub.add_parser(
+        "infill",
+        help="HumanEval infilling: pass@1 and exact match",
+        description="Generate the middle of each HumanEval infilling task through the service's completion "
+        "path and run the tests in a sandbox (timeout, memory, processes, no network).",
+    )
+    infill.add_argument("--data", required=True, help="a HumanEval-*Infilling.jsonl.gz file")
+    infill.add_argument("--model", default="default", help="model spec (default: the default model)")
+    adapter = infill.add_mutually_exclusive_group()
+    adapter.add_argument(
+        "--adapter", help="adapter folder (default: the shipped FIM adapter for the default model)"
+    )
+    adapter.add_argument("--no-adapter", action="store_true", help="the base model alone")
+    infill.add_argument(
+        "--template", default="auto", help="FIM template (default: detected; prefix-only to compare)"
+    )
+    infill.add_argument("--mode", choices=["psm", "spm"], default="psm", help="FIM layout (default psm)")
+    infill.add_argument("--limit", type=int, help="a fixed random sample of N tasks (by --seed)")
+    infill.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
+    infill.add_argument(
+        "--max-tokens", type=int, default=128, help="tokens to generate per task (default 128)"
+    )
+    infill.add_argument("--timeout", type=float, default=10.0, help="seconds per test program (default 10)")
+    infill.add_argument("--workers", type=int, default=2, help="test programs run in parallel (default 2)")
+    infill.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    infill.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    infill.add_argument("--json", metavar="OUT", help="write the report as JSON")
+    infill.add_argument("--samples", metavar="OUT", help="write each task's middle and verdict as JSON lines")
+    infill.add_argument("--record", action="store_true", help="add the report to the adapter's model card")
+    infill.add_argument("--quiet", action="store_true", help="no progress bar")
+    infill.set_defaults(func=cmd_eval_infill)
