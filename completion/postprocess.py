@@ -9,7 +9,9 @@ the cursor (`tests/unit/golden/postprocess/`).
 `postprocess` applies the rules in this order:
 
 1. `normalise_newlines`: `\\r\\n` and a lone `\\r` in the raw output become `\\n`.
-2. Truncate. Cursor mid-line (the rest of its line has non-whitespace): `first_line`.
+2. Truncate. Cursor mid-line (the rest of its line has non-whitespace): `first_line`; but at
+   the start of a line of code (only indentation before the cursor), whole lines the model
+   wrote are inserted above that code, as a FIM middle that ends at a line start is.
    Otherwise `limit_scope`: stop before the first line that leaves the cursor's block.
 3. Drop what the suffix already has: `drop_suffix_overlap` (mid-line) or
    `drop_duplicate_suffix_lines` (multi-line).
@@ -327,10 +329,32 @@ def finish(text: str, context: CursorContext) -> str:
 # Public interface.
 
 
+def _inserts_lines(context: CursorContext, text: str) -> bool:
+    """The cursor is at the start of a line of code (only indentation before it) and the model
+    wrote at least one whole line: the suggestion is lines inserted above that code, which keeps
+    its place and indentation. A FIM middle that ends at a line start ends with a newline."""
+    return context.mid_line and not context.line_before.strip() and "\n" in text
+
+
+def _lines_above(text: str, context: CursorContext) -> str:
+    """Rules 2 and 3 for `_inserts_lines`: whole lines, up to the scope end or a repeat of the suffix."""
+    lines = text.split("\n")
+    end = truncation_point(lines, context)
+    text = text if end is None else "\n".join(lines[:end])
+    return drop_duplicate_suffix_lines(text, context.line_before, context.suffix_lines)
+
+
 def postprocess(raw: str, prefix: str, suffix: str) -> str:
     """The suggestion to insert at the cursor for the model output `raw`; "" for none."""
     context = analyse_context(prefix, suffix)
     text = normalise_newlines(raw)
+    if _inserts_lines(context, text):
+        body = "\n".join(_lines_above(text, context).rstrip("\n \t").split("\n"))
+        body = finish(body, context)
+        if not body:
+            return ""
+        # the cursor's line keeps its code, pushed down with the indentation it had
+        return body + to_line_endings("\n", context.crlf) + context.line_before
     if context.mid_line:
         text = drop_suffix_overlap(first_line(text), context.line_after)
     else:
@@ -344,13 +368,14 @@ def postprocess(raw: str, prefix: str, suffix: str) -> str:
 def is_finished(raw: str, prefix: str, suffix: str) -> bool:
     """True when no continuation of `raw` can change `postprocess(raw, prefix, suffix)`.
 
-    Mid-line: once the raw output has a line break. Multi-line: once a line that leaves the
-    scope has a non-whitespace character.
+    Mid-line: once the raw output has a line break, unless the cursor is at the start of its
+    line (then whole lines are inserted above the code, as in multi-line mode). Multi-line:
+    once a line that leaves the scope has a non-whitespace character.
     """
     context = analyse_context(prefix, suffix)
     text = normalise_newlines(raw)
-    if context.mid_line:
-        return "\n" in text
+    if context.mid_line and not _inserts_lines(context, text):
+        return "\n" in text and bool(context.line_before.strip())
     return truncation_point(text.split("\n"), context) is not None
 
 
@@ -359,15 +384,18 @@ def stable_prefix(raw: str, prefix: str, suffix: str) -> str:
 
     Finished: the whole suggestion. Mid-line: the line so far, less as many characters as the
     rest of the cursor line has (they could still be dropped as overlap), once what is left
-    has non-whitespace. Multi-line: the complete lines up to the last non-blank one that can
-    no longer turn out to be a duplicate of the suffix, its trailing whitespace held back.
+    has non-whitespace. Multi-line (and whole lines inserted at a line start): the complete
+    lines up to the last non-blank one that can no longer turn out to be a duplicate of the
+    suffix, its trailing whitespace held back.
     Monotone: a longer `raw` never gives a shorter or different start.
     """
     if is_finished(raw, prefix, suffix):
         return postprocess(raw, prefix, suffix)
     context = analyse_context(prefix, suffix)
     text = normalise_newlines(raw)
-    if context.mid_line:
+    if context.mid_line and not _inserts_lines(context, text):
+        if not context.line_before.strip():
+            return ""  # a line start: until a newline, the text may still become a repeat of the line
         head = text[: max(0, len(text) - len(context.line_after))]
         return finish(head, context) if head.strip() else ""
     lines = text.split("\n")
@@ -375,4 +403,8 @@ def stable_prefix(raw: str, prefix: str, suffix: str) -> str:
     duplicate = duplicate_start(complete, context.line_before, context.suffix_lines)
     held = len(complete) if duplicate is None else duplicate
     end = max((index + 1 for index in range(held) if lines[index].strip()), default=0)
-    return finish("\n".join(lines[:end]), context)
+    stable = "\n".join(lines[:end])
+    if _inserts_lines(context, text):
+        stable = stable.rstrip()  # the final suggestion trims the body's end
+        return finish(stable, context) if stable.strip() else ""
+    return finish(stable, context)
