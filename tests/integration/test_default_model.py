@@ -87,6 +87,8 @@ def test_converted_safetensors_match_the_gguf_exactly(default_dir: Path) -> None
 def test_rest_completion_is_non_empty_python(default_server: str) -> None:
     health = httpx.get(f"{default_server}/v1/health").json()
     assert health["model"] == DEFAULT_MODEL_ID
+    # the shipped FIM adapter is merged by default and brings the StarCoder sentinels
+    assert (health["adapter"], health["fim_template"]) == ("smollm2-135m-fim", "starcoder")
     resp = httpx.post(
         f"{default_server}/v1/completions",
         json={"language": "python", "segments": {"prefix": PREFIX, "suffix": SUFFIX}, "max_tokens": 48},

@@ -81,6 +81,17 @@ def test_training_lowers_heldout_loss_and_trains_the_new_token_rows(tmp_path: Pa
     assert [r["step"] for r in lines if r["event"] == "step"] == list(range(1, 13))
 
 
+def test_horizon_length_head_trains_and_is_not_exported(tmp_path: Path) -> None:
+    job, state = _run(tmp_path / "run", max_steps=3, hlp=True)
+    head = job.hlp_head  # type: ignore[attr-defined]
+    assert head is not None and head.proj.weight.grad is not None and head.proj.weight.grad.abs().sum() > 0
+    out = export_adapter(job, state, tmp_path / "adapter", name="hlp")  # type: ignore[arg-type]
+    assert not any(
+        "hlp" in k or k == "proj.weight" for k in load_file(str(out / "adapter_model.safetensors"))
+    )
+    assert read_adapter_meta(out)["config"]["hlp"] is True
+
+
 def test_resume_refuses_changed_settings(tmp_path: Path) -> None:
     _run(tmp_path / "run", steps=1)
     with pytest.raises(TrainingError, match=r"settings changed since it was written.*lora_r"):
