@@ -116,13 +116,14 @@ def sandbox_interpreter(as_nobody: bool) -> str:
     return ""
 
 
-def _user_processes(uid: int) -> int:
+def _user_tasks(uid: int) -> int:
+    """Threads of all processes of `uid`: what RLIMIT_NPROC actually counts."""
     count = 0
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 if entry.stat().st_uid == uid:
-                    count += 1
+                    count += len(os.listdir(os.path.join(entry.path, "task")))
     return count
 
 
@@ -185,7 +186,7 @@ def run_program(source: str, limits: SandboxLimits | None = None) -> RunResult:
     if not interpreter:  # no interpreter nobody may run: stay root (no process limit; the group kill remains)
         as_nobody, interpreter = False, sys.executable
     uid = _NOBODY if as_nobody else os.getuid()
-    nproc = _user_processes(uid) + limits.max_processes
+    nproc = _user_tasks(uid) + limits.max_processes
     workdir = Path(tempfile.mkdtemp(prefix="splice-sandbox-"))
     start = time.monotonic()
     try:
