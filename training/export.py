@@ -108,6 +108,8 @@ def write_model_card(adapter_dir: Path) -> None:
         f"{train['tokens_per_s']} tokens/s, {train['wall_seconds'] / 60:.1f} min "
         f"on {train['hardware']} ({train['dtype']})",
         "",
+        *([f"- {note}" for note in train.get("notes", [])]),
+        "",
         "Held-out loss (on the middle tokens of held-out files):",
         "",
         "| step | tokens | held-out loss |",

@@ -6,6 +6,11 @@ One model definition serves training and inference: the base model is loaded by
 LoRA. The new sentinel rows are trained through peft's `trainable_token_indices` (a few rows,
 so the adapter stays a few MB) or, optionally, `modules_to_save` (whole embedding and head).
 
+Several processes (`torchrun` or `accelerate launch`, which set WORLD_SIZE/RANK/LOCAL_RANK)
+train data-parallel: each takes its share of every step's micro-batches, the gradients of the
+trainable weights (a few MB) are averaged with one all-reduce per step, and rank 0 alone writes
+logs and checkpoints; a stop (signal, time limit) is agreed on by all ranks.
+
 The loss is computed on the positions that carry a label only: the final norm's output at
 those positions goes through the LM head, which skips most of the head's work when the loss
 is on the middle alone. Checkpoints hold the adapter, the optimizer, the schedule, the RNG
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -55,6 +61,36 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Distributed:
+    """Join the process group that `torchrun` / `accelerate launch` describe in the environment."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return Distributed(dist.get_rank(), dist.get_world_size())
+
+
+def _current() -> Distributed:
+    if dist.is_available() and dist.is_initialized():
+        return Distributed(dist.get_rank(), dist.get_world_size())
+    return Distributed()
 
 
 def training_dtype(config: FinetuneConfig, device: torch.device) -> str:
@@ -114,9 +150,13 @@ def prepare_model(config: FinetuneConfig, loaded: LoadedModel | None = None) -> 
 
     torch.manual_seed(config.seed)
     if loaded is None:
-        device = resolve_device(config.device)
+        ranks = init_distributed()
+        device_name = config.device
+        if ranks.world > 1 and torch.cuda.is_available() and config.device in ("auto", "cuda"):
+            device_name = f"cuda:{torch.cuda.current_device()}"
+        device = resolve_device(device_name)
         loaded = load_model(
-            parse_spec(config.model), device=config.device, dtype=training_dtype(config, device)
+            parse_spec(config.model), device=device_name, dtype=training_dtype(config, device)
         )
     template, added = add_fim_tokens(loaded.tokenizer, loaded.model, config.fim_template)
     extra: dict[str, Any] = {}
@@ -309,6 +349,7 @@ def train(
 ) -> TrainState:
     """Run (or continue) the job until `max_steps`, the time limit, a signal, or `stop_after` steps."""
     cfg = job.config
+    ranks = _current()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     optimizer, scheduler = make_optimizer(job)
@@ -319,7 +360,7 @@ def train(
         log.info("resuming from %s (step %d)", checkpoint, state.step)
     rows = make_stream(job, train_texts, cfg.seed).rows()
     stream: Iterator[dict[str, torch.Tensor]] = batches(rows, cfg.batch_size)
-    for _ in range(state.step * cfg.grad_accum):  # replay the data to the checkpoint's step
+    for _ in range(state.step * cfg.grad_accum * ranks.world):  # replay the data to the checkpoint's step
         next(stream)
     eval_set = list(
         batches(
@@ -336,7 +377,8 @@ def train(
     previous = (
         {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
     )
-    bar = _progress(cfg.max_steps, state.step, show_progress)
+    bar = _progress(cfg.max_steps, state.step, show_progress and ranks.is_main)
+    log_line = (lambda record: _log_line(out, record)) if ranks.is_main else (lambda record: None)
     started = time.perf_counter()
     base_seconds = state.train_seconds
     steps_this_run = 0
@@ -345,17 +387,21 @@ def train(
         if state.step == 0 and not state.evals:
             loss0 = heldout_loss(job, eval_set)
             state.evals.append({"step": 0, "heldout_loss": loss0, "tokens": 0})
-            _log_line(out, {"event": "eval", "step": 0, "heldout_loss": loss0})
+            log_line({"event": "eval", "step": 0, "heldout_loss": loss0})
         while state.step < cfg.max_steps:
             optimizer.zero_grad(set_to_none=True)
             step_loss, step_tokens, step_labels = 0.0, 0, 0
             for _ in range(cfg.grad_accum):
-                batch = next(stream)
+                batch = [next(stream) for _ in range(ranks.world)][ranks.rank]  # this rank's share
                 loss, lm_loss, n = compute_loss(job, batch)
                 (loss / cfg.grad_accum).backward()
                 step_loss += float(lm_loss) / cfg.grad_accum
                 step_tokens += int(batch["lengths"].sum())
                 step_labels += n
+            if ranks.world > 1:
+                step_loss, step_tokens, step_labels = _all_reduce_step(
+                    job, step_loss, step_tokens, step_labels
+                )
             torch.nn.utils.clip_grad_norm_(trainable_parameters(job), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -371,11 +417,11 @@ def train(
                 "tokens": state.tokens,
             }
             state.history.append(record)
-            _log_line(out, {"event": "step", **record, "seconds": round(state.train_seconds, 1)})
+            log_line({"event": "step", **record, "seconds": round(state.train_seconds, 1)})
             if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
                 loss_h = heldout_loss(job, eval_set)
                 state.evals.append({"step": state.step, "heldout_loss": loss_h, "tokens": state.tokens})
-                _log_line(out, {"event": "eval", "step": state.step, "heldout_loss": loss_h})
+                log_line({"event": "eval", "step": state.step, "heldout_loss": loss_h})
             tokens_per_s = state.tokens / max(state.train_seconds, 1e-9)
             bar.update(1)
             bar.set_postfix(
@@ -392,7 +438,11 @@ def train(
                 or out_of_time
                 or (stop_after is not None and steps_this_run >= stop_after)
             )
-            if done or stopping or state.step % cfg.save_every == 0:
+            if ranks.world > 1:  # every rank stops at the same step, or the next all-reduce hangs
+                flag = torch.tensor([float(stopping)], device=job.loaded.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stopping = bool(flag.item())
+            if ranks.is_main and (done or stopping or state.step % cfg.save_every == 0):
                 save_checkpoint(job, state, optimizer, scheduler)
             if stopping:
                 break
@@ -401,6 +451,18 @@ def train(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return state
+
+
+def _all_reduce_step(job: Job, loss: float, tokens: int, labels: int) -> tuple[float, int, int]:
+    """Average the trainable weights' gradients over the ranks; sum tokens, average the loss."""
+    world = dist.get_world_size()
+    for param in trainable_parameters(job):
+        if param.grad is not None:
+            dist.all_reduce(param.grad)
+            param.grad.div_(world)
+    stats = torch.tensor([loss, float(tokens), float(labels)], dtype=torch.float64, device=job.loaded.device)
+    dist.all_reduce(stats)
+    return float(stats[0]) / world, int(stats[1]), int(stats[2])
 
 
 def _take(rows: Iterator[Any], n: int) -> Iterator[Any]:

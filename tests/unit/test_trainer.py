@@ -173,3 +173,39 @@ def test_config_validation_and_round_trip(tmp_path: Path) -> None:
         FinetuneConfig(span="word")
     with pytest.raises(ValueError, match="warmup_steps"):
         FinetuneConfig(max_steps=5, warmup_steps=5)
+
+
+def _distributed_worker(rank: int, out: str, port: int) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        job = prepare_model(_config(Path(out), batch_size=1, max_steps=3, eval_every=3), _loaded())
+        state = train(job, TEXTS[:2], TEXTS[2:], show_progress=False)
+        torch.save({"state": adapter_state(job), "history": state.history}, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_train_one_model(tmp_path: Path) -> None:
+    """Data-parallel (gloo on CPU, as under `torchrun --nproc-per-node 2`): both ranks end with the
+    same weights although each saw different rows, and only rank 0 writes the run's files."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_distributed_worker, args=(str(tmp_path), port), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    for key, value in ranks[0]["state"].items():
+        torch.testing.assert_close(value, ranks[1]["state"][key], rtol=0, atol=0)
+    assert ranks[0]["history"] == ranks[1]["history"]  # the logged loss is the ranks' average
+    lines = (tmp_path / "train_log.jsonl").read_text().splitlines()
+    assert sum('"event": "step"' in line for line in lines) == 3  # rank 0 alone logs
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000003"]
