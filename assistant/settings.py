@@ -38,7 +38,9 @@ class Settings(BaseSettings):
         "auto",
         description="auto (detect from the tokenizer), starcoder, qwen, deepseek, codellama, prefix-only",
     )
-    fim_mode: Literal["psm", "spm"] = Field("psm", description="FIM layout where the template supports both")
+    fim_mode: Literal["auto", "psm", "spm"] = Field(
+        "auto", description="FIM layout where the template supports both; auto: the adapter's, else psm"
+    )
     context_window: int | None = Field(
         None, ge=16, description="Override the model's context length (tokens)"
     )

@@ -219,7 +219,7 @@ def cmd_eval_infill(args: argparse.Namespace) -> int:
                 "model": loaded.model_id,
                 "adapter": loaded.adapter_name,
                 "template": engine.template.name,
-                "mode": args.mode,
+                "mode": engine.fim_mode,
                 "max_tokens": args.max_tokens,
             },
         )
@@ -299,7 +299,12 @@ def add_training_commands(sub: Any, eval_sub: Any) -> None:
     infill.add_argument(
         "--template", default="auto", help="FIM template (default: detected; prefix-only to compare)"
     )
-    infill.add_argument("--mode", choices=["psm", "spm"], default="psm", help="FIM layout (default psm)")
+    infill.add_argument(
+        "--mode",
+        choices=["auto", "psm", "spm"],
+        default="auto",
+        help="FIM layout (default: the adapter's, else psm)",
+    )
     infill.add_argument("--limit", type=int, help="a fixed random sample of N tasks (by --seed)")
     infill.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
     infill.add_argument(

@@ -106,7 +106,10 @@ def apply_adapter(loaded: LoadedModel, path: Path) -> LoadedModel:
     merged.eval()
     name = str(meta.get("name") or path.name)
     log.info("applied adapter %s (%s template)", name, meta["fim_template"])
-    return replace(loaded, model=merged, adapter=str(path), adapter_name=name)
+    mode = meta.get("fim_mode")
+    if mode is not None and mode not in ("psm", "spm"):
+        raise AdapterError(f"{path / ADAPTER_META}: fim_mode must be psm or spm, got {mode!r}")
+    return replace(loaded, model=merged, adapter=str(path), adapter_name=name, fim_mode=mode)
 
 
 def _vocab_rows(model: Any) -> int:

@@ -46,7 +46,9 @@ class EngineConfig:
     """Engine settings, one object passed down from the service settings."""
 
     fim_template: str = "auto"
-    fim_mode: str = "psm"
+    fim_mode: str = (
+        "auto"  # auto: the adapter's layout if it names one (splice.completion.adapters), else psm
+    )
     context_window: int | None = None  # None: the model's max_position_embeddings
     max_prompt_tokens: int | None = None  # None: context - max_tokens (capped on CPU, see above)
     token_healing: bool = True  # re-choose the prompt's last token (see splice.completion.healing)
@@ -149,9 +151,13 @@ class CompletionEngine:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.template: FimTemplate = resolve_template(self.tokenizer, self.config.fim_template)
-        if self.config.fim_mode not in self.template.modes:
+        self.fim_mode = self.config.fim_mode
+        if self.fim_mode == "auto":
+            preferred = loaded.fim_mode or "psm"
+            self.fim_mode = preferred if preferred in self.template.modes else self.template.modes[0]
+        if self.fim_mode not in self.template.modes:
             raise ValueError(
-                f"FIM mode {self.config.fim_mode!r} is not supported by template {self.template.name!r} "
+                f"FIM mode {self.fim_mode!r} is not supported by template {self.template.name!r} "
                 f"(supported: {', '.join(self.template.modes)})"
             )
         self.stop_ids = stop_token_ids(self.tokenizer, self.template)
@@ -199,7 +205,7 @@ class CompletionEngine:
             self.template,
             prefix,
             suffix,
-            mode=self.config.fim_mode,
+            mode=self.fim_mode,
             max_prompt_tokens=self.max_prompt_tokens(max_tokens),
             context=inp.context.replace("\r\n", "\n"),
         )

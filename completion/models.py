@@ -286,6 +286,7 @@ class LoadedModel:
     context_window: int
     adapter: str | None = None  # folder of the LoRA adapter merged into `model` (splice.completion.adapters)
     adapter_name: str | None = None
+    fim_mode: str | None = None  # the FIM layout the adapter serves best (its splice-adapter.json), if any
 
 
 def load_model(

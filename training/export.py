@@ -50,6 +50,9 @@ def export_adapter(
         "base_model": cfg.model,
         "base_model_id": job.loaded.model_id,
         "fim_template": job.template.name,
+        # SPM puts the prefix last, so the middle continues it: a briefly trained adapter keeps to
+        # the cursor far better that way (measured on HumanEval infilling; see the README)
+        "fim_mode": "spm" if cfg.spm_rate > 0 and "spm" in job.template.modes else "psm",
         "added_tokens": tokenizer.convert_ids_to_tokens(job.added_tokens),
         "added_token_ids": job.added_tokens,
         "vocab_size": len(tokenizer),

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from splice.completion.adapters import AdapterError, apply_adapter, read_adapter_meta, resolve_adapter
-from splice.completion.engine import CompletionEngine, CompletionInput, GenerationParams
+from splice.completion.engine import CompletionEngine, CompletionInput, EngineConfig, GenerationParams
 from splice.completion.fim import build_prompt, detect_template
 from splice.completion.models import LoadedModel, ModelSpec
 from splice.training.config import FinetuneConfig
@@ -128,6 +128,8 @@ def test_exported_adapter_serves_like_the_peft_model(tmp_path: Path) -> None:
     torch.testing.assert_close(logits, reference, rtol=2e-2, atol=2e-2)  # fp16 adapter weights
     engine = CompletionEngine(served)
     assert engine.template.name == "starcoder"
+    assert (meta["fim_mode"], engine.fim_mode) == ("spm", "spm")  # the adapter's layout, by default
+    assert CompletionEngine(served, EngineConfig(fim_mode="psm")).fim_mode == "psm"  # unless set
     inp = CompletionInput("def f(x):\n    return ", "\n")
     prompt = engine.prepare(inp, 4).input_ids  # token healing may hold back the prefix's last token
     sentinels = served.tokenizer.convert_tokens_to_ids(["<fim_prefix>", "<fim_suffix>", "<fim_middle>"])
