@@ -23,7 +23,7 @@ from splice.completion.models import LoadedModel, ModelLoadError, ModelSpec
 log = logging.getLogger(__name__)
 
 ADAPTER_META = "splice-adapter.json"
-DEFAULT_ADAPTER = Path(__file__).parent / "adapters" / "smollm2-135m-fim"
+DEFAULT_ADAPTER = Path(__file__).parent / "adapter_weights" / "smollm2-135m-fim"
 
 
 class AdapterError(ModelLoadError):
