@@ -13,6 +13,9 @@ the cursor (`tests/unit/golden/postprocess/`).
    the start of a line of code (only indentation before the cursor), whole lines the model
    wrote are inserted above that code, as a FIM middle that ends at a line start is.
    Otherwise `limit_scope`: stop before the first line that leaves the cursor's block.
+   Multi-line suggestions are made only where nothing but whitespace follows the cursor, or
+   at the start of an empty block (`allows_multi_line`, the rule GitHub Copilot follows);
+   elsewhere the suggestion ends with its first non-blank line (`single_line_end`).
 3. Drop what the suffix already has: `drop_suffix_overlap` (mid-line) or
    `drop_duplicate_suffix_lines` (multi-line).
 4. `trim_trailing_whitespace` (multi-line only; the start of the first line is kept).
@@ -37,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["is_finished", "postprocess", "stable_prefix"]
+__all__ = ["allows_multi_line", "is_finished", "postprocess", "stable_prefix"]
 
 TAB_WIDTH = 4
 DEFAULT_INDENT_UNIT = 4
@@ -65,6 +68,7 @@ class CursorContext:
     crlf: bool  # the document mostly ends lines with "\r\n"
     indent_style: IndentStyle | None  # None: no indented lines, or as many tabs as spaces
     indent_unit: int  # spaces per indent level in a space-indented document
+    multi_line: bool  # a suggestion may span several lines (`allows_multi_line`)
 
     @property
     def mid_line(self) -> bool:
@@ -140,16 +144,42 @@ def analyse_context(prefix: str, suffix: str) -> CursorContext:
     after = normalise_newlines(suffix)
     style, unit = detect_indentation((before + after).split("\n"))
     above = [line for line in before.split("\n")[:-1] if line.strip()]
+    line_before = before.rsplit("\n", 1)[-1]
+    line_above = above[-1] if above else ""
     return CursorContext(
-        line_before=before.rsplit("\n", 1)[-1],
-        line_above=above[-1] if above else "",
+        line_before=line_before,
+        line_above=line_above,
         fences=FENCE in prefix or FENCE in suffix,
         line_after=after.split("\n", 1)[0],
         suffix_lines=tuple(line.strip() for line in after.split("\n") if line.strip()),
         crlf=uses_crlf(prefix + suffix),
         indent_style=style,
         indent_unit=unit,
+        multi_line=allows_multi_line(line_before, line_above, after),
     )
+
+
+def allows_multi_line(line_before: str, line_above: str, suffix: str) -> bool:
+    """Whether a suggestion at the cursor may span several lines (`suffix` LF-normalised).
+
+    Yes when only whitespace follows the cursor (nothing to collide with), or at the start of an
+    empty block: the last code before the cursor (its own line, else the line above) ends with
+    a block opener (`BLOCK_OPENERS`) and the first code after the cursor is not indented deeper
+    than that line, so the block has no body yet (`def f():|` at the end of a class, `{|}`).
+    Elsewhere (a blank line between two statements, the start of a line of code) the model's
+    next line is what fits; a weak model that goes on writing mostly invents code that
+    disagrees with the code after the cursor. This is GitHub Copilot's rule.
+    """
+    lines = suffix.split("\n")
+    if lines[0].strip():
+        lines[0] = line_before + lines[0]  # code on the cursor's line keeps the indent before it
+    after = next((line for line in lines if line.strip()), None)
+    if after is None or not suffix.strip():
+        return True
+    opener = line_before if line_before.strip() else line_above
+    if not opener.rstrip().endswith(BLOCK_OPENERS):
+        return False
+    return indent_width(after) <= indent_width(opener)
 
 
 # Rule 1: first line only when the cursor is mid-line.
@@ -215,9 +245,18 @@ def fence_end(lines: Sequence[str]) -> int | None:
     return next((i for i, line in enumerate(lines) if line.lstrip().startswith(FENCE)), None)
 
 
+def single_line_end(lines: Sequence[str]) -> int | None:
+    """Index of the line after the first non-blank line, once that line is complete, else None."""
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    return first + 1 if first is not None and first + 1 < len(lines) else None
+
+
 def truncation_point(lines: Sequence[str], context: CursorContext) -> int | None:
-    """Where the completion ends in multi-line mode: scope end or chat fence, the earlier."""
+    """Where the completion ends when it may leave the cursor's line: scope end, chat fence, or
+    (where `context.multi_line` is false) the end of its first non-blank line, the earliest."""
     ends = [scope_end(lines, context.line_before, context.line_above)]
+    if not context.multi_line:
+        ends.append(single_line_end(lines))
     if not context.fences:
         ends.append(fence_end(lines))
     found = [end for end in ends if end is not None]

@@ -27,6 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splice.completion.postprocess import (
+    allows_multi_line,
     analyse_context,
     convert_indentation,
     detect_indentation,
@@ -188,9 +189,30 @@ def test_stable_prefix_multi_line_holds_back_incomplete_and_trailing_blank_lines
 
 
 def test_stable_prefix_holds_back_possible_suffix_duplicates() -> None:
-    prefix, suffix = "def f():\n    ", "\n    x = 2\n    return x\n"
-    assert stable_prefix("a = 1\n    x = 2\n", prefix, suffix) == "a = 1"
-    assert stable_prefix("a = 1\n    x = 2\n    y = 3\n", prefix, suffix) == "a = 1\n    x = 2\n    y = 3"
+    # between two statements: one line, dropped when it repeats the next line
+    prefix, suffix = "def f():\n    a = 1\n    ", "\n    x = 2\n    return x\n"
+    assert stable_prefix("x = 2", prefix, suffix) == ""
+    assert stable_prefix("x = 2\n", prefix, suffix) == postprocess("x = 2\n", prefix, suffix) == ""
+    assert stable_prefix("y = 3\n", prefix, suffix) == "y = 3"
+    # at the start of an empty block: whole lines, up to the end of the block
+    prefix, suffix = "if a:\n    f()\nelse:\n    ", "\nx = 2\n"
+    assert stable_prefix("g()\n    h()\n", prefix, suffix) == "g()\n    h()"
+    assert stable_prefix("g()\n    h()\nx = 2", prefix, suffix) == "g()\n    h()"
+
+
+def test_multi_line_only_at_the_end_or_at_an_empty_block() -> None:
+    assert allows_multi_line("x = 1", "", "")  # nothing follows
+    assert allows_multi_line("", "def f():", "\n\n")
+    assert allows_multi_line("def f():", "", "\n\ndef g():\n")  # the block has no body yet
+    assert allows_multi_line("function f() {", "", "\n}\n")
+    assert allows_multi_line("        ", "    def f(self):", "\n    \n    def g(self):\n")
+    assert not allows_multi_line("def f():", "", "\n    return 1\n")  # the body exists
+    assert not allows_multi_line("    ", "a = 1", "\n    b = 2\n")  # between two statements
+    assert not allows_multi_line("    ", "def f():", "return 1\n")  # code on the cursor's line, indented
+    assert allows_multi_line("", "def f():", "pass_at_column_0()\n")
+    raw = "a = 1\n    b = 2\n"
+    assert postprocess(raw, "def f():\n    ", "\n\nf()\n") == "a = 1\n    b = 2"
+    assert postprocess(raw, "def f():\n    ", "\n    return b\n") == "a = 1"
 
 
 def test_stable_prefix_mid_line_holds_back_rest_of_line_length() -> None:
