@@ -138,12 +138,13 @@ def write_model_card(adapter_dir: Path) -> None:
             "",
             "## Evaluation",
             "",
-            "| set | template | n | pass@1 | exact match |",
-            "| --- | --- | ---: | ---: | ---: |",
+            "| set | adapter | template | n | pass@1 | exact match |",
+            "| --- | --- | --- | ---: | ---: | ---: |",
         ]
         for report in meta["eval"].values():
+            adapter = "this one" if report.get("adapter") else "none (base model)"
             lines.append(
-                f"| {report['set']} | {report.get('template', '?')} | {report['n']} | "
+                f"| {report['set']} | {adapter} | {report.get('template', '?')} | {report['n']} | "
                 f"{report['pass@1']:.3f} | {report['exact_match']:.3f} |"
             )
     (adapter_dir / "README.md").write_text("\n".join(lines) + "\n")

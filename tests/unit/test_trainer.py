@@ -137,9 +137,30 @@ def test_exported_adapter_serves_like_the_peft_model(tmp_path: Path) -> None:
     assert engine.complete(inp, GenerationParams(max_tokens=4)).prompt_tokens == len(prompt)
 
     record_eval(
-        out, {"set": "SingleLine", "template": "starcoder", "n": 3, "pass@1": 0.5, "exact_match": 0.25}
+        out,
+        {
+            "set": "SingleLine",
+            "template": "starcoder",
+            "adapter": "tiny-fim",
+            "n": 3,
+            "pass@1": 0.5,
+            "exact_match": 0.25,
+        },
     )
-    assert "| SingleLine | starcoder | 3 | 0.500 | 0.250 |" in (out / "README.md").read_text()
+    record_eval(
+        out,
+        {
+            "set": "SingleLine",
+            "template": "prefix-only",
+            "adapter": None,
+            "n": 3,
+            "pass@1": 0.25,
+            "exact_match": 0.0,
+        },
+    )
+    card = (out / "README.md").read_text()
+    assert "| SingleLine | this one | starcoder | 3 | 0.500 | 0.250 |" in card
+    assert "| SingleLine | none (base model) | prefix-only | 3 | 0.250 | 0.000 |" in card
 
 
 def test_apply_adapter_refuses_another_base_model(tmp_path: Path) -> None:
