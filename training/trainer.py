@@ -4,7 +4,8 @@ One model definition serves training and inference: the base model is loaded by
 `splice.completion.models.load_model`, FIM sentinels are added when the tokenizer lacks them
 (`splice.training.fim.add_fim_tokens`), and peft wraps the attention and MLP projections with
 LoRA. The new sentinel rows are trained through peft's `trainable_token_indices` (a few rows,
-so the adapter stays a few MB) or, optionally, `modules_to_save` (whole embedding and head).
+so the adapter stays a few MB) or, optionally, `modules_to_save` (whole embedding and head:
+25x larger for no measurable gain on the default model, see README).
 
 Several processes (`torchrun` or `accelerate launch`, which set WORLD_SIZE/RANK/LOCAL_RANK)
 train data-parallel: each takes its share of every step's micro-batches, the gradients of the
