@@ -246,6 +246,7 @@ def run(
     *,
     limit: int = 100,
     model: str | None = "default",
+    adapter: str | None = "default",
     context_tokens: int = 512,
     context_snippets: int = 5,
     commented: bool = False,
@@ -257,8 +258,9 @@ def run(
 ) -> dict[str, object]:
     """The evaluation; `model=None` skips exact match (retrieval numbers only). The context of a
     task is chosen and laid out as the service does (`ContextSlots`: budget in the model's
-    tokens, at most `context_snippets` snippets, the best nearest the document)."""
-    engine = _engine(model, prompt_tokens) if model is not None else None
+    tokens, at most `context_snippets` snippets, the best nearest the document). `adapter` is
+    a `SPLICE_ADAPTER` value (`default`: the model's shipped adapter; `none`; a folder)."""
+    engine = _engine(model, prompt_tokens, adapter) if model is not None else None
     count: Callable[[str], int] = approx_tokens
     if engine is not None:
         tokenizer = engine.tokenizer
@@ -311,6 +313,7 @@ def run(
     result["context_snippets"] = context_snippets
     result["context_commented"] = commented
     result["prompt_tokens"] = prompt_tokens
+    result["adapter"] = engine.loaded.adapter_name if engine is not None else None
     return result
 
 
@@ -319,11 +322,16 @@ def _cost(count: Callable[[str], int], style: RenderStyle) -> Callable[[Snippet]
     return lambda snippet: count(render_snippet(snippet, style))
 
 
-def _engine(model: str, prompt_tokens: int) -> CompletionEngine:
+def _engine(model: str, prompt_tokens: int, adapter: str | None = "default") -> CompletionEngine:
+    from splice.completion.adapters import apply_adapter, resolve_adapter
     from splice.completion.engine import CompletionEngine, EngineConfig
     from splice.completion.models import load_model, parse_spec
 
-    loaded = load_model(parse_spec(model), progress=lambda m: print(m, file=sys.stderr))
+    spec = parse_spec(model)
+    loaded = load_model(spec, progress=lambda m: print(m, file=sys.stderr))
+    path = resolve_adapter(adapter or "none", spec)
+    if path is not None:
+        loaded = apply_adapter(loaded, path)
     return CompletionEngine(loaded, EngineConfig(max_prompt_tokens=prompt_tokens))
 
 
@@ -363,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=100, help="tasks (default 100)")
     parser.add_argument("--model", default="default", help="model spec for exact match (default: default)")
     parser.add_argument("--no-completions", action="store_true", help="retrieval numbers only")
+    parser.add_argument(
+        "--adapter", default="default", help="LoRA adapter folder (default: the shipped one, as served)"
+    )
+    parser.add_argument("--no-adapter", action="store_true", help="the base model without its adapter")
     parser.add_argument("--context-tokens", type=int, default=512, help="context budget (default 512)")
     parser.add_argument(
         "--context-snippets", type=int, default=5, help="most snippets in the context (default 5)"
@@ -385,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             args.repo,
             limit=args.limit,
             model=None if args.no_completions else args.model,
+            adapter="none" if args.no_adapter else args.adapter,
             context_tokens=args.context_tokens,
             context_snippets=args.context_snippets,
             commented=args.commented,
