@@ -48,23 +48,20 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 def _engine(settings: Settings) -> Any:
-    from splice.completion.adapters import apply_adapter, resolve_adapter
+    from splice.completion.adapters import load_served_model
     from splice.completion.engine import CompletionEngine
-    from splice.completion.models import ModelLoadError, load_model, parse_spec
+    from splice.completion.models import ModelLoadError, parse_spec
 
     try:
-        spec = parse_spec(settings.model)
-        loaded = load_model(
-            spec,
+        loaded = load_served_model(
+            parse_spec(settings.model),
+            settings.adapter,
             home=settings.home,
             device=settings.device,
             dtype=settings.dtype,
             wheel=settings.default_model_wheel,
             progress=_progress,
         )
-        adapter = resolve_adapter(settings.adapter, spec)
-        if adapter is not None:
-            loaded = apply_adapter(loaded, adapter)
         return CompletionEngine(loaded, settings.engine_config())
     except (ModelLoadError, ValueError) as exc:
         raise CliError(str(exc)) from exc

@@ -179,21 +179,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_infill(args: argparse.Namespace) -> int:
-    from splice.completion.adapters import apply_adapter, resolve_adapter
+    from splice.completion.adapters import load_served_model
     from splice.completion.engine import CompletionEngine, EngineConfig
-    from splice.completion.models import ModelLoadError, load_model, parse_spec
+    from splice.completion.models import ModelLoadError, parse_spec
     from splice.training.infill_eval import InfillDataError, load_tasks, run_eval, set_name
 
     data = Path(args.data)
     try:
         load_tasks(data, 1)  # fail fast on a bad file, before the model loads
-        spec = parse_spec(args.model)
-        loaded = load_model(
-            spec, device=args.device, dtype=args.dtype, progress=lambda m: print(m, file=sys.stderr)
+        loaded = load_served_model(
+            parse_spec(args.model),
+            "none" if args.no_adapter else args.adapter or "default",
+            device=args.device,
+            dtype=args.dtype,
+            progress=lambda m: print(m, file=sys.stderr),
         )
-        adapter = None if args.no_adapter else resolve_adapter(args.adapter or "default", spec)
-        if adapter is not None:
-            loaded = apply_adapter(loaded, adapter)
         engine = CompletionEngine(loaded, EngineConfig(fim_template=args.template, fim_mode=args.mode))
     except (InfillDataError, ModelLoadError, ValueError) as exc:
         raise CliError(str(exc), 2 if isinstance(exc, InfillDataError) else 1) from exc
@@ -234,10 +234,10 @@ def cmd_eval_infill(args: argparse.Namespace) -> int:
     )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    if args.record and adapter is not None:
+    if args.record and loaded.adapter is not None:
         from splice.training.export import record_eval
 
-        record_eval(adapter, report)
+        record_eval(Path(loaded.adapter), report)
     return 0
 
 

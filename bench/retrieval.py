@@ -323,15 +323,11 @@ def _cost(count: Callable[[str], int], style: RenderStyle) -> Callable[[Snippet]
 
 
 def _engine(model: str, prompt_tokens: int, adapter: str | None = "default") -> CompletionEngine:
-    from splice.completion.adapters import apply_adapter, resolve_adapter
+    from splice.completion.adapters import load_served_model
     from splice.completion.engine import CompletionEngine, EngineConfig
-    from splice.completion.models import load_model, parse_spec
+    from splice.completion.models import parse_spec
 
-    spec = parse_spec(model)
-    loaded = load_model(spec, progress=lambda m: print(m, file=sys.stderr))
-    path = resolve_adapter(adapter or "none", spec)
-    if path is not None:
-        loaded = apply_adapter(loaded, path)
+    loaded = load_served_model(parse_spec(model), adapter, progress=lambda m: print(m, file=sys.stderr))
     return CompletionEngine(loaded, EngineConfig(max_prompt_tokens=prompt_tokens))
 
 

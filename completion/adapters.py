@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from splice.completion.models import LoadedModel, ModelLoadError, ModelSpec
+from splice.completion.models import LoadedModel, ModelLoadError, ModelSpec, load_model
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,14 @@ def resolve_adapter(setting: str | None, spec: ModelSpec) -> Path | None:
             return None
         return DEFAULT_ADAPTER
     return Path(setting).expanduser()
+
+
+def load_served_model(spec: ModelSpec, adapter: str | None, **load_kwargs: Any) -> LoadedModel:
+    """`load_model(spec, **load_kwargs)` with the adapter that `resolve_adapter(adapter, spec)`
+    picks merged in: the model as `splice serve` serves it."""
+    loaded = load_model(spec, **load_kwargs)
+    path = resolve_adapter(adapter, spec)
+    return loaded if path is None else apply_adapter(loaded, path)
 
 
 def apply_adapter(loaded: LoadedModel, path: Path) -> LoadedModel:

@@ -174,7 +174,7 @@ def allows_multi_line(line_before: str, line_above: str, suffix: str) -> bool:
     if lines[0].strip():
         lines[0] = line_before + lines[0]  # code on the cursor's line keeps the indent before it
     after = next((line for line in lines if line.strip()), None)
-    if after is None or not suffix.strip():
+    if after is None:
         return True
     opener = line_before if line_before.strip() else line_above
     if not opener.rstrip().endswith(BLOCK_OPENERS):
