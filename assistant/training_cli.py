@@ -129,9 +129,11 @@ def _finetune_config(args: argparse.Namespace) -> Any:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from splice.completion.models import ModelLoadError
     from splice.training.export import export_adapter
+    from splice.training.repo_context import build_repo_samples
     from splice.training.trainer import (
         TrainingError,
         latest_checkpoint,
+        load_corpus_repositories,
         load_corpus_texts,
         prepare_model,
         train,
@@ -155,7 +157,25 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             + (f", added tokens {job.added_tokens}" if job.added_tokens else ""),
             file=sys.stderr,
         )
-        state = train(job, train_texts, heldout, show_progress=not args.quiet)
+        repo_samples = []
+        if config.repo_context:
+            repo_samples = build_repo_samples(
+                load_corpus_repositories(Path(config.data)),
+                job.loaded.tokenizer,
+                job.template,
+                context_tokens=config.repo_context_tokens,
+                per_repository=config.repo_per_repository,
+                exclude=config.repo_exclude,
+                seed=config.seed,
+                show_progress=not args.quiet,
+            )
+            excluded = ", ".join(config.repo_exclude) or "none"
+            print(
+                f"finetune: {len(repo_samples):,} repository-context samples "
+                f"({config.repo_context:.0%} of the samples; repositories excluded: {excluded})",
+                file=sys.stderr,
+            )
+        state = train(job, train_texts, heldout, show_progress=not args.quiet, repo_samples=repo_samples)
     except (TrainingError, ModelLoadError, ValueError) as exc:
         raise CliError(str(exc)) from exc
     if state.step < config.max_steps:

@@ -32,6 +32,13 @@ class FinetuneConfig:
     spm_rate: float = 0.5
     span: str = "mixed"  # char | line | mixed
     loss_on: str = "middle"  # middle | all
+    # repository context (splice.training.repo_context): this fraction of the samples are
+    # cross-file lines of the corpus' own repositories, with the context the service assembles
+    repo_context: float = 0.0
+    repo_context_tokens: int = 384  # the context's budget in a sample
+    repo_per_repository: int = 200  # most tasks drawn from one repository
+    repo_exclude: tuple[str, ...] = ()  # repositories (corpus sources) an evaluation uses
+    init_adapter: str = ""  # start from this exported adapter's weights (a second training stage)
     # LoRA
     lora_r: int = 8
     lora_alpha: int = 16
@@ -66,6 +73,11 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         self.target_modules = tuple(self.target_modules)
+        self.repo_exclude = tuple(self.repo_exclude)
+        if not 0.0 <= self.repo_context < 1.0:
+            raise ValueError(f"repo_context must be in [0, 1), got {self.repo_context}")
+        if self.repo_context and self.repo_context_tokens < 16:
+            raise ValueError(f"repo_context_tokens must be at least 16, got {self.repo_context_tokens}")
         if self.span not in SPAN_KINDS:
             raise ValueError(f"span must be one of {SPAN_KINDS}, got {self.span!r}")
         if self.loss_on not in ("middle", "all"):
@@ -93,6 +105,7 @@ class FinetuneConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["target_modules"] = list(self.target_modules)
+        data["repo_exclude"] = list(self.repo_exclude)
         return data
 
     def save(self, path: Path) -> None:

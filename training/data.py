@@ -19,7 +19,8 @@ from transformers import PreTrainedTokenizerBase
 
 from splice.completion.fim import FimTemplate
 from splice.training.corpus import read_corpus
-from splice.training.fim import IGNORE, EncodedSample, SpanKind, encode_sample, fim_transform
+from splice.training.fim import IGNORE, EncodedSample, FimSample, SpanKind, encode_sample, fim_transform
+from splice.training.repo_context import RepoSample
 
 _ROW_MARGIN = 16  # tokens left free in a chunk: sentinels, and re-tokenisation at the cut points
 
@@ -38,6 +39,7 @@ class StreamStats:
     fim_samples: int = 0
     dropped_long: int = 0
     rows: int = 0
+    repo_samples: int = 0
     label_tokens: int = 0
     padding: int = 0
 
@@ -97,6 +99,8 @@ class FimStream:
         loss_on: str,
         seed: int,
         shuffle: bool = True,
+        repo_samples: Sequence[RepoSample] = (),
+        repo_rate: float = 0.0,
     ) -> None:
         if not texts:
             raise ValueError("no documents to train on (is the corpus empty?)")
@@ -110,6 +114,10 @@ class FimStream:
         self.loss_on = loss_on
         self.seed = seed
         self.shuffle = shuffle
+        self.repo_samples = repo_samples
+        self.repo_rate = repo_rate if repo_samples else 0.0
+        if not 0.0 <= self.repo_rate < 1.0:
+            raise ValueError(f"repo_rate must be in [0, 1), got {repo_rate}")
         self.stats = StreamStats()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
@@ -125,6 +133,7 @@ class FimStream:
                     line_chunks(self.texts[doc], self.tokenizer, self.seq_len - _ROW_MARGIN)
                 ):
                     rng = random.Random(f"{self.seed}:{epoch}:{doc}:{index}")
+                    yield from self._repo_samples(rng)
                     sample = fim_transform(
                         chunk, rng, fim_rate=self.fim_rate, spm_rate=self.spm_rate, span=self.span
                     )
@@ -136,6 +145,37 @@ class FimStream:
                     self.stats.fim_samples += sample.mode is not None
                     yield encoded
             epoch += 1
+
+    def _repo_samples(self, rng: random.Random) -> Iterator[EncodedSample]:
+        """Before each document chunk, repository-context samples while a draw is below
+        `repo_rate`: a fraction `repo_rate` of all samples, on average."""
+        while self.repo_rate and rng.random() < self.repo_rate:
+            repo = self.repo_samples[rng.randrange(len(self.repo_samples))]
+            mode = "spm" if rng.random() < self.spm_rate else "psm"
+            prefix = repo.prefix
+            cut = len(prefix) - self.seq_len * 8  # far more characters than a row holds tokens
+            if cut > 0:
+                prefix = prefix[prefix.find("\n", cut) + 1 :]
+            while True:  # a long prefix loses its first lines, as the prompt's trimming would
+                sample = FimSample(prefix, repo.middle, repo.suffix, mode)
+                encoded = encode_sample(
+                    self.tokenizer,
+                    self.template,
+                    sample,
+                    loss_on=self.loss_on,  # type: ignore[arg-type]
+                    context=repo.context,
+                )
+                lines = prefix.split("\n")
+                if len(encoded) <= self.seq_len or len(lines) <= 1:
+                    break
+                prefix = "\n".join(lines[max(1, len(lines) // 8) :])
+            if len(encoded) > self.seq_len:
+                self.stats.dropped_long += 1
+                continue
+            self.stats.samples += 1
+            self.stats.fim_samples += 1
+            self.stats.repo_samples += 1
+            yield encoded
 
     def rows(self, epochs: int | None = None) -> Iterator[Row]:
         ids: list[int] = []

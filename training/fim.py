@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from splice.completion.fim import (
     TEMPLATES,
     FimTemplate,
+    _encode_context,
     _encode_continuation,
     _encode_text,
     _missing_tokens,
@@ -121,6 +122,7 @@ def encode_sample(
     sample: FimSample,
     *,
     loss_on: Literal["all", "middle"] = "all",
+    context: str = "",
 ) -> EncodedSample:
     """Token ids and labels for one sample.
 
@@ -128,7 +130,9 @@ def encode_sample(
     what `build_prompt` produces for the same prefix and suffix; then come the middle's tokens
     and the end token. `loss_on="middle"` takes loss only on the middle and the end token, the
     part the model writes at serving time; `"all"` on every position after the first.
-    Plain samples are `[BOS] text END` with loss on all of it.
+    Plain samples are `[BOS] text END` with loss on all of it. `context` (rendered repository
+    snippets, `splice.training.repo_context`) goes after BOS and before the sentinels, as
+    `build_prompt` places it, and never takes loss.
     """
     end = end_token_id(tokenizer, template)
     bos: list[int] = (
@@ -147,18 +151,20 @@ def encode_sample(
     assert pre is not None and suf is not None and mid is not None
     prefix = _encode_text(tokenizer, sample.prefix)
     suffix = _encode_continuation(tokenizer, sample.suffix)
+    ctx = _encode_context(tokenizer, template, context) if context else []
     middle = _encode_continuation(tokenizer, sample.middle) if sample.middle else []
     if sample.mode == "psm":
-        head = [*bos, pre, *prefix, suf, *suffix, mid]
+        head = [*bos, *ctx, pre, *prefix, suf, *suffix, mid]
     elif sample.mode == "spm":
-        head = [*bos, pre, suf, *suffix, mid, *prefix]
+        head = [*bos, *ctx, pre, suf, *suffix, mid, *prefix]
     else:
         raise ValueError(f"unknown FIM mode {sample.mode!r}")
     ids = [*head, *middle, end]
     if loss_on == "middle":
         labels = [IGNORE] * len(head) + [*middle, end]
     elif loss_on == "all":
-        labels = [IGNORE, *ids[1:]]
+        skip = max(1, len(bos) + len(ctx))  # the first token, and the context, are not predicted
+        labels = [IGNORE] * skip + ids[skip:]
     else:
         raise ValueError(f"loss_on must be 'all' or 'middle', got {loss_on!r}")
     return EncodedSample(ids, labels, len(head))

@@ -28,7 +28,7 @@ import platform
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from splice.completion.models import LoadedModel, load_model, parse_spec, resolv
 from splice.training.config import FinetuneConfig
 from splice.training.data import FimStream, batches, load_texts
 from splice.training.fim import IGNORE, add_fim_tokens
+from splice.training.repo_context import RepoSample
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +250,34 @@ def load_adapter_state(job: Job, path: Path) -> None:
         raise TrainingError(f"checkpoint {path} does not fit this model: unexpected {missing[:3]}")
 
 
+def load_initial_adapter(job: Job, path: Path) -> None:
+    """Start from an adapter `splice finetune` exported: same base model, FIM tokens and LoRA shape."""
+    meta_path = path / "splice-adapter.json"
+    weights = path / "adapter_model.safetensors"
+    if not meta_path.is_file() or not weights.is_file():
+        raise TrainingError(
+            f"init_adapter {path} is not an adapter folder (splice-adapter.json, adapter_model.safetensors)"
+        )
+    meta = json.loads(meta_path.read_text())
+    if meta.get("base_model_id") != job.loaded.model_id:
+        raise TrainingError(
+            f"init_adapter {path} was trained on {meta.get('base_model_id')!r}, not {job.loaded.model_id!r}"
+        )
+    if list(meta.get("added_token_ids") or []) != list(job.added_tokens):
+        raise TrainingError(
+            f"init_adapter {path} added tokens {meta.get('added_token_ids')}, "
+            f"this run added {job.added_tokens}"
+        )
+    expected = {k: tuple(v.shape) for k, v in adapter_state(job).items()}
+    got = {k: tuple(v.shape) for k, v in load_file(str(weights)).items()}
+    if got != expected:
+        raise TrainingError(
+            f"init_adapter {path} does not fit this LoRA configuration (rank, target modules)"
+        )
+    load_adapter_state(job, weights)
+    log.info("starting from adapter %s", path)
+
+
 def save_checkpoint(job: Job, state: TrainState, optimizer: torch.optim.Optimizer, scheduler: Any) -> Path:
     root = Path(job.config.out) / CHECKPOINTS
     final = root / f"step-{state.step:06d}"
@@ -307,7 +336,9 @@ def load_checkpoint(job: Job, path: Path, optimizer: torch.optim.Optimizer, sche
     return TrainState(s["step"], s["tokens"], s["label_tokens"], s["train_seconds"], s["history"], s["evals"])
 
 
-def make_stream(job: Job, texts: list[str], seed: int, shuffle: bool = True) -> FimStream:
+def make_stream(
+    job: Job, texts: list[str], seed: int, shuffle: bool = True, repo_samples: Sequence[RepoSample] = ()
+) -> FimStream:
     cfg = job.config
     return FimStream(
         texts,
@@ -320,6 +351,8 @@ def make_stream(job: Job, texts: list[str], seed: int, shuffle: bool = True) -> 
         loss_on=cfg.loss_on,
         seed=seed,
         shuffle=shuffle,
+        repo_samples=repo_samples,
+        repo_rate=cfg.repo_context if repo_samples else 0.0,
     )
 
 
@@ -347,8 +380,12 @@ def train(
     on_step: StepHook | None = None,
     stop_after: int | None = None,
     show_progress: bool = True,
+    repo_samples: Sequence[RepoSample] = (),
 ) -> TrainState:
-    """Run (or continue) the job until `max_steps`, the time limit, a signal, or `stop_after` steps."""
+    """Run (or continue) the job until `max_steps`, the time limit, a signal, or `stop_after` steps.
+
+    `repo_samples` (`build_repo_samples`) are mixed in at the rate `config.repo_context`; a new
+    run starts from `config.init_adapter`'s weights when it is set."""
     cfg = job.config
     ranks = _current()
     out = Path(cfg.out)
@@ -359,7 +396,13 @@ def train(
     if checkpoint is not None:
         state = load_checkpoint(job, checkpoint, optimizer, scheduler)
         log.info("resuming from %s (step %d)", checkpoint, state.step)
-    rows = make_stream(job, train_texts, cfg.seed).rows()
+    elif cfg.init_adapter:
+        load_initial_adapter(job, Path(cfg.init_adapter))
+    if cfg.repo_context and not repo_samples:
+        raise TrainingError(
+            "repo_context is set but there are no repository samples (see build_repo_samples)"
+        )
+    rows = make_stream(job, train_texts, cfg.seed, repo_samples=repo_samples).rows()
     stream: Iterator[dict[str, torch.Tensor]] = batches(rows, cfg.batch_size)
     for _ in range(state.step * cfg.grad_accum * ranks.world):  # replay the data to the checkpoint's step
         next(stream)
@@ -500,6 +543,14 @@ def hardware() -> str:
     return (
         f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
     )
+
+
+def load_corpus_repositories(data: Path) -> dict[str, dict[str, str]]:
+    """The training files of a corpus folder grouped by repository (`group_repositories`)."""
+    from splice.training.corpus import read_corpus
+    from splice.training.repo_context import group_repositories
+
+    return group_repositories(read_corpus(data / "train.jsonl.gz"))
 
 
 def load_corpus_texts(data: Path) -> tuple[list[str], list[str], dict[str, Any]]:
