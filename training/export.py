@@ -59,12 +59,21 @@ def export_adapter(
         "config": cfg.to_dict(),
         "data": _data_summary(manifest or {}),
         "training": training_record(job, state),
+        "stages": previous_stages(Path(cfg.init_adapter)) if cfg.init_adapter else [],
         "eval": {},
     }
     (out / ADAPTER_META).write_text(json.dumps(meta, indent=2) + "\n")
     write_loss_plot(out / "loss.png", state.history, state.evals)
     write_model_card(out)
     return out
+
+
+def previous_stages(init_adapter: Path) -> list[dict[str, Any]]:
+    """The training stages behind the adapter a run started from (`init_adapter`), oldest first:
+    each with its name, config and training record, so the card tells the whole history."""
+    meta = json.loads((init_adapter / ADAPTER_META).read_text())
+    stage = {"name": meta.get("name"), "config": meta.get("config", {}), "training": meta.get("training", {})}
+    return [*meta.get("stages", []), stage]
 
 
 def _data_summary(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +94,39 @@ def record_eval(adapter_dir: Path, report: dict[str, Any]) -> None:
     meta.setdefault("eval", {})[key] = report
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     write_model_card(adapter_dir)
+
+
+def _repo_context_line(cfg: dict[str, Any]) -> list[str]:
+    if not cfg.get("repo_context"):
+        return []
+    excluded = ", ".join(cfg.get("repo_exclude", [])) or "none"
+    return [
+        f"- {cfg['repo_context']:.0%} of the samples with repository context (cross-file lines of the "
+        f"corpus' own repositories, the served context within {cfg['repo_context_tokens']} tokens; "
+        f"repositories left out for evaluation: {excluded})"
+    ]
+
+
+def _stage_lines(stages: list[dict[str, Any]]) -> list[str]:
+    """A paragraph per earlier stage (this run started from the last one's weights)."""
+    if not stages:
+        return []
+    lines = ["Earlier stages (this run started from the last one's weights):", ""]
+    for i, stage in enumerate(stages, 1):
+        cfg, train = stage.get("config", {}), stage.get("training", {})
+        losses = train.get("heldout_loss", [])
+        curve = (
+            f", held-out loss {losses[0]['heldout_loss']:.3f} -> {losses[-1]['heldout_loss']:.3f}"
+            if losses
+            else ""
+        )
+        lines.append(
+            f"{i}. `{stage.get('name')}`: {train.get('steps')} steps, {train.get('tokens', 0):,} tokens, "
+            f"rows of {cfg.get('seq_len')} tokens, batch {cfg.get('batch_size')}, lr {cfg.get('lr')}{curve}, "
+            f"{train.get('wall_seconds', 0) / 60:.1f} min on {train.get('hardware')} ({train.get('dtype')})"
+        )
+        lines += [f"   - {note}" for note in train.get("notes", [])]
+    return [*lines, ""]
 
 
 def write_model_card(adapter_dir: Path) -> None:
@@ -111,8 +153,10 @@ def write_model_card(adapter_dir: Path) -> None:
         f"{train['tokens_per_s']} tokens/s, {train['wall_seconds'] / 60:.1f} min "
         f"on {train['hardware']} ({train['dtype']})",
         "",
+        *(_repo_context_line(cfg)),
         *([f"- {note}" for note in train.get("notes", [])]),
         "",
+        *(_stage_lines(meta.get("stages", []))),
         "Held-out loss (on the middle tokens of held-out files):",
         "",
         "| step | tokens | held-out loss |",

@@ -199,9 +199,16 @@ def test_second_stage_starts_from_an_exported_adapter(tmp_path: Path) -> None:
 
     # train() starts a new run from it (one step at lr 0 leaves the weights as loaded)
     third = prepare_model(_config(tmp_path / "three", init_adapter=str(exported), lr=0.0), _loaded())
-    train(third, TEXTS[:2], TEXTS[2:], show_progress=False, stop_after=1)
+    state3 = train(third, TEXTS[:2], TEXTS[2:], show_progress=False, stop_after=1)
     for key in saved:
         torch.testing.assert_close(adapter_state(third)[key], saved[key].to(loaded[key].dtype))
+    # its card tells both stages
+    stage_two = export_adapter(third, state3, tmp_path / "adapter2", name="stage-two")
+    meta = json.loads((stage_two / "splice-adapter.json").read_text())
+    assert [s["name"] for s in meta["stages"]] == ["stage-one"] and meta["stages"][0]["training"][
+        "steps"
+    ] == 2
+    assert "1. `stage-one`: 2 steps" in (stage_two / "README.md").read_text()
 
     with pytest.raises(TrainingError, match="does not fit this LoRA configuration"):
         load_initial_adapter(prepare_model(_config(tmp_path / "r8", lora_r=8), _loaded()), exported)
