@@ -17,11 +17,14 @@ Everything is deterministic for a corpus and settings, so a resumed run replays 
 
 from __future__ import annotations
 
+import gzip
+import json
+import os
 import random
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -143,4 +146,27 @@ def build_repo_samples(
                     )
             finally:
                 index.close()
+    return samples
+
+
+def cached_repo_samples(
+    cache: Path, key: dict[str, object], build: Callable[[], list[RepoSample]]
+) -> list[RepoSample]:
+    """The samples stored in `cache` when they were built with the same `key` (corpus and
+    settings), else `build()`'s, stored there (atomically) for the next start or resume."""
+    if cache.is_file():
+        try:
+            with gzip.open(cache, "rt", encoding="utf-8") as f:
+                if json.loads(f.readline()) == key:
+                    return [RepoSample(**json.loads(line)) for line in f if line.strip()]
+        except (OSError, ValueError, TypeError, EOFError):
+            pass  # unreadable or from another version: rebuild
+    samples = build()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as f:
+        f.write(json.dumps(key) + "\n")
+        for sample in samples:
+            f.write(json.dumps(asdict(sample)) + "\n")
+    os.replace(tmp, cache)
     return samples

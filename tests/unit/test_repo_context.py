@@ -22,7 +22,12 @@ from splice.training.config import FinetuneConfig
 from splice.training.data import FimStream
 from splice.training.export import export_adapter
 from splice.training.fim import IGNORE, FimSample, encode_sample, end_token_id
-from splice.training.repo_context import RepoSample, build_repo_samples, group_repositories
+from splice.training.repo_context import (
+    RepoSample,
+    build_repo_samples,
+    cached_repo_samples,
+    group_repositories,
+)
 from splice.training.trainer import (
     TrainingError,
     adapter_state,
@@ -234,3 +239,20 @@ def test_mcnemar_exact_p_values() -> None:
     assert mcnemar_p(72, 42) == pytest.approx(mcnemar_p(42, 72))
     assert 0.005 < mcnemar_p(72, 42) < 0.008  # the HumanEval comparison in the README (p = 0.006)
     assert mcnemar_p(6, 1) == pytest.approx(0.125)
+
+
+def test_repository_samples_are_cached_per_corpus_and_settings(tmp_path: Path) -> None:
+    built: list[int] = []
+    samples = [RepoSample("r", "a.py", "<file_sep>b.py\nx\n<file_sep>a.py\n", "y = ", "f(1)\n", "z\n")]
+
+    def build() -> list[RepoSample]:
+        built.append(1)
+        return samples
+
+    cache = tmp_path / "run" / "repo_samples.jsonl.gz"
+    assert cached_repo_samples(cache, {"seed": 0}, build) == samples and len(built) == 1
+    assert cached_repo_samples(cache, {"seed": 0}, build) == samples and len(built) == 1  # read back
+    assert cached_repo_samples(cache, {"seed": 1}, build) == samples and len(built) == 2  # settings changed
+    cache.write_bytes(b"not gzip")
+    assert cached_repo_samples(cache, {"seed": 1}, build) == samples and len(built) == 3  # unreadable
+    assert not list(cache.parent.glob("*.tmp"))
