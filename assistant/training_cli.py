@@ -129,11 +129,10 @@ def _finetune_config(args: argparse.Namespace) -> Any:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from splice.completion.models import ModelLoadError
     from splice.training.export import export_adapter
-    from splice.training.repo_context import build_repo_samples, cached_repo_samples
+    from splice.training.repo_context import corpus_repo_samples
     from splice.training.trainer import (
         TrainingError,
         latest_checkpoint,
-        load_corpus_repositories,
         load_corpus_texts,
         prepare_model,
         train,
@@ -159,31 +158,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         )
         repo_samples = []
         if config.repo_context:
-            corpus = Path(config.data) / "train.jsonl.gz"
-            key: dict[str, object] = {
-                "corpus": str(corpus.resolve()),
-                "corpus_bytes": corpus.stat().st_size,
-                "corpus_mtime_ns": corpus.stat().st_mtime_ns,
-                "model": job.loaded.model_id,
-                "template": job.template.name,
-                "context_tokens": config.repo_context_tokens,
-                "per_repository": config.repo_per_repository,
-                "exclude": sorted(config.repo_exclude),
-                "seed": config.seed,
-            }
-            repo_samples = cached_repo_samples(
-                out / "repo_samples.jsonl.gz",
-                key,
-                lambda: build_repo_samples(
-                    load_corpus_repositories(Path(config.data)),
-                    job.loaded.tokenizer,
-                    job.template,
-                    context_tokens=config.repo_context_tokens,
-                    per_repository=config.repo_per_repository,
-                    exclude=config.repo_exclude,
-                    seed=config.seed,
-                    show_progress=not args.quiet,
-                ),
+            repo_samples = corpus_repo_samples(
+                Path(config.data),
+                out,
+                job.loaded.tokenizer,
+                job.template,
+                model_id=job.loaded.model_id,
+                context_tokens=config.repo_context_tokens,
+                per_repository=config.repo_per_repository,
+                exclude=config.repo_exclude,
+                seed=config.seed,
+                show_progress=not args.quiet,
             )
             excluded = ", ".join(config.repo_exclude) or "none"
             print(

@@ -170,3 +170,49 @@ def cached_repo_samples(
             f.write(json.dumps(asdict(sample)) + "\n")
     os.replace(tmp, cache)
     return samples
+
+
+def corpus_repo_samples(
+    data: Path,
+    out: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    template: FimTemplate,
+    *,
+    model_id: str,
+    context_tokens: int,
+    per_repository: int,
+    exclude: Sequence[str],
+    seed: int,
+    show_progress: bool = False,
+) -> list[RepoSample]:
+    """The repository samples of the corpus folder `data` (`splice data corpus`), cached in the
+    run folder `out` under a key of the corpus file and the settings."""
+    from splice.training.corpus import read_corpus
+
+    corpus = data / "train.jsonl.gz"
+    stat = corpus.stat()
+    key: dict[str, object] = {
+        "corpus": str(corpus.resolve()),
+        "corpus_bytes": stat.st_size,
+        "corpus_mtime_ns": stat.st_mtime_ns,
+        "model": model_id,
+        "template": template.name,
+        "context_tokens": context_tokens,
+        "per_repository": per_repository,
+        "exclude": sorted(exclude),
+        "seed": seed,
+    }
+    return cached_repo_samples(
+        out / "repo_samples.jsonl.gz",
+        key,
+        lambda: build_repo_samples(
+            group_repositories(read_corpus(corpus)),
+            tokenizer,
+            template,
+            context_tokens=context_tokens,
+            per_repository=per_repository,
+            exclude=exclude,
+            seed=seed,
+            show_progress=show_progress,
+        ),
+    )

@@ -545,14 +545,6 @@ def hardware() -> str:
     )
 
 
-def load_corpus_repositories(data: Path) -> dict[str, dict[str, str]]:
-    """The training files of a corpus folder grouped by repository (`group_repositories`)."""
-    from splice.training.corpus import read_corpus
-    from splice.training.repo_context import group_repositories
-
-    return group_repositories(read_corpus(data / "train.jsonl.gz"))
-
-
 def load_corpus_texts(data: Path) -> tuple[list[str], list[str], dict[str, Any]]:
     """(train texts, held-out texts, manifest) of a `splice data corpus` folder."""
     train_path, heldout_path, manifest_path = (
