@@ -14,7 +14,6 @@ from fastapi import Depends, FastAPI, Query, Request, Response, WebSocket
 from fastapi.responses import FileResponse, RedirectResponse
 from pydantic import BaseModel
 
-from splice.assistant import __version__
 from splice.assistant.auth import ApiKeys
 from splice.assistant.completions import CompletionService
 from splice.assistant.documents import DocumentStore, InMemoryDocumentStore, UnknownDocument
@@ -34,6 +33,7 @@ from splice.assistant.schemas import (
 )
 from splice.assistant.sessions import EditorSession
 from splice.assistant.settings import Settings
+from splice.assistant.version import __version__
 from splice.completion.engine import CompletionEngine
 from splice.completion.fim import repository_separator
 from splice.retrieval.context import ContextAssembler

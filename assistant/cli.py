@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from splice.assistant import __version__
 from splice.assistant.settings import Settings
+from splice.assistant.version import __version__
 
 
 class CliError(Exception):

@@ -10,8 +10,8 @@ table. For each prompt size it measures, through the engine's own phases:
 
 Prompts are real Python source (the standard library), cut to exactly N tokens.
 
-    python bench/baseline.py [--sizes 512 1024 2048 4096] [--new-tokens 64] [--repeats 3]
-                             [--model default] [--device auto] [--json bench/results/baseline.json]
+    python -m splice.bench.baseline [--sizes 512 1024 2048 4096] [--new-tokens 64] [--repeats 3]
+                                     [--model default] [--device auto] [--json bench/results/baseline.json]
 """
 
 from __future__ import annotations

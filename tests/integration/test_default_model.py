@@ -27,7 +27,7 @@ from splice.completion.models import (
     parse_spec,
     pull,
 )
-from tests.support.server import running_server
+from splice_testkit.server import running_server
 
 pytestmark = pytest.mark.default_model
 

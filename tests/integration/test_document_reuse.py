@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support.server import running_server
-from tests.support.tiny import save_model_dir
+from splice_testkit.server import running_server
+from splice_testkit.tiny import save_model_dir
 
 
 def source_file(lines: int) -> list[str]:

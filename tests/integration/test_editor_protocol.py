@@ -16,7 +16,7 @@ from splice.assistant.app import create_app
 from splice.assistant.settings import Settings
 from splice.completion.engine import CompletionEngine, EngineConfig
 from splice.completion.models import LoadedModel, ModelSpec
-from tests.support.tiny import build_model, build_tokenizer
+from splice_testkit.tiny import build_model, build_tokenizer
 
 URI = "file:///src/app.py"
 TEXT = "import os\n\n\ndef main():\n    path = os.getcwd()\n    \n"

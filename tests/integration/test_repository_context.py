@@ -18,7 +18,7 @@ from splice.assistant.app import create_app
 from splice.assistant.settings import Settings
 from splice.completion.engine import CompletionEngine, EngineConfig
 from splice.completion.models import LoadedModel, ModelSpec
-from tests.support.tiny import build_model, build_tokenizer
+from splice_testkit.tiny import build_model, build_tokenizer
 
 UTIL = "def slow_helper(x):\n    return x\n"
 MAIN = "import util\n\n\ndef main():\n    pass\n"

@@ -19,9 +19,9 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from tests.support.hostile import HostileCase, hostile_cases
-from tests.support.server import running_server
-from tests.support.tiny import save_model_dir
+from splice.bench.hostile_requests import HostileCase, hostile_cases
+from splice_testkit.server import running_server
+from splice_testkit.tiny import save_model_dir
 
 MAX_BODY = 65_536
 TOKENS_LIMIT = 3000

@@ -53,14 +53,19 @@ def test_dependency_direction(package: str) -> None:
 
 
 def test_packaging_lists_every_subpackage() -> None:
-    """Every folder with an __init__.py must be installed (setuptools lists them explicitly)."""
+    """Every folder holding Python modules is installed (setuptools lists them explicitly).
+
+    They are namespace packages (no `__init__.py`, see tests/unit/test_no_shadowing.py), so the
+    list is checked against the folders that hold `.py` files.
+    """
     import tomllib
 
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     present = {
         "splice." + ".".join(p.parent.relative_to(ROOT).parts)
         for pkg in PACKAGES
-        for p in (ROOT / pkg).rglob("__init__.py")
+        for p in (ROOT / pkg).rglob("*.py")
+        if "__pycache__" not in p.parts
     }
     assert present == listed
 

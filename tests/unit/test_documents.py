@@ -21,7 +21,7 @@ from splice.assistant.documents import (
     offset_at,
     position_at,
 )
-from tests.support.editor import ALPHABET, EditorDocument, lsp_position
+from splice_testkit.editor import ALPHABET, EditorDocument, lsp_position
 
 
 def P(line: int, character: int) -> Position:

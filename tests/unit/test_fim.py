@@ -19,7 +19,7 @@ from splice.completion.fim import (
     resolve_template,
     stop_token_ids,
 )
-from tests.support.tiny import build_tokenizer
+from splice_testkit.tiny import build_tokenizer
 
 FIM_FAMILIES = ("starcoder", "qwen", "deepseek", "codellama")
 PREFIX = "def add(a, b):\n    total = a + b\n"

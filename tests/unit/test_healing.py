@@ -8,7 +8,7 @@ import torch
 from splice.completion.engine import CompletionEngine, CompletionInput, EngineConfig, GenerationParams
 from splice.completion.healing import TokenHealer
 from splice.completion.models import LoadedModel, ModelSpec
-from tests.support.tiny import build_model, build_tokenizer
+from splice_testkit.tiny import build_model, build_tokenizer
 
 PREFIXES = [
     "def fibonacci(n):\n    ",

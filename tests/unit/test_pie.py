@@ -19,7 +19,7 @@ from splice.completion.pie import DocumentKV, apply_plan, encode_full
 from splice.completion.pie_plan import plan_reuse
 from splice.completion.token_edits import diff_tokens
 from splice.kernels.rope import RopeSpec, rope_spec_from_config
-from tests.support.tiny import build_model, build_tokenizer
+from splice_testkit.tiny import build_model, build_tokenizer
 
 VARIANTS = {
     "llama": ("llama", None),

@@ -35,7 +35,7 @@ from splice.training.trainer import (
     prepare_model,
     train,
 )
-from tests.support.tiny import build_model, build_tokenizer
+from splice_testkit.tiny import build_model, build_tokenizer
 
 SHOP = {
     "shop/__init__.py": "",

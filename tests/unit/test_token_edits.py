@@ -28,7 +28,7 @@ from splice.completion.token_edits import (
     tokenize,
     validate_script,
 )
-from tests.support.tiny import build_tokenizer
+from splice_testkit.tiny import build_tokenizer
 
 SMOL = "SmolLM2-135M-Instruct"
 

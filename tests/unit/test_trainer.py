@@ -19,7 +19,7 @@ from splice.completion.models import LoadedModel, ModelSpec
 from splice.training.config import FinetuneConfig
 from splice.training.export import export_adapter, record_eval
 from splice.training.trainer import TrainingError, adapter_state, latest_checkpoint, prepare_model, train
-from tests.support.tiny import build_model, build_tokenizer
+from splice_testkit.tiny import build_model, build_tokenizer
 
 TEXTS = [
     inspect.getsource(textwrap),

@@ -24,7 +24,7 @@ from splice.training.fim import (
     fim_transform,
     split_document,
 )
-from tests.support.tiny import build_model, build_tokenizer
+from splice_testkit.tiny import build_model, build_tokenizer
 
 FIM_FAMILIES = ("starcoder", "qwen", "deepseek", "codellama")
 CODE = "def add(a, b):\n    total = a + b\n    return total\n\n\nprint(add(1, 2))\n"

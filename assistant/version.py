@@ -1,4 +1,4 @@
-"""The service: FastAPI app, CLI, settings, scheduling and telemetry. Nothing imports this package."""
+"""The installed distribution's version (``splice --version``, the OpenAPI document, /v1/health)."""
 
 from importlib.metadata import PackageNotFoundError, version
 

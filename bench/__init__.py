@@ -1,1 +1,0 @@
-"""Benchmarks: each prints a table, writes JSON, and compares methods in the same run (not tests)."""

@@ -1,1 +1,0 @@
-"""Repository context retrieval: tree-sitter index, import graph, context assembly (issue 5)."""

@@ -1,4 +1,0 @@
-"""Training: FIM data, LoRA fine-tuning, exit heads and evaluation.
-
-May import `splice.completion`, never `splice.assistant`.
-"""
