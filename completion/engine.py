@@ -216,8 +216,8 @@ class CompletionEngine:
         """Encode the prompt; returns the KV cache and the last position's logits [V]."""
         ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)  # [1, S]
         cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.past_key_values, out.logits[0, -1].float()
+        out = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        return out.cache, out.logits[0, -1].float()
 
     def encode_document(
         self, ids: list[int], document: DocumentKey, method: ReuseMethod | None = None
@@ -254,7 +254,7 @@ class CompletionEngine:
     @torch.inference_mode()
     def decode_one_token(self, cache: DynamicCache, token: int) -> torch.Tensor:
         ids = torch.tensor([[token]], dtype=torch.long, device=self.device)  # [1, 1]
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1].float()
 
     def complete(

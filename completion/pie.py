@@ -90,10 +90,8 @@ def encode_full(model: PreTrainedModel, ids: list[int]) -> DocumentKV:
     """Plain causal prefill of the whole sequence (also the `full` method)."""
     device = next(model.parameters()).device
     cache = DynamicCache(config=model.config)
-    out = model(
-        input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True, logits_to_keep=1
-    )
-    layers = _layer_tensors(out.past_key_values)
+    out = model(input_ids=torch.tensor([ids], device=device), cache=cache, use_cache=True, logits_to_keep=1)
+    layers = _layer_tensors(out.cache)
     keys = [k for k, _ in layers]
     return DocumentKV(
         ids=list(ids),
@@ -159,7 +157,7 @@ def apply_plan(
         out = model(
             input_ids=ids,
             position_ids=enc.unsqueeze(0),
-            past_key_values=cache,
+            cache=cache,
             attention_mask=mask[None, None],
             use_cache=True,
             logits_to_keep=1,
@@ -169,7 +167,7 @@ def apply_plan(
         perm[dst] = torch.arange(plan.reused, device=device)
         perm[enc] = plan.reused + torch.arange(plan.encoded, device=device)
         keys, values, orig = [], [], []
-        for layer, (k, v) in enumerate(_layer_tensors(out.past_key_values)):
+        for layer, (k, v) in enumerate(_layer_tensors(out.cache)):
             keys.append(k.index_select(1, perm))
             values.append(v.index_select(1, perm))
             o = torch.empty_like(keys[-1])
@@ -223,7 +221,7 @@ def select_refresh(
     try:
         ids = torch.tensor([new_ids[first:]], dtype=torch.long, device=device)
         positions = torch.arange(first, len(new_ids), device=device).unsqueeze(0)
-        model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
     finally:
         text_config.num_hidden_layers = saved
     fresh = _layer_tensors(cache)[probe_layer][0][:, first:]  # [H_kv, n - first, D]

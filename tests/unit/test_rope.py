@@ -315,7 +315,7 @@ def test_attention_path_keys_shift_exactly(variant: Variant) -> None:
     attention = model.model.layers[0].self_attn
     hook = attention.k_proj.register_forward_hook(lambda _m, _i, out: captured.append(out))
     with torch.no_grad():
-        cache = model(token_ids(), use_cache=True).past_key_values
+        cache = model(token_ids(), use_cache=True).cache
     hook.remove()
     pre_rope = captured[0].view(1, SEQ, -1, spec.head_dim).transpose(1, 2)  # [B, H_kv, S, D]
     positions = torch.arange(SEQ)
@@ -340,8 +340,8 @@ def test_cached_keys_shift_exactly_in_a_real_forward(variant: Variant) -> None:
     shift = 37
     ids = token_ids()
     with torch.no_grad():
-        at_zero = model(ids, use_cache=True).past_key_values
-        shifted = model(ids, position_ids=torch.arange(SEQ)[None] + shift, use_cache=True).past_key_values
+        at_zero = model(ids, use_cache=True).cache
+        shifted = model(ids, position_ids=torch.arange(SEQ)[None] + shift, use_cache=True).cache
     errors = []
     for layer_zero, layer_shifted in zip(at_zero.layers, shifted.layers, strict=True):
         keys, expected = layer_zero.keys, layer_shifted.keys  # [B, H_kv, S, D]
