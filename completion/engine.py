@@ -23,6 +23,7 @@ import torch
 from transformers import DynamicCache
 
 from splice.completion.document_cache import DocumentCacheStore, DocumentKey
+from splice.completion.drafting import DraftConfig, LookupDrafter
 from splice.completion.fim import FimPrompt, FimTemplate, build_prompt, resolve_template, stop_token_ids
 from splice.completion.healing import TokenHealer
 from splice.completion.models import LoadedModel
@@ -35,6 +36,8 @@ from splice.kernels.rope import RopeSpec, UnsupportedRope, rope_spec_from_config
 log = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length", "cancelled", "scope"]
+DraftingMethod = Literal["off", "lookup"]
+DRAFTING_METHODS: tuple[DraftingMethod, ...] = ("off", "lookup")
 
 # Without an explicit max_prompt_tokens, CPU prompts are capped here: full recomputation of a
 # 2k-token prompt already takes ~5 s on two cores (bench/baseline.py); on CUDA there is no cap.
@@ -59,8 +62,14 @@ class EngineConfig:
     refresh_first_k: int = 8  # pie+refresh: re-encode this many kept tokens after each edit
     refresh_ratio: float = 0.0  # pie+refresh: also re-encode this fraction of the most deviant kept tokens
     document_cache_bytes: int = 1 << 30  # budget of all document KV caches of this model
+    # Greedy decoding verifies drafted tokens in one pass (splice.completion.drafting); the output
+    # is greedy's token for token. Sampling (temperature > 0) always decodes one token a pass.
+    drafting: DraftingMethod = "lookup"
+    draft: DraftConfig = field(default_factory=DraftConfig)
 
     def __post_init__(self) -> None:
+        if self.drafting not in DRAFTING_METHODS:
+            raise ValueError(f"drafting must be one of {', '.join(DRAFTING_METHODS)}")
         if self.reuse_method not in REUSE_METHODS:
             raise ValueError(f"reuse_method must be one of {', '.join(REUSE_METHODS)}")
         if self.refresh_first_k < 0:
@@ -137,6 +146,9 @@ class CompletionResult:
     encoded_prompt_tokens: int = 0  # prompt tokens run through the model for this request
     reused_prompt_tokens: int = 0  # prompt tokens whose KV came from the document cache
     context_tokens: int = 0  # repository context tokens in the prompt
+    decode_passes: int = 0  # forward passes after the prompt's (one per token without drafting)
+    draft_tokens: int = 0  # tokens proposed by the drafter
+    accepted_draft_tokens: int = 0  # of those, the ones greedy decoding confirmed
 
 
 TextSink = Callable[[str], None]
@@ -257,6 +269,21 @@ class CompletionEngine:
         out = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1].float()
 
+    @torch.inference_mode()
+    def verify(self, cache: DynamicCache, token: int, draft: list[int]) -> tuple[int, torch.Tensor]:
+        """Feed `token` and the drafted tokens in one pass; keep the longest draft prefix that
+        greedy decoding would have produced. Returns how many were accepted and the logits [V]
+        after the last kept token; the cache then holds `token` and the accepted draft only."""
+        ids = torch.tensor([[token, *draft]], dtype=torch.long, device=self.device)  # [1, 1 + k]
+        logits = self.model(input_ids=ids, cache=cache, use_cache=True).logits[0].float()  # [1 + k, V]
+        greedy = torch.argmax(logits[:-1], dim=-1).tolist()
+        accepted = 0
+        while accepted < len(draft) and greedy[accepted] == draft[accepted]:
+            accepted += 1
+        if accepted < len(draft):
+            cache.crop(accepted - len(draft))  # a negative count drops that many from the end
+        return accepted, logits[accepted]
+
     def complete(
         self,
         inp: CompletionInput,
@@ -292,15 +319,24 @@ class CompletionEngine:
         pending = prompt.heal  # healed text the output has yet to spell out
         emitted = ""
         finish: FinishReason = "length"
+        drafter = None
+        if self.config.drafting == "lookup" and generator is None:
+            drafter = LookupDrafter(prompt.input_ids, self.config.draft)
+        verified: list[int] = []  # accepted draft tokens, already in the cache, not yet delivered
+        passes = drafted = accepted_total = 0
         decode_start = time.perf_counter()
         while True:
             if cancel is not None and cancel.is_set():
                 finish = "cancelled"
                 break
-            if pending:
-                assert self.healer is not None
-                logits = _restrict(logits, self.healer.allowed(pending))
-            token = _sample(logits, params, generator)
+            in_cache = bool(verified)  # an accepted draft token: the verification pass fed it
+            if in_cache:
+                token = verified.pop(0)
+            else:
+                if pending:
+                    assert self.healer is not None
+                    logits = _restrict(logits, self.healer.allowed(pending))
+                token = _sample(logits, params, generator)
             if pending:
                 assert self.healer is not None
                 spelled = self.healer.token_text[token]
@@ -325,7 +361,20 @@ class CompletionEngine:
                 break
             if on_text is not None:
                 emitted = _emit(on_text, emitted, _streamable(raw, stops), inp)
-            logits = self.decode_one_token(cache, token)
+            if drafter is not None:
+                drafter.append(token)
+            if in_cache:
+                continue
+            passes += 1
+            draft = drafter.propose() if drafter is not None and not pending else []
+            draft = draft[: params.max_tokens - len(generated)]
+            if draft:
+                accepted, logits = self.verify(cache, token, draft)
+                verified = draft[:accepted]
+                drafted += len(draft)
+                accepted_total += accepted
+            else:
+                logits = self.decode_one_token(cache, token)
         timings._decoded = max(len(generated) - 1, 0)
         timings.decode_ms = (time.perf_counter() - decode_start) * 1000.0 if generated else 0.0
 
@@ -348,6 +397,9 @@ class CompletionEngine:
             encoded_prompt_tokens=encoded,
             reused_prompt_tokens=reused,
             context_tokens=prompt.fim.context_tokens,
+            decode_passes=passes,
+            draft_tokens=drafted,
+            accepted_draft_tokens=accepted_total,
         )
 
 

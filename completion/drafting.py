@@ -1,0 +1,61 @@
+"""Lookup drafting: guess the next tokens by copying what followed the same n-gram earlier.
+
+Code repeats itself: a line retyped after an edit, a call that mirrors the signature in the
+prompt, the suffix that the middle runs into, an identifier from the repository context. When the
+last n generated tokens occurred before, in the prompt (document, suffix, repository context) or
+in the output so far, the tokens that followed them there are a draft. The engine verifies a draft
+in one forward pass and keeps the longest prefix that greedy decoding would have produced itself
+(`CompletionEngine.complete`), so the output equals greedy decoding token for token; a wrong
+draft costs one wider forward pass, a right one saves a pass per accepted token.
+
+The index maps every n-gram (for each n in [min_ngram, max_ngram]) to the position after its
+latest occurrence, so a lookup is a few dict probes and appending a token updates it in O(n).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DraftConfig:
+    max_tokens: int = 8  # tokens drafted per verification pass
+    max_ngram: int = 4  # longest suffix of the output matched (longer matches are tried first)
+    min_ngram: int = 2  # shortest; 1-token matches are mostly wrong in code
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_tokens <= 64:
+            raise ValueError("draft max_tokens must be in [1, 64]")
+        if not 1 <= self.min_ngram <= self.max_ngram <= 16:
+            raise ValueError("draft n-grams need 1 <= min_ngram <= max_ngram <= 16")
+
+
+class LookupDrafter:
+    """Drafts from the prompt's tokens and the tokens generated so far."""
+
+    def __init__(self, source: list[int], config: DraftConfig | None = None) -> None:
+        self.config = config or DraftConfig()
+        self.tokens: list[int] = []
+        self._next: dict[tuple[int, ...], int] = {}  # n-gram -> index after its latest occurrence
+        for token in source:
+            self.append(token)
+
+    def append(self, token: int) -> None:
+        self.tokens.append(token)
+        end = len(self.tokens)
+        # Index the n-grams that end one token before the new one: they are now followed by it.
+        for n in range(self.config.min_ngram, self.config.max_ngram + 1):
+            if end - 1 - n < 0:
+                break
+            self._next[tuple(self.tokens[end - 1 - n : end - 1])] = end - 1
+
+    def propose(self) -> list[int]:
+        """Tokens that followed the longest earlier occurrence of the current tail ([] if none)."""
+        end = len(self.tokens)
+        for n in range(self.config.max_ngram, self.config.min_ngram - 1, -1):
+            if end < n:
+                continue
+            start = self._next.get(tuple(self.tokens[end - n :]))
+            if start is not None:
+                return self.tokens[start : start + self.config.max_tokens]
+        return []

@@ -1,0 +1,121 @@
+"""Lookup drafting: the drafter's n-gram index, and lossless verification in the engine
+(the output equals greedy decoding without drafts, token for token, on every path)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from unit.test_engine import PROMPTS, make_engine
+
+from splice.completion.document_cache import DocumentKey
+from splice.completion.drafting import DraftConfig, LookupDrafter
+from splice.completion.engine import CompletionEngine, CompletionInput, EngineConfig, GenerationParams
+
+REPETITIVE = [
+    CompletionInput(
+        "def area(w, h):\n    return w * h\n\n\ndef volume(w, h, d):\n    return w * h * d\n\n\ndef ", ""
+    ),
+    CompletionInput("x = [1, 2, 3]\ny = [1, 2, 3]\nz = [1, 2, ", "]\nprint(x, y, z)\n"),
+    CompletionInput("for a in b:\n    for a in b:\n        for a in b:\n            ", "\n"),
+]
+
+
+def test_propose_copies_what_followed_the_latest_occurrence() -> None:
+    drafter = LookupDrafter([1, 2, 3, 4, 5, 1, 2], DraftConfig(max_tokens=8, max_ngram=4, min_ngram=2))
+    assert drafter.propose() == [3, 4, 5, 1, 2]
+    drafter = LookupDrafter([1, 2, 9, 1, 2, 7, 1, 2], DraftConfig(max_tokens=2))
+    assert drafter.propose() == [7, 1]  # the latest occurrence wins, cut to max_tokens
+    drafter.append(8)
+    assert drafter.propose() == []  # (2, 8) never occurred
+
+
+def test_longer_matches_are_preferred() -> None:
+    # (3, 1, 2) occurred once, followed by 5; (1, 2) occurred later, followed by 6.
+    drafter = LookupDrafter([3, 1, 2, 5, 0, 1, 2, 6, 3, 1, 2], DraftConfig(max_tokens=1, max_ngram=3))
+    assert drafter.propose() == [5]
+    drafter = LookupDrafter([3, 1, 2, 5, 0, 1, 2, 6, 3, 1, 2], DraftConfig(max_tokens=1, max_ngram=2))
+    assert drafter.propose() == [6]
+
+
+def test_draft_settings_are_validated() -> None:
+    for bad in ({"max_tokens": 0}, {"min_ngram": 3, "max_ngram": 2}, {"min_ngram": 0}):
+        with pytest.raises(ValueError):
+            DraftConfig(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="drafting must be one of"):
+        EngineConfig(drafting="magic")  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module", params=[("plain", "llama"), ("qwen", "qwen2")], ids=["llama", "qwen2"])
+def engines(request: pytest.FixtureRequest) -> tuple[CompletionEngine, CompletionEngine]:
+    family, arch = request.param
+    plain = make_engine(family, arch, drafting="off")
+    drafting = make_engine(family, arch, drafting="lookup")
+    drafting.model = plain.model  # the same weights
+    drafting.loaded = plain.loaded
+    return plain, drafting
+
+
+@pytest.mark.parametrize("healing", [True, False], ids=["healing", "no-healing"])
+def test_lookup_drafting_equals_greedy(
+    engines: tuple[CompletionEngine, CompletionEngine], healing: bool
+) -> None:
+    plain, drafting = engines
+    accepted = passes = tokens = 0
+    for inp in PROMPTS + REPETITIVE:
+        for max_tokens in (1, 5, 40):
+            params = GenerationParams(max_tokens=max_tokens, stop=("\n\n\n",))
+            plain.healer = plain.healer if healing else None
+            drafting.healer = plain.healer
+            want = plain.complete(inp, params)
+            got = drafting.complete(inp, params)
+            assert (got.raw, got.text, got.finish_reason, got.completion_tokens) == (
+                want.raw,
+                want.text,
+                want.finish_reason,
+                want.completion_tokens,
+            ), inp
+            assert want.draft_tokens == 0
+            accepted += got.accepted_draft_tokens
+            passes += got.decode_passes
+            tokens += got.completion_tokens
+    assert accepted > 0, "no draft was ever accepted: the test would not exercise verification"
+    assert passes < tokens
+
+
+def test_streamed_text_with_drafting_equals_the_result(
+    engines: tuple[CompletionEngine, CompletionEngine],
+) -> None:
+    _, drafting = engines
+    for inp in REPETITIVE:
+        deltas: list[str] = []
+        result = drafting.complete(inp, GenerationParams(max_tokens=40), on_text=deltas.append)
+        assert "".join(deltas) == result.text
+
+
+def test_document_cache_with_drafting_equals_full_recompute(
+    engines: tuple[CompletionEngine, CompletionEngine],
+) -> None:
+    """Verification works on a cache built from a document's KV; a request cancelled while it
+    decodes leaves the document's cache as it was (the next completion equals a fresh one)."""
+    plain, drafting = engines
+    key = DocumentKey("tenant", "file:///a.py", "tiny")
+    params = GenerationParams(max_tokens=40)
+    cancel = threading.Event()
+
+    def cancel_after_first(_: str) -> None:
+        cancel.set()
+
+    for inp in REPETITIVE:
+        drafting.complete(inp, params, document=key, cancel=cancel, on_text=cancel_after_first)
+        cancel.clear()
+        got = drafting.complete(inp, params, document=key)
+        want = plain.complete(inp, params)
+        assert (got.raw, got.text) == (want.raw, want.text)
+        assert got.reused_prompt_tokens > 0
+
+
+def test_sampling_does_not_draft(engines: tuple[CompletionEngine, CompletionEngine]) -> None:
+    _, drafting = engines
+    result = drafting.complete(REPETITIVE[0], GenerationParams(max_tokens=20, temperature=0.8, seed=1))
+    assert result.draft_tokens == 0
