@@ -300,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edits.add_argument("args", nargs=argparse.REMAINDER, help="arguments of bench/edits.py (try --help)")
     edits.set_defaults(func=cmd_bench_edits)
+    decode = bench_sub.add_parser(
+        "decode", help="decoding methods (greedy, lookup drafting, ...)", description="See bench/decode.py."
+    )
+    decode.add_argument("args", nargs=argparse.REMAINDER, help="arguments of bench/decode.py (try --help)")
 
     index = sub.add_parser(
         "index",
@@ -367,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         from splice.bench.edits import main as edits_main
 
         return edits_main(argv[2:])
+    if argv[:2] == ["bench", "decode"]:  # the benchmark parses its own flags (see bench/decode.py)
+        from splice.bench.decode import main as decode_main
+
+        return decode_main(argv[2:])
     if argv[:2] == ["eval", "retrieval"]:  # the evaluation parses its own flags (bench/retrieval.py)
         return _run_retrieval_eval(argv[2:])
     parser = build_parser()

@@ -149,6 +149,7 @@ class CompletionResult:
     decode_passes: int = 0  # forward passes after the prompt's (one per token without drafting)
     draft_tokens: int = 0  # tokens proposed by the drafter
     accepted_draft_tokens: int = 0  # of those, the ones greedy decoding confirmed
+    verify_passes: int = 0  # decode passes that verified a draft
 
 
 TextSink = Callable[[str], None]
@@ -323,7 +324,7 @@ class CompletionEngine:
         if self.config.drafting == "lookup" and generator is None:
             drafter = LookupDrafter(prompt.input_ids, self.config.draft)
         verified: list[int] = []  # accepted draft tokens, already in the cache, not yet delivered
-        passes = drafted = accepted_total = 0
+        passes = verifications = drafted = accepted_total = 0
         decode_start = time.perf_counter()
         while True:
             if cancel is not None and cancel.is_set():
@@ -372,6 +373,7 @@ class CompletionEngine:
                 accepted, logits = self.verify(cache, token, draft)
                 verified = draft[:accepted]
                 drafted += len(draft)
+                verifications += 1
                 accepted_total += accepted
             else:
                 logits = self.decode_one_token(cache, token)
@@ -400,6 +402,7 @@ class CompletionEngine:
             decode_passes=passes,
             draft_tokens=drafted,
             accepted_draft_tokens=accepted_total,
+            verify_passes=verifications,
         )
 
 

@@ -1,0 +1,322 @@
+"""`splice bench decode`: decoding methods side by side, on the model as served.
+
+Tasks: next-line completions after real edits (`--edits`, edit histories: the first non-blank
+line --lines-after lines below each step's last change, as in `splice bench edits --task
+next-line`) and HumanEval SingleLine infilling (`--humaneval`). Each task's prompt is encoded
+once and shared by every method through one document cache, so each method times its decoding only.
+
+Methods: `greedy` (one token a forward pass, as before drafting), `hf-generate` (transformers'
+`generate`, greedy, the same number of new tokens: the library's own per-token overhead),
+`lookup-K` (lookup drafting, K tokens drafted a pass, splice.completion.drafting).
+
+Per method and task set: decode ms per token and tokens/s (tokens after the first / decode
+time), time to the first full line (request start until the stream holds a newline, or the end),
+forward passes per token, mean accepted draft length per verification, identical-to-greedy rate
+(the whole completion text), and quality: exact match and edit similarity of the completed line
+(edit histories), pass@1 through the sandbox (HumanEval).
+
+Held-out: tasks are split by a hash of their id into a tuning half (`tune`, used to pick the
+default K) and a held-out half (`held-out`); both rows are printed, the defaults come from tune.
+
+    splice bench decode --edits ../shared/data/edit-histories/realistic-edits-public.jsonl.gz \\
+        --humaneval ../shared/data/humaneval-infilling/HumanEval-SingleLineInfilling.jsonl.gz \\
+        [--limit 40] [--model default] [--context-tokens 1024] [--max-tokens 64] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from splice.bench.edits import edit_similarity, load_steps
+from splice.completion.document_cache import DocumentKey
+from splice.completion.drafting import DraftConfig
+from splice.completion.engine import (
+    CompletionEngine,
+    CompletionInput,
+    CompletionResult,
+    EngineConfig,
+    GenerationParams,
+)
+from splice.completion.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    kind: str  # "edits" | "humaneval"
+    inp: CompletionInput
+    target: str = ""  # edits: the true line
+    program: tuple[str, str] = ("", "")  # humaneval: (text before the middle, text after it + test)
+
+    @property
+    def split(self) -> str:
+        return "tune" if hashlib.sha256(self.id.encode()).digest()[0] % 2 == 0 else "held-out"
+
+
+@dataclass
+class Row:
+    decode_ms: float = 0.0
+    decoded: int = 0
+    passes: int = 0
+    tokens: int = 0
+    verifications: int = 0
+    accepted: int = 0
+    line_ms: list[float] = field(default_factory=list)
+    identical: list[float] = field(default_factory=list)
+    em: list[float] = field(default_factory=list)
+    es: list[float] = field(default_factory=list)
+    passed: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float | None]:
+        def mean(xs: list[float]) -> float | None:
+            return statistics.fmean(xs) if xs else None
+
+        return {
+            "ms_per_token": self.decode_ms / self.decoded if self.decoded else None,
+            "tokens_per_s": 1000.0 * self.decoded / self.decode_ms if self.decode_ms else None,
+            "first_line_ms_p50": statistics.median(self.line_ms) if self.line_ms else None,
+            "passes_per_token": self.passes / self.tokens if self.tokens else None,
+            "accepted_per_verification": self.accepted / self.verifications if self.verifications else None,
+            "identical_to_greedy": mean(self.identical),
+            "exact_match": mean(self.em),
+            "edit_similarity": mean(self.es),
+            "pass@1": mean(self.passed),
+            "tasks": len(self.identical),
+        }
+
+
+def load_tasks(edits: Path | None, humaneval: Path | None, limit: int, context_tokens: int) -> list[Task]:
+    tasks: list[Task] = []
+    if edits is not None:
+        for history, _, steps in load_steps(edits, limit, "next-line", 20):
+            for i, step in enumerate(steps):
+                inp = CompletionInput(step.prefix, step.suffix, "python")
+                tasks.append(Task(f"{history}#{i}", "edits", inp, target=step.target))
+    if humaneval is not None:
+        from splice.training.infill_eval import load_tasks as load_infill
+
+        for row in load_infill(humaneval, limit=limit, seed=0):
+            inp = CompletionInput(row["prompt"], row["suffix"], "python", "solution.py")
+            after = f"{row['suffix']}\n\n{row['test']}\n\ncheck({row['entry_point']})\n"
+            tasks.append(Task(row["task_id"], "humaneval", inp, program=(row["prompt"], after)))
+    return tasks
+
+
+def methods_for(draft_sizes: list[int]) -> dict[str, DraftConfig | None]:
+    methods: dict[str, DraftConfig | None] = {"greedy": None, "hf-generate": None}
+    for k in draft_sizes:
+        methods[f"lookup-{k}"] = DraftConfig(max_tokens=k)
+    return methods
+
+
+def _first_line_ms(
+    engine: CompletionEngine, task: Task, params: GenerationParams
+) -> tuple[CompletionResult, float]:
+    start = time.perf_counter()
+    seen: list[str] = []
+    line_at: list[float] = []
+
+    def on_text(delta: str) -> None:
+        seen.append(delta)
+        if not line_at and "\n" in "".join(seen):
+            line_at.append((time.perf_counter() - start) * 1000.0)
+
+    result = engine.complete(task.inp, params, on_text=on_text, document=_key(task, engine))
+    return result, line_at[0] if line_at else result.timings.total_ms
+
+
+def _key(task: Task, engine: CompletionEngine) -> DocumentKey:
+    return DocumentKey("bench", task.id, engine.loaded.model_id)
+
+
+@torch.inference_mode()
+def _hf_generate(engine: CompletionEngine, task: Task, new_tokens: int) -> float:
+    """Decode ms of transformers' greedy `generate` for `new_tokens` tokens (prefill subtracted)."""
+    ids = torch.tensor([engine.prepare(task.inp, new_tokens).input_ids], device=engine.device)
+
+    def timed(n: int) -> float:
+        start = time.perf_counter()
+        engine.model.generate(
+            ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None
+        )
+        return (time.perf_counter() - start) * 1000.0
+
+    return max(timed(new_tokens) - timed(1), 0.0)
+
+
+def run(
+    loaded: LoadedModel,
+    tasks: list[Task],
+    *,
+    draft_sizes: list[int],
+    context_tokens: int,
+    max_tokens: int,
+    progress: bool = True,
+) -> dict[str, object]:
+    from splice.training.sandbox import run_program
+
+    base = EngineConfig(max_prompt_tokens=context_tokens, drafting="off")
+    methods = methods_for(draft_sizes)
+    engines: dict[str, CompletionEngine] = {}
+    for name, draft in methods.items():
+        config = base if draft is None else replace(base, drafting="lookup", draft=draft)
+        engines[name] = CompletionEngine(loaded, config)
+    shared = engines["greedy"].documents
+    for engine in engines.values():
+        engine.documents = shared  # one prompt encoding per task, reused by every method
+    params = GenerationParams(max_tokens=max_tokens)
+    rows: dict[tuple[str, str, str], Row] = {}
+    started = time.perf_counter()
+    for n, task in enumerate(tasks, 1):
+        engines["greedy"].encode_document(
+            engines["greedy"].prepare(task.inp, max_tokens).input_ids, _key(task, engines["greedy"])
+        )
+        greedy_text, greedy_tokens = "", 0
+        for name, engine in engines.items():
+            row = rows.setdefault((task.kind, task.split, name), Row())
+            if name == "hf-generate":
+                count = max(greedy_tokens, 2)
+                row.decode_ms += _hf_generate(engine, task, count)
+                row.decoded += count - 1
+                row.passes += count
+                row.tokens += count
+                continue
+            result, line_ms = _first_line_ms(engine, task, params)
+            if name == "greedy":
+                greedy_text = result.text
+                greedy_tokens = result.completion_tokens
+            row.decode_ms += result.timings.decode_ms
+            row.decoded += result.timings._decoded
+            row.passes += result.decode_passes + 1  # + the prompt's pass, which gave the first token
+            row.tokens += result.completion_tokens
+            row.verifications += result.verify_passes
+            row.accepted += result.accepted_draft_tokens
+            row.line_ms.append(line_ms)
+            row.identical.append(float(result.text == greedy_text))
+            if task.kind == "edits":
+                line = result.text.split("\n", 1)[0].strip()
+                row.em.append(float(line == task.target))
+                row.es.append(edit_similarity(line, task.target))
+            else:
+                before, after = task.program
+                row.passed.append(float(run_program(before + result.text + after).passed))
+        shared.drop(_key(task, engines["greedy"]))
+        if progress:
+            elapsed = time.perf_counter() - started
+            eta = elapsed / n * (len(tasks) - n)
+            print(
+                f"\r  task {n}/{len(tasks)}  {elapsed:.0f}s elapsed, ETA {eta:.0f}s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+    if progress:
+        print(file=sys.stderr)
+    table = {"/".join(k): r.summary() for k, r in rows.items()}
+    return {
+        "model": loaded.model_id,
+        "device": str(loaded.device),
+        "threads": torch.get_num_threads(),
+        "context_tokens": context_tokens,
+        "max_tokens": max_tokens,
+        "tasks": {kind: sum(t.kind == kind for t in tasks) for kind in ("edits", "humaneval")},
+        "rows": table,
+    }
+
+
+def print_table(result: dict[str, object]) -> None:
+    rows = result["rows"]
+    assert isinstance(rows, dict)
+
+    def fmt(value: object, digits: int = 3) -> str:
+        return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    print(
+        f"\n{result['model']} on {result['device']} ({result['threads']} threads), "
+        f"prompts ≤ {result['context_tokens']} tokens, ≤ {result['max_tokens']} new tokens\n"
+    )
+    print(
+        "| tasks | split | method | n | ms/token | tokens/s | × greedy | first line ms p50 | passes/token "
+        "| accepted/verify | identical | EM | ES | pass@1 |"
+    )
+    print("|" + "---|" * 14)
+    for key, row in rows.items():
+        kind, split, method = key.split("/")
+        greedy = rows.get(f"{kind}/{split}/greedy", {})
+        speedup = (
+            row["tokens_per_s"] / greedy["tokens_per_s"]
+            if row["tokens_per_s"] and greedy.get("tokens_per_s")
+            else None
+        )
+        print(
+            f"| {kind} | {split} | {method} | {row['tasks'] or '-'} | {fmt(row['ms_per_token'], 1)} "
+            f"| {fmt(row['tokens_per_s'], 1)} | {fmt(speedup, 2)} | {fmt(row['first_line_ms_p50'], 0)} "
+            f"| {fmt(row['passes_per_token'])} | {fmt(row['accepted_per_verification'], 2)} "
+            f"| {fmt(row['identical_to_greedy'])} | {fmt(row['exact_match'])} "
+            f"| {fmt(row['edit_similarity'])} | {fmt(row['pass@1'])} |"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="splice bench decode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--edits", type=Path, help="edit histories (.jsonl.gz): next-line tasks")
+    parser.add_argument("--humaneval", type=Path, help="HumanEval infilling (.jsonl.gz), e.g. SingleLine")
+    parser.add_argument("--limit", type=int, default=40, help="tasks per set (default 40)")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--adapter", default="default", help="'default', a folder, or 'none'")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--context-tokens", type=int, default=1024)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--draft-sizes", type=int, nargs="+", default=[4, 8, 16], help="lookup-K methods")
+    parser.add_argument("--json", type=Path, help="write the result here")
+    args = parser.parse_args(argv)
+    prog = "splice bench decode"
+    if args.edits is None and args.humaneval is None:
+        parser.error("give --edits and/or --humaneval")
+    for path in (args.edits, args.humaneval):
+        if path is not None and not path.is_file():
+            print(f"{prog}: error: no such file: {path}", file=sys.stderr)
+            return 2
+    if args.limit < 1 or args.max_tokens < 2 or args.context_tokens < 64:
+        parser.error("--limit must be >= 1, --max-tokens >= 2, --context-tokens >= 64")
+    try:
+        for k in args.draft_sizes:
+            DraftConfig(max_tokens=k)
+    except ValueError as exc:
+        parser.error(str(exc))
+    from splice.completion.adapters import load_served_model
+    from splice.completion.models import parse_spec
+
+    adapter = None if args.adapter == "none" else args.adapter
+    loaded = load_served_model(
+        parse_spec(args.model), adapter, device=args.device, progress=lambda m: print(m, file=sys.stderr)
+    )
+    tasks = load_tasks(args.edits, args.humaneval, args.limit, args.context_tokens)
+    result = run(
+        loaded,
+        tasks,
+        draft_sizes=args.draft_sizes,
+        context_tokens=args.context_tokens,
+        max_tokens=args.max_tokens,
+    )
+    print_table(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
