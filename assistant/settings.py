@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from splice.completion.drafting import DraftConfig
 from splice.completion.engine import EngineConfig
 from splice.completion.models import DEFAULT_SPEC, DEFAULT_WHEEL, default_home
 
@@ -62,6 +63,12 @@ class Settings(BaseSettings):
         0.0, ge=0.0, le=1.0, description="pie+refresh: fraction of the most deviant kept tokens re-encoded"
     )
     document_cache_mb: int = Field(1024, ge=0, description="Memory budget of all document KV caches (LRU)")
+    drafting: Literal["off", "lookup"] = Field(
+        "lookup",
+        description="Greedy decoding verifies drafted tokens in one pass (lookup: copied from earlier "
+        "occurrences of the output's last tokens); the output is greedy's token for token",
+    )
+    draft_tokens: int = Field(8, ge=1, le=64, description="lookup drafting: tokens drafted per pass")
     default_max_tokens: int = Field(64, ge=1, description="max_tokens when a request gives none")
     max_tokens_limit: int = Field(512, ge=1, description="Largest max_tokens a request may ask for")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (413 beyond)")
@@ -109,4 +116,6 @@ class Settings(BaseSettings):
             refresh_first_k=self.refresh_first_k,
             refresh_ratio=self.refresh_ratio,
             document_cache_bytes=self.document_cache_mb << 20,
+            drafting=self.drafting,
+            draft=DraftConfig(max_tokens=self.draft_tokens),
         )

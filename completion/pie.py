@@ -23,6 +23,7 @@ from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from splice.completion.pie_plan import ReusePlan
+from splice.completion.runner import ModelRunner
 from splice.kernels.rope import RopeSpec, rotate_keys
 
 
@@ -90,8 +91,9 @@ def encode_full(model: PreTrainedModel, ids: list[int]) -> DocumentKV:
     """Plain causal prefill of the whole sequence (also the `full` method)."""
     device = next(model.parameters()).device
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=torch.tensor([ids], device=device), cache=cache, use_cache=True, logits_to_keep=1)
-    layers = _layer_tensors(out.cache)
+    out = ModelRunner(model).run(torch.tensor([ids], device=device), cache)
+    assert out.logits is not None
+    layers = _layer_tensors(cache)
     keys = [k for k, _ in layers]
     return DocumentKV(
         ids=list(ids),
@@ -99,7 +101,7 @@ def encode_full(model: PreTrainedModel, ids: list[int]) -> DocumentKV:
         values=[v for _, v in layers],
         orig_keys=keys,  # the same tensors until a token moves (never written in place)
         offset=torch.zeros(len(ids), dtype=torch.long, device=device),
-        logits=out.logits[0, -1].float(),
+        logits=out.logits[-1],
     )
 
 
@@ -154,27 +156,21 @@ def apply_plan(
         kv_pos = torch.cat([dst, enc])  # positions of the keys: reused first, then encoded
         mask = kv_pos.unsqueeze(0) <= enc.unsqueeze(1)  # [Q, R + Q]: attend to positions <= own
         ids = torch.tensor([[new_ids[i] for i in plan.encode]], dtype=torch.long, device=device)
-        out = model(
-            input_ids=ids,
-            position_ids=enc.unsqueeze(0),
-            cache=cache,
-            attention_mask=mask[None, None],
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        out = ModelRunner(model).run(ids, cache, positions=enc.unsqueeze(0), attention_mask=mask[None, None])
+        assert out.logits is not None
         # 3. [reused..., encoded...] -> new-sequence order, one copy per tensor.
         perm = torch.empty(n, dtype=torch.long, device=device)
         perm[dst] = torch.arange(plan.reused, device=device)
         perm[enc] = plan.reused + torch.arange(plan.encoded, device=device)
         keys, values, orig = [], [], []
-        for layer, (k, v) in enumerate(_layer_tensors(out.cache)):
+        for layer, (k, v) in enumerate(_layer_tensors(cache)):
             keys.append(k.index_select(1, perm))
             values.append(v.index_select(1, perm))
             o = torch.empty_like(keys[-1])
             o.index_copy_(1, dst, reused_orig[layer])
             o.index_copy_(1, enc, k[:, plan.reused :])
             orig.append(o)
-        logits = out.logits[0, -1].float() if plan.encode[-1] == n - 1 else None
+        logits = out.logits[-1] if plan.encode[-1] == n - 1 else None
     new_offset = torch.zeros(n, dtype=torch.long, device=device)
     new_offset[dst] = offset
     doc = DocumentKV(list(new_ids), keys, values, orig, new_offset, logits)
@@ -215,16 +211,19 @@ def select_refresh(
         cache.update(
             old.keys[layer][:, :first].unsqueeze(0), old.values[layer][:, :first].unsqueeze(0), layer
         )
-    text_config = model.config.get_text_config(decoder=True)
-    saved = text_config.num_hidden_layers
-    text_config.num_hidden_layers = probe_layer + 1
-    try:
-        ids = torch.tensor([new_ids[first:]], dtype=torch.long, device=device)
-        positions = torch.arange(first, len(new_ids), device=device).unsqueeze(0)
-        model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
-    finally:
-        text_config.num_hidden_layers = saved
-    fresh = _layer_tensors(cache)[probe_layer][0][:, first:]  # [H_kv, n - first, D]
+    runner = ModelRunner(model)
+    ids = torch.tensor([new_ids[first:]], dtype=torch.long, device=device)
+    positions = torch.arange(first, len(new_ids), device=device).unsqueeze(0)
+    if runner.supported:  # only the layers up to the probe run
+        runner.run(ids, cache, positions=positions, layers=probe_layer + 1, logits="none")
+    else:  # a family the runner cannot stop early: the whole model runs, on a cache of all layers
+        cache = DynamicCache(config=model.config)
+        for layer in range(layers):
+            cache.update(
+                old.keys[layer][:, :first].unsqueeze(0), old.values[layer][:, :first].unsqueeze(0), layer
+            )
+        runner.run(ids, cache, positions=positions, logits="none")
+    fresh = cache.layers[probe_layer].keys[0][:, first:]  # [H_kv, n - first, D]
     src = torch.tensor([s for s, _ in candidates], dtype=torch.long, device=device)
     dst = torch.tensor([d for _, d in candidates], dtype=torch.long, device=device)
     reused = old.orig_keys[probe_layer][:, src]

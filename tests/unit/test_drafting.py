@@ -50,10 +50,7 @@ def test_draft_settings_are_validated() -> None:
 def engines(request: pytest.FixtureRequest) -> tuple[CompletionEngine, CompletionEngine]:
     family, arch = request.param
     plain = make_engine(family, arch, drafting="off")
-    drafting = make_engine(family, arch, drafting="lookup")
-    drafting.model = plain.model  # the same weights
-    drafting.loaded = plain.loaded
-    return plain, drafting
+    return plain, CompletionEngine(plain.loaded, EngineConfig(drafting="lookup"))  # the same model
 
 
 @pytest.mark.parametrize("healing", [True, False], ids=["healing", "no-healing"])

@@ -1,0 +1,128 @@
+"""The model runner: the only code that calls the model.
+
+It runs the decoder's parts itself (token embeddings, rotary tables, attention masks, each decoder
+layer, the final norm, the LM head), so one entry serves every use:
+
+- prefill and decode (`run(ids, cache)`), logits for the last position or for all of them
+  (verifying k drafted tokens in one pass);
+- extending a cache at arbitrary positions with a custom attention mask (PIE's re-encoding of
+  edited tokens between reused ones);
+- stopping after layer L (`layers=L`): the hidden state there, no norm and no head, for probes and
+  early exit, without touching the shared model config.
+
+It supports the families whose transformers forward is exactly `XForCausalLM(model=XModel(
+embed_tokens, rotary_emb, layers, norm), lm_head)` with nothing in between (`FAMILIES`: Llama,
+Mistral, Qwen2, Qwen3, StableLM; what the service loads, GGUF included; tested against
+transformers' own forward). Families that scale embeddings or cap logits (Gemma, ...) are not
+listed: for them `ModelRunner.supported` is False and only full-depth runs are possible (they call
+the model whole).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "stablelm"})
+
+
+@dataclass
+class RunOutput:
+    hidden: torch.Tensor  # [1, Q, H]: after the last layer run (before the final norm)
+    logits: torch.Tensor | None  # [Q', V] fp32 (Q' = 1 for "last", Q for "all"), None for "none"
+    layers: int  # decoder layers run
+
+
+class ModelRunner:
+    """Runs one causal LM's decoder layer by layer (see the module docstring)."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self.config = model.config.get_text_config(decoder=True)
+        decoder = getattr(model, "model", None)
+        parts = ("embed_tokens", "rotary_emb", "layers", "norm")
+        self.supported = (
+            self.config.model_type in FAMILIES
+            and decoder is not None
+            and all(hasattr(decoder, p) for p in parts)
+        )
+        self.num_layers = int(self.config.num_hidden_layers)
+        if self.supported:
+            assert decoder is not None
+            self.decoder: Any = decoder
+            self.head = model.get_output_embeddings()
+            types = getattr(self.config, "layer_types", None)
+            self.layer_types: list[str] = list(types) if types else ["full_attention"] * self.num_layers
+            self.sliding = "sliding_attention" in self.layer_types
+
+    @torch.inference_mode()
+    def run(
+        self,
+        ids: torch.Tensor,
+        cache: DynamicCache,
+        *,
+        positions: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        layers: int | None = None,
+        logits: str = "last",
+    ) -> RunOutput:
+        """Run `ids` [1, Q] after what `cache` holds, appending their K/V to it.
+
+        positions: [1, Q] (default: right after the cache); attention_mask: a 4D mask [1, 1, Q, K]
+        (default: causal); layers: stop after this many decoder layers (default: all; then the
+        final norm and the head run); logits: "last", "all" or "none".
+        """
+        depth = self.num_layers if layers is None else layers
+        if not 0 < depth <= self.num_layers:
+            raise ValueError(f"layers must be in [1, {self.num_layers}], got {layers}")
+        if logits not in ("last", "all", "none"):
+            raise ValueError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
+        if not self.supported:
+            if depth != self.num_layers:
+                raise ValueError(f"{type(self.model).__name__} cannot stop before its last layer here")
+            keep = 1 if logits == "last" else 0
+            out = self.model(
+                input_ids=ids,
+                position_ids=positions,
+                attention_mask=attention_mask,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=keep,
+                output_hidden_states=True,
+            )
+            head = None if logits == "none" else out.logits[0].float()
+            return RunOutput(out.hidden_states[-1], head, depth)
+
+        hidden = self.decoder.embed_tokens(ids)
+        if positions is None:
+            start = cache.get_seq_length()
+            positions = torch.arange(start, start + ids.shape[1], device=ids.device).unsqueeze(0)
+        mask_args = {
+            "config": self.config,
+            "inputs_embeds": hidden,
+            "attention_mask": attention_mask,
+            "cache": cache,
+            "position_ids": positions,
+        }
+        masks = {"full_attention": create_causal_mask(**mask_args)}
+        if self.sliding:
+            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
+        rotary = self.decoder.rotary_emb(hidden, position_ids=positions)
+        for index in range(depth):
+            hidden = self.decoder.layers[index](
+                hidden,
+                attention_mask=masks[self.layer_types[index]],
+                position_embeddings=rotary,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+            )
+        head = None
+        if depth == self.num_layers and logits != "none":
+            normed = self.decoder.norm(hidden[:, -1:] if logits == "last" else hidden)
+            head = self.head(normed)[0].float()
+        return RunOutput(hidden, head, depth)
