@@ -192,6 +192,8 @@ class CompletionService:
                 trimmed_prompt_tokens=result.trimmed_prompt_tokens,
                 encoded_prompt_tokens=result.encoded_prompt_tokens,
                 reused_prompt_tokens=result.reused_prompt_tokens,
+                decode_passes=result.decode_passes,
+                accepted_draft_tokens=result.accepted_draft_tokens,
             ),
             timings=TimingInfo(
                 queue_ms=round(queue_ms, 2),

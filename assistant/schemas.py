@@ -134,6 +134,10 @@ class Usage(BaseModel):
     trimmed_prompt_tokens: int = Field(0, description="Prompt tokens dropped to fit the context")
     encoded_prompt_tokens: int = Field(0, description="Prompt tokens run through the model for this request")
     reused_prompt_tokens: int = Field(0, description="Prompt tokens whose KV came from the document cache")
+    decode_passes: int = Field(
+        0, description="Forward passes after the prompt's (fewer than the tokens when drafts were accepted)"
+    )
+    accepted_draft_tokens: int = Field(0, description="Generated tokens that came from verified drafts")
 
 
 class TimingInfo(BaseModel):

@@ -465,6 +465,8 @@ class EditorSession:
                         "completion_tokens": result.completion_tokens,
                         "encoded_prompt_tokens": result.encoded_prompt_tokens,
                         "reused_prompt_tokens": result.reused_prompt_tokens,
+                        "decode_passes": result.decode_passes,
+                        "accepted_draft_tokens": result.accepted_draft_tokens,
                     },
                     "timings": {
                         "queue_ms": round(((started or [queued])[0] - queued) * 1000.0, 2),

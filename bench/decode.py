@@ -1,9 +1,10 @@
 """`splice bench decode`: decoding methods side by side, on the model as served.
 
 Tasks: next-line completions after real edits (`--edits`, edit histories: the first non-blank
-line --lines-after lines below each step's last change, as in `splice bench edits --task
-next-line`) and HumanEval SingleLine infilling (`--humaneval`). Each task's prompt is encoded
-once and shared by every method through one document cache, so each method times its decoding only.
+line 20 lines below each step's last change, as `splice bench edits --task next-line` makes
+them) and HumanEval infilling sets (`--humaneval`, e.g. SingleLine and MultiLine). Each task's
+prompt is encoded once and shared by every method through one document cache, so each method
+times its decoding only.
 
 Methods: `greedy` (one token a forward pass, as before drafting), `hf-generate` (transformers'
 `generate`, greedy, the same number of new tokens: the library's own per-token overhead),
@@ -20,6 +21,7 @@ default K) and a held-out half (`held-out`); both rows are printed, the defaults
 
     splice bench decode --edits ../shared/data/edit-histories/realistic-edits-public.jsonl.gz \\
         --humaneval ../shared/data/humaneval-infilling/HumanEval-SingleLineInfilling.jsonl.gz \\
+                    ../shared/data/humaneval-infilling/HumanEval-MultiLineInfilling.jsonl.gz \\
         [--limit 40] [--model default] [--context-tokens 1024] [--max-tokens 64] [--json OUT]
 """
 
@@ -52,7 +54,7 @@ from splice.completion.models import LoadedModel
 @dataclass(frozen=True)
 class Task:
     id: str
-    kind: str  # "edits" | "humaneval"
+    kind: str  # "edits", or the HumanEval set ("SingleLine", "MultiLine", ...)
     inp: CompletionInput
     target: str = ""  # edits: the true line
     program: tuple[str, str] = ("", "")  # humaneval: (text before the middle, text after it + test)
@@ -94,20 +96,21 @@ class Row:
         }
 
 
-def load_tasks(edits: Path | None, humaneval: Path | None, limit: int, context_tokens: int) -> list[Task]:
+def load_tasks(edits: Path | None, humaneval: list[Path], limit: int) -> list[Task]:
     tasks: list[Task] = []
     if edits is not None:
         for history, _, steps in load_steps(edits, limit, "next-line", 20):
             for i, step in enumerate(steps):
                 inp = CompletionInput(step.prefix, step.suffix, "python")
                 tasks.append(Task(f"{history}#{i}", "edits", inp, target=step.target))
-    if humaneval is not None:
-        from splice.training.infill_eval import load_tasks as load_infill
+    from splice.training.infill_eval import load_tasks as load_infill
+    from splice.training.infill_eval import set_name
 
-        for row in load_infill(humaneval, limit=limit, seed=0):
+    for path in humaneval:
+        for row in load_infill(path, limit=limit, seed=0):
             inp = CompletionInput(row["prompt"], row["suffix"], "python", "solution.py")
             after = f"{row['suffix']}\n\n{row['test']}\n\ncheck({row['entry_point']})\n"
-            tasks.append(Task(row["task_id"], "humaneval", inp, program=(row["prompt"], after)))
+            tasks.append(Task(row["task_id"], set_name(path), inp, program=(row["prompt"], after)))
     return tasks
 
 
@@ -145,7 +148,7 @@ def _hf_generate(engine: CompletionEngine, task: Task, new_tokens: int) -> float
 
     def timed(n: int) -> float:
         start = time.perf_counter()
-        engine.model.generate(
+        engine.model.generate(  # type: ignore[operator]  # (transformers' stubs type it as a Tensor)
             ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None
         )
         return (time.perf_counter() - start) * 1000.0
@@ -228,7 +231,7 @@ def run(
         "threads": torch.get_num_threads(),
         "context_tokens": context_tokens,
         "max_tokens": max_tokens,
-        "tasks": {kind: sum(t.kind == kind for t in tasks) for kind in ("edits", "humaneval")},
+        "tasks": {kind: sum(t.kind == kind for t in tasks) for kind in dict.fromkeys(t.kind for t in tasks)},
         "rows": table,
     }
 
@@ -271,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="splice bench decode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--edits", type=Path, help="edit histories (.jsonl.gz): next-line tasks")
-    parser.add_argument("--humaneval", type=Path, help="HumanEval infilling (.jsonl.gz), e.g. SingleLine")
+    parser.add_argument(
+        "--humaneval", type=Path, nargs="+", default=[], help="HumanEval infilling sets (.jsonl.gz)"
+    )
     parser.add_argument("--limit", type=int, default=40, help="tasks per set (default 40)")
     parser.add_argument("--model", default="default")
     parser.add_argument("--adapter", default="default", help="'default', a folder, or 'none'")
@@ -282,9 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
     prog = "splice bench decode"
-    if args.edits is None and args.humaneval is None:
+    if args.edits is None and not args.humaneval:
         parser.error("give --edits and/or --humaneval")
-    for path in (args.edits, args.humaneval):
+    for path in (args.edits, *args.humaneval):
         if path is not None and not path.is_file():
             print(f"{prog}: error: no such file: {path}", file=sys.stderr)
             return 2
@@ -302,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_served_model(
         parse_spec(args.model), adapter, device=args.device, progress=lambda m: print(m, file=sys.stderr)
     )
-    tasks = load_tasks(args.edits, args.humaneval, args.limit, args.context_tokens)
+    tasks = load_tasks(args.edits, args.humaneval, args.limit)
     result = run(
         loaded,
         tasks,

@@ -223,7 +223,9 @@ def select_refresh(
                 old.keys[layer][:, :first].unsqueeze(0), old.values[layer][:, :first].unsqueeze(0), layer
             )
         runner.run(ids, cache, positions=positions, logits="none")
-    fresh = cache.layers[probe_layer].keys[0][:, first:]  # [H_kv, n - first, D]
+    probe_keys = getattr(cache.layers[probe_layer], "keys", None)
+    assert isinstance(probe_keys, torch.Tensor)
+    fresh = probe_keys[0][:, first:]  # [H_kv, n - first, D]
     src = torch.tensor([s for s, _ in candidates], dtype=torch.long, device=device)
     dst = torch.tensor([d for _, d in candidates], dtype=torch.long, device=device)
     reused = old.orig_keys[probe_layer][:, src]
