@@ -76,6 +76,13 @@ class Document:
     language_id: str
     version: int
     text: str
+    # The text most recently deleted or overwritten by a ranged change (kept until another
+    # change removes something; at most REMOVED_KEPT chars): what a developer who deletes a line
+    # and types it again is about to write, so lookup drafting may copy from it.
+    removed: str = ""
+
+
+REMOVED_KEPT = 4096
 
 
 def line_starts(text: str) -> list[int]:
@@ -163,6 +170,18 @@ def apply_changes(text: str, changes: list[Change]) -> tuple[str, list[TextEdit]
     return text, edits
 
 
+def last_removed(text: str, edits: list[TextEdit], previous: str) -> str:
+    """The text the last of `edits` (applied to `text` in order) that removed something removed,
+    else `previous`. A full-content replace does not count: it removes everything."""
+    removed = previous
+    for edit in edits:
+        if edit.start < edit.end and edit.end - edit.start < len(text):
+            removed = text[edit.start : edit.end][-REMOVED_KEPT:]
+        if len(edits) > 1:  # later edits' offsets refer to the text after this one
+            text = text[: edit.start] + edit.text + text[edit.end :]
+    return removed
+
+
 class DocumentStore(Protocol):
     def __len__(self) -> int: ...
 
@@ -217,7 +236,8 @@ class InMemoryDocumentStore:
                 raise VersionGap(doc.version + 1, version)
             text, edits = apply_changes(doc.text, changes)
             self._check_size(text)
-            new = Document(tenant, uri, doc.language_id, version, text)
+            removed = last_removed(doc.text, edits, doc.removed)
+            new = Document(tenant, uri, doc.language_id, version, text, removed)
             self._docs[(tenant, uri)] = new
         return new, edits
 

@@ -353,7 +353,11 @@ class EditorSession:
         self.by_uri[uri] = job
         self.by_id[rid] = job
         inp = CompletionInput(
-            prefix=doc.text[:offset], suffix=doc.text[offset:], language=doc.language_id, filepath=uri
+            prefix=doc.text[:offset],
+            suffix=doc.text[offset:],
+            language=doc.language_id,
+            filepath=uri,
+            draft_text=doc.removed,
         )
         params = GenerationParams(max_tokens=max_tokens, temperature=msg.temperature or 0.0)
         key = None

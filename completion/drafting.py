@@ -2,8 +2,9 @@
 
 Code repeats itself: a line retyped after an edit, a call that mirrors the signature in the
 prompt, the suffix that the middle runs into, an identifier from the repository context. When the
-last n generated tokens occurred before, in the prompt (document, suffix, repository context) or
-in the output so far, the tokens that followed them there are a draft. The engine verifies a draft
+last n generated tokens occurred before, in the prompt (document, suffix, repository context), in
+the text the document's last edit removed (`CompletionInput.draft_text`, never shown to the
+model), or in the output so far, the tokens that followed them there are a draft. The engine verifies a draft
 in one forward pass and keeps the longest prefix that greedy decoding would have produced itself
 (`CompletionEngine.complete`), so the output equals greedy decoding token for token; a wrong
 draft costs one wider forward pass, a right one saves a pass per accepted token.

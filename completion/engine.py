@@ -92,6 +92,9 @@ class CompletionInput:
     language: str | None = None
     filepath: str | None = None
     context: str = ""  # rendered repository snippets, placed before the document (splice.retrieval)
+    # Text drafting may copy from besides the prompt, never shown to the model: what the last edit
+    # removed (a line deleted and typed again gets drafted whole; splice.completion.drafting).
+    draft_text: str = ""
 
 
 @dataclass(frozen=True)
@@ -332,7 +335,10 @@ class CompletionEngine:
         finish: FinishReason = "length"
         drafter = None
         if self.config.drafting == "lookup" and generator is None:
-            drafter = LookupDrafter(prompt.input_ids, self.config.draft)
+            extra = (
+                self.tokenizer(inp.draft_text, add_special_tokens=False).input_ids if inp.draft_text else []
+            )
+            drafter = LookupDrafter([*extra, *prompt.input_ids], self.config.draft)
         verified: list[int] = []  # accepted draft tokens, already in the cache, not yet delivered
         passes = verifications = drafted = accepted_total = 0
         decode_start = time.perf_counter()

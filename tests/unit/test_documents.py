@@ -93,6 +93,20 @@ def test_versions_apply_strictly_in_order() -> None:
     assert (doc.text, doc.version) == ("x", 8)
 
 
+def test_the_last_removed_text_is_kept_for_drafting() -> None:
+    store = InMemoryDocumentStore()
+    store.open("t", "u", "python", 1, "a = 1\nreturn a + b\nz\n")
+    doc, _ = store.change("t", "u", 2, [Change(P(1, 0), P(2, 0), "")])  # delete a line
+    assert doc.removed == "return a + b\n"
+    doc, _ = store.change("t", "u", 3, [Change(P(1, 0), P(1, 0), "ret")])  # type: removes nothing
+    assert doc.removed == "return a + b\n"
+    # several changes in one message: each range refers to the text after the previous change
+    doc, _ = store.change("t", "u", 4, [Change(P(0, 0), P(0, 0), "# c\n"), Change(P(1, 0), P(1, 1), "b")])
+    assert doc.text.startswith("# c\nb = 1\n") and doc.removed == "a"
+    doc, _ = store.change("t", "u", 5, [Change(None, None, "new")])  # a full replace does not count
+    assert doc.removed == "a"
+
+
 def test_tenants_are_isolated_and_documents_are_reference_counted() -> None:
     store = InMemoryDocumentStore()
     store.open("a", "file:///x.py", "python", 1, "team a")

@@ -116,3 +116,22 @@ def test_sampling_does_not_draft(engines: tuple[CompletionEngine, CompletionEngi
     _, drafting = engines
     result = drafting.complete(REPETITIVE[0], GenerationParams(max_tokens=20, temperature=0.8, seed=1))
     assert result.draft_tokens == 0
+
+
+def test_removed_text_drafts_a_retyped_line() -> None:
+    """What the last edit removed is a draft source: when it holds what greedy decoding is about to
+    write (a deleted line typed again), most of it is accepted, and the output is still greedy's.
+    (On the tiny Llama, whose greedy text re-tokenizes to the same tokens; the tiny Qwen2 writes
+    partial UTF-8 bytes that do not survive a round trip through text.)"""
+    plain = make_engine("plain", "llama", drafting="off")
+    drafting = CompletionEngine(plain.loaded, EngineConfig(drafting="lookup"))
+    params = GenerationParams(max_tokens=24)
+    inp = CompletionInput("def total(items):\n    s = 0\n    for item in items:\n        s", "")
+    want = plain.complete(inp, params)
+    assert want.completion_tokens >= 8
+    removed = inp.prefix[-12:] + want.raw  # the line as it was before the developer deleted it
+    without = drafting.complete(inp, params)
+    with_removed = drafting.complete(CompletionInput(inp.prefix, inp.suffix, draft_text=removed), params)
+    assert with_removed.raw == want.raw == without.raw
+    assert with_removed.accepted_draft_tokens > without.accepted_draft_tokens
+    assert with_removed.decode_passes < without.decode_passes
