@@ -26,8 +26,15 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from splice.completion.early_exit import EXIT, STOP, ExitHeads, ExitThresholds
 
 FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "stablelm"})
+# Families whose keys are k_proj (+ Qwen3's per-head k_norm) rotated over the whole head: state
+# propagation computes their K/V directly. StableLM (partial rotary, optional q/k layer norms)
+# runs its attention module instead.
+_PLAIN_KV = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
 @dataclass
@@ -35,6 +42,13 @@ class RunOutput:
     hidden: torch.Tensor  # [1, Q, H]: after the last layer run (before the final norm)
     logits: torch.Tensor | None  # [Q', V] fp32 (Q' = 1 for "last", Q for "all"), None for "none"
     layers: int  # decoder layers run
+
+
+@dataclass
+class ExitStep:
+    logits: torch.Tensor | None  # [V] fp32; None when the controller said Stop
+    layers: int  # decoder layers run in full
+    decision: str  # "exit", "stop" or "full"
 
 
 class ModelRunner:
@@ -97,6 +111,73 @@ class ModelRunner:
             head = None if logits == "none" else out.logits[0].float()
             return RunOutput(out.hidden_states[-1], head, depth)
 
+        hidden, masks, rotary, positions = self._inputs(ids, cache, positions, attention_mask)
+        for index in range(depth):
+            hidden = self._layer(index, hidden, masks, rotary, positions, cache)
+        head = None
+        if depth == self.num_layers and logits != "none":
+            normed = self.decoder.norm(hidden[:, -1:] if logits == "last" else hidden)
+            head = self.head(normed)[0].float()
+        return RunOutput(hidden, head, depth)
+
+    @torch.inference_mode()
+    def decode_exit(self, ids: torch.Tensor, cache: DynamicCache, heads: ExitHeads, thresholds: ExitThresholds) -> ExitStep:
+        """Decode `ids` [1, 1] with early exit: at each of `heads`' exit layers the controller
+        picks Continue, Exit (this layer's lens + the LM head give the logits; the skipped layers
+        get K/V from the exited hidden state) or Stop (the completion should end; the cache is
+        completed the same way). Without a decision the last layer's logits are returned."""
+        if not self.supported:
+            raise ValueError(f"early exit needs a layer-by-layer runner; {self.config.model_type} runs whole")
+        hidden, masks, rotary, positions = self._inputs(ids, cache, None, None)
+        for index in range(self.num_layers):
+            hidden = self._layer(index, hidden, masks, rotary, positions, cache)
+            slot = heads.slot.get(index + 1)
+            if slot is None:
+                continue
+            normed = self.decoder.norm(hidden[:, -1])  # [1, H]
+            probs = torch.softmax(heads.decide(normed, slot).float(), dim=-1)[0]
+            if probs[EXIT] >= thresholds.exit:
+                logits = self.head(heads.lens(normed, slot))[0].float()
+                self.propagate(hidden, cache, index + 1, masks, rotary)
+                return ExitStep(logits, index + 1, "exit")
+            if probs[STOP] >= thresholds.stop:
+                self.propagate(hidden, cache, index + 1, masks, rotary)
+                return ExitStep(None, index + 1, "stop")
+        logits = self.head(self.decoder.norm(hidden[:, -1:]))[0].float()
+        return ExitStep(logits, self.num_layers, "full")
+
+    def propagate(
+        self, hidden: torch.Tensor, cache: DynamicCache, start: int, masks: dict[str, Any], rotary: Any
+    ) -> None:
+        """State propagation: append K/V for layers `start`.. computed from `hidden` [1, Q, H] as
+        their input, so the cache stays full-depth after an exit (only the K/V projections run
+        for plain attention; families with their own attention math run the attention module)."""
+        cos, sin = rotary
+        for index in range(start, self.num_layers):
+            layer = self.decoder.layers[index]
+            attn = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            if self.config.model_type not in _PLAIN_KV:
+                mask = masks[self.layer_types[index]]
+                attn(x, attention_mask=mask, position_embeddings=rotary, cache=cache, use_cache=True)
+                continue
+            shape = (*x.shape[:-1], -1, attn.head_dim)
+            key = attn.k_proj(x).view(shape)
+            if hasattr(attn, "k_norm"):  # Qwen3 normalises keys per head before the rotation
+                key = attn.k_norm(key)
+            key = key.transpose(1, 2)  # [1, KV, Q, D]
+            value = attn.v_proj(x).view(shape).transpose(1, 2)
+            _, key = apply_rotary_pos_emb(key, key, cos, sin)
+            cache.update(key, value, index)
+
+    def _inputs(
+        self,
+        ids: torch.Tensor,
+        cache: DynamicCache,
+        positions: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, dict[str, Any], Any, torch.Tensor]:
+        """Embeddings [1, Q, H], masks per layer type, rotary tables and positions for `ids`."""
         hidden = self.decoder.embed_tokens(ids)
         if positions is None:
             start = cache.get_seq_length()
@@ -112,17 +193,23 @@ class ModelRunner:
         if self.sliding:
             masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
         rotary = self.decoder.rotary_emb(hidden, position_ids=positions)
-        for index in range(depth):
-            hidden = self.decoder.layers[index](
-                hidden,
-                attention_mask=masks[self.layer_types[index]],
-                position_embeddings=rotary,
-                position_ids=positions,
-                cache=cache,
-                use_cache=True,
-            )
-        head = None
-        if depth == self.num_layers and logits != "none":
-            normed = self.decoder.norm(hidden[:, -1:] if logits == "last" else hidden)
-            head = self.head(normed)[0].float()
-        return RunOutput(hidden, head, depth)
+        return hidden, masks, rotary, positions
+
+    def _layer(
+        self,
+        index: int,
+        hidden: torch.Tensor,
+        masks: dict[str, Any],
+        rotary: Any,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+    ) -> torch.Tensor:
+        out: torch.Tensor = self.decoder.layers[index](
+            hidden,
+            attention_mask=masks[self.layer_types[index]],
+            position_embeddings=rotary,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        )
+        return out
