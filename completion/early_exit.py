@@ -49,7 +49,8 @@ class ExitHeadsError(ValueError):
 
 @dataclass(frozen=True)
 class ExitThresholds:
-    """When the controller's probabilities act: Exit at >= `exit`, Stop at >= `stop` (1.0: never)."""
+    """When the controller's probabilities act: Exit at >= `exit`, Stop at >= `stop`;
+    1.0 turns either off."""
 
     exit: float = 0.9
     stop: float = 1.0

@@ -136,14 +136,14 @@ class ModelRunner:
                 continue
             normed = self.decoder.norm(hidden[:, -1])  # [1, H]
             probs = torch.softmax(heads.decide(normed, slot).float(), dim=-1)[0]
-            if probs[EXIT] >= thresholds.exit:
+            if thresholds.exit < 1.0 and probs[EXIT] >= thresholds.exit:
                 logits = self.head(heads.lens(normed, slot))[0].float()
                 self.propagate(hidden, cache, index + 1, masks, rotary)
                 return ExitStep(logits, index + 1, "exit")
-            if probs[STOP] >= thresholds.stop:
+            if thresholds.stop < 1.0 and probs[STOP] >= thresholds.stop:
                 self.propagate(hidden, cache, index + 1, masks, rotary)
                 return ExitStep(None, index + 1, "stop")
-        logits = self.head(self.decoder.norm(hidden[:, -1:]))[0].float()
+        logits = self.head(self.decoder.norm(hidden[:, -1]))[0].float()
         return ExitStep(logits, self.num_layers, "full")
 
     def propagate(
