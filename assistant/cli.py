@@ -48,7 +48,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 def _engine(settings: Settings) -> Any:
-    from splice.completion.adapters import load_served_model
+    from splice.completion.adapters import attach_exit_heads, load_served_model
     from splice.completion.engine import CompletionEngine
     from splice.completion.models import ModelLoadError, parse_spec
 
@@ -62,6 +62,8 @@ def _engine(settings: Settings) -> Any:
             wheel=settings.default_model_wheel,
             progress=_progress,
         )
+        if settings.exit_heads is not None:
+            loaded = attach_exit_heads(loaded, settings.exit_heads.expanduser())
         return CompletionEngine(loaded, settings.engine_config())
     except (ModelLoadError, ValueError) as exc:
         raise CliError(str(exc)) from exc

@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -30,6 +31,7 @@ from splice.assistant.schemas import (
 )
 from splice.assistant.settings import Settings
 from splice.completion.document_cache import DocumentKey
+from splice.completion.early_exit import ExitThresholds
 from splice.completion.engine import CompletionEngine, CompletionInput, CompletionResult, GenerationParams
 from splice.retrieval.context import Snippet
 
@@ -65,6 +67,23 @@ class CompletionService:
         """The largest max_tokens a request may ask for (settings, and room in the context)."""
         return min(self.settings.max_tokens_limit, self.engine.context_window - 16)
 
+    def early_exit_params(self, mode: str | None, exit_: float | None, stop: float | None) -> dict[str, Any]:
+        """GenerationParams' early-exit fields for a request's options (422 where the model has no heads)."""
+        if mode == "on" and self.engine.exit_heads is None:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"early_exit: {self.engine.loaded.model_id} has no exit heads "
+                "(train them with `splice train exits`)",
+            )
+        thresholds = None
+        if exit_ is not None or stop is not None:
+            default = self.engine.config.exit_thresholds
+            thresholds = ExitThresholds(
+                exit=default.exit if exit_ is None else exit_, stop=default.stop if stop is None else stop
+            )
+        return {"early_exit": None if mode is None else mode == "on", "exit_thresholds": thresholds}
+
     def to_job(self, req: CompletionRequest) -> tuple[CompletionInput, GenerationParams]:
         """Check what pydantic cannot (it depends on the served model and settings)."""
         if req.model and req.model not in self.served_names():
@@ -86,6 +105,7 @@ class CompletionService:
             top_p=req.top_p if req.top_p is not None else 1.0,
             seed=req.seed,
             stop=tuple(req.stop or ()),
+            **self.early_exit_params(req.early_exit, req.exit_threshold, req.stop_threshold),
         )
         filepath = req.segments.filepath if req.segments else None
         return CompletionInput(prefix=prefix, suffix=suffix, language=req.language, filepath=filepath), params
@@ -194,6 +214,8 @@ class CompletionService:
                 reused_prompt_tokens=result.reused_prompt_tokens,
                 decode_passes=result.decode_passes,
                 accepted_draft_tokens=result.accepted_draft_tokens,
+                decode_layers=result.decode_layers,
+                exited_tokens=result.exited_tokens,
             ),
             timings=TimingInfo(
                 queue_ms=round(queue_ms, 2),

@@ -69,6 +69,15 @@ class CompletionRequest(BaseModel):
     temperature: float | None = Field(None, description="0 (default) is greedy; up to 2")
     top_p: float | None = Field(None, description="Nucleus sampling mass, (0, 1]")
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    early_exit: Literal["off", "on"] | None = Field(
+        None, description="Splice: early exit for this request (default: the server's SPLICE_EARLY_EXIT)"
+    )
+    exit_threshold: float | None = Field(
+        None, gt=0.0, le=1.0, description="Splice: early exit's Exit threshold, (0, 1] (1 = never exit)"
+    )
+    stop_threshold: float | None = Field(
+        None, gt=0.0, le=1.0, description="Splice: early exit's Stop threshold, (0, 1] (1 = never stop)"
+    )
 
     _text = field_validator("prompt", "suffix")(_encodable)
 
@@ -138,6 +147,10 @@ class Usage(BaseModel):
         0, description="Forward passes after the prompt's (fewer than the tokens when drafts were accepted)"
     )
     accepted_draft_tokens: int = Field(0, description="Generated tokens that came from verified drafts")
+    decode_layers: int = Field(
+        0, description="Decoder layers run in full over the decode passes (early exit: fewer)"
+    )
+    exited_tokens: int = Field(0, description="Generated tokens emitted from an early-exit layer")
 
 
 class TimingInfo(BaseModel):

@@ -471,6 +471,8 @@ class EditorSession:
                         "reused_prompt_tokens": result.reused_prompt_tokens,
                         "decode_passes": result.decode_passes,
                         "accepted_draft_tokens": result.accepted_draft_tokens,
+                        "decode_layers": result.decode_layers,
+                        "exited_tokens": result.exited_tokens,
                     },
                     "timings": {
                         "queue_ms": round(((started or [queued])[0] - queued) * 1000.0, 2),

@@ -10,6 +10,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splice.completion.drafting import DraftConfig
+from splice.completion.early_exit import ExitThresholds
 from splice.completion.engine import EngineConfig
 from splice.completion.models import DEFAULT_SPEC, DEFAULT_WHEEL, default_home
 
@@ -69,6 +70,23 @@ class Settings(BaseSettings):
         "occurrences of the output's last tokens); the output is greedy's token for token",
     )
     draft_tokens: int = Field(8, ge=1, le=64, description="lookup drafting: tokens drafted per pass")
+    early_exit: Literal["off", "on"] = Field(
+        "off",
+        description="Decode steps stop at an intermediate layer when the exit controller is sure "
+        "(lossy; needs exit heads: the default model's ship with its adapter)",
+    )
+    exit_threshold: float = Field(
+        0.9, gt=0.0, le=1.0, description="early exit: controller probability needed to exit (1 = never)"
+    )
+    stop_threshold: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="early exit: controller probability that ends a completion (1 = never)",
+    )
+    exit_heads: Path | None = Field(
+        None, description="Early-exit heads folder from `splice train exits` (default: the adapter's own)"
+    )
     default_max_tokens: int = Field(64, ge=1, description="max_tokens when a request gives none")
     max_tokens_limit: int = Field(512, ge=1, description="Largest max_tokens a request may ask for")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (413 beyond)")
@@ -118,4 +136,6 @@ class Settings(BaseSettings):
             document_cache_bytes=self.document_cache_mb << 20,
             drafting=self.drafting,
             draft=DraftConfig(max_tokens=self.draft_tokens),
+            early_exit=self.early_exit == "on",
+            exit_thresholds=ExitThresholds(exit=self.exit_threshold, stop=self.stop_threshold),
         )

@@ -1,4 +1,5 @@
-"""`splice data corpus`, `splice finetune` and `splice eval infill`: the training side's commands.
+"""`splice data corpus`, `splice finetune`, `splice train exits` and `splice eval infill`: the
+training side's commands.
 
 Kept apart from `cli.py` so the serving commands stay readable; each command translates flags into
 the training package's config objects and its errors into CLI messages with a non-zero exit.
@@ -196,6 +197,69 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- splice train exits ---
+
+
+def cmd_train_exits(args: argparse.Namespace) -> int:
+    from splice.completion.adapters import load_served_model
+    from splice.completion.models import ModelLoadError, parse_spec
+    from splice.training.exits import ExitTrainConfig, train_exits
+    from splice.training.trainer import TrainingError, load_corpus_texts
+
+    bars: dict[str, Any] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            for old in bars.values():
+                old.close()
+            bar = bars[stage] = _progress_bar(
+                stage, "step" if stage in ("lenses", "controller") else "sample", args.quiet
+            )
+            bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        config = ExitTrainConfig(
+            data=args.data,
+            out=args.out,
+            model=args.model,
+            adapter="none" if args.no_adapter else args.adapter,
+            exit_layers=tuple(args.exit_layers or ()),
+            samples=args.samples,
+            heldout_samples=args.heldout_samples,
+            lens_steps=args.lens_steps,
+            controller_steps=args.controller_steps,
+            seed=args.seed,
+        )
+        if args.restart:
+            for name in ("checkpoint.pt", "features-train.pt", "features-heldout.pt"):
+                (Path(config.out) / name).unlink(missing_ok=True)
+        train_texts, heldout, _ = load_corpus_texts(Path(config.data))
+        loaded = load_served_model(
+            parse_spec(config.model), config.adapter, device=args.device, dtype="float32"
+        )
+        _, report = train_exits(config, loaded, train_texts, heldout, progress)
+    except (TrainingError, ModelLoadError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), indent=2))
+    else:
+        print(
+            f"exit heads written to {Path(config.out) / 'exits'} ({report.heldout_tokens:,} held-out tokens):"
+        )
+        for row in report.thresholds:
+            print(
+                f"  exit threshold {row['exit_threshold']}: "
+                f"{row['layer_savings']:.1%} of layer compute saved, "
+                f"{row['same_as_full']:.1%} same token as the full model"
+            )
+    return 0
+
+
 # --- splice eval infill ---
 
 
@@ -288,6 +352,41 @@ def add_training_commands(sub: Any, eval_sub: Any) -> None:
     corpus.add_argument("--json", action="store_true", help="print the manifest as JSON")
     corpus.add_argument("--quiet", action="store_true", help="no progress bar")
     corpus.set_defaults(func=cmd_data_corpus)
+
+    train = sub.add_parser(
+        "train", help="train parts of a served model", description="Train parts of a served model."
+    )
+    train_sub = train.add_subparsers(dest="train_command", metavar="WHAT")
+    train_sub.required = True
+    exits = train_sub.add_parser(
+        "exits",
+        help="train early-exit heads (lenses + Stop/Exit/Continue controller)",
+        description="Train early-exit heads for a model and its adapter on a corpus from "
+        "`splice data corpus`: "
+        "per exit layer an affine lens into the model's own head, and a Stop/Exit/Continue controller from "
+        "teacher-forced labels (backbone frozen). Writes OUT/exits (heads, metadata, model card); "
+        "OUT keeps features and a checkpoint, so running the same command again resumes.",
+    )
+    exits.add_argument("--data", required=True, help="a `splice data corpus` folder")
+    exits.add_argument("--out", required=True, help="output folder")
+    exits.add_argument("--model", default="default", help="model spec (default: the default model)")
+    exits.add_argument(
+        "--adapter", default="default", help="adapter the heads serve with (default: the shipped one)"
+    )
+    exits.add_argument("--no-adapter", action="store_true", help="the base model alone")
+    exits.add_argument(
+        "--exit-layers", type=int, nargs="+", metavar="L", help="default: 60/70/80/90%% of the depth"
+    )
+    exits.add_argument("--samples", type=int, default=300, help="training FIM samples (default 300)")
+    exits.add_argument("--heldout-samples", type=int, default=80, help="held-out FIM samples (default 80)")
+    exits.add_argument("--lens-steps", type=int, default=200)
+    exits.add_argument("--controller-steps", type=int, default=600)
+    exits.add_argument("--seed", type=int, default=0)
+    exits.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    exits.add_argument("--restart", action="store_true", help="ignore features and checkpoints in --out")
+    exits.add_argument("--json", action="store_true", help="print the held-out report as JSON")
+    exits.add_argument("--quiet", action="store_true", help="no progress bar")
+    exits.set_defaults(func=cmd_train_exits)
 
     finetune = sub.add_parser(
         "finetune",

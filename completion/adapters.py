@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from splice.completion.early_exit import EXITS_DIR, ExitHeadsError, load_exit_heads
 from splice.completion.models import LoadedModel, ModelLoadError, ModelSpec, load_model
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,20 @@ def apply_adapter(loaded: LoadedModel, path: Path) -> LoadedModel:
     mode = meta.get("fim_mode")
     if mode is not None and mode not in ("psm", "spm"):
         raise AdapterError(f"{path / ADAPTER_META}: fim_mode must be psm or spm, got {mode!r}")
-    return replace(loaded, model=merged, adapter=str(path), adapter_name=name, fim_mode=mode)
+    served = replace(loaded, model=merged, adapter=str(path), adapter_name=name, fim_mode=mode)
+    if (path / EXITS_DIR).is_dir():  # early-exit heads trained for this model + adapter
+        served = attach_exit_heads(served, path / EXITS_DIR)
+    return served
+
+
+def attach_exit_heads(loaded: LoadedModel, folder: Path) -> LoadedModel:
+    """`loaded` with the early-exit heads in `folder` (refused if trained for another model)."""
+    try:
+        heads = load_exit_heads(folder, loaded)
+    except ExitHeadsError as exc:
+        raise AdapterError(str(exc)) from exc
+    log.info("early-exit heads at layers %s loaded from %s", list(heads.exit_layers), folder)
+    return replace(loaded, exit_heads=heads)
 
 
 def _vocab_rows(model: Any) -> int:

@@ -72,10 +72,12 @@ class ExitHeads(nn.Module):
         self.hidden_size = hidden_size
         self.exit_layers = tuple(int(x) for x in exit_layers)
         self.slot = {layer: i for i, layer in enumerate(self.exit_layers)}
-        self.lenses = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in self.exit_layers)
-        for lens in self.lenses:
+        lenses = [nn.Linear(hidden_size, hidden_size) for _ in self.exit_layers]
+        for lens in lenses:
             nn.init.eye_(lens.weight)
             nn.init.zeros_(lens.bias)
+        self.lenses = nn.ModuleList(lenses)
+        self.controller_hidden = controller_hidden
         self.controller = nn.Sequential(
             nn.Linear(hidden_size + len(self.exit_layers), controller_hidden),
             nn.GELU(),
@@ -132,7 +134,7 @@ def save_exit_heads(heads: ExitHeads, folder: Path, identity: dict[str, Any], re
         "format": FORMAT,
         **identity,
         "exit_layers": list(heads.exit_layers),
-        "controller_hidden": int(heads.controller[0].out_features),
+        "controller_hidden": heads.controller_hidden,
         "report": report,
     }
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -157,13 +159,17 @@ def load_exit_heads(folder: Path, loaded: Any) -> ExitHeads:
     meta = read_exit_meta(folder)
     identity = model_identity(loaded)
     wrong = [
-        f"{key}: heads {meta.get(key)!r}, model {value!r}" for key, value in identity.items() if meta.get(key) != value
+        f"{key}: heads {meta.get(key)!r}, model {value!r}"
+        for key, value in identity.items()
+        if meta.get(key) != value
     ]
     if wrong:
         raise ExitHeadsError(f"exit heads in {folder} were trained for another model ({'; '.join(wrong)})")
     heads = ExitHeads(identity["hidden_size"], tuple(meta["exit_layers"]), int(meta["controller_hidden"]))
     if heads.exit_layers[-1] >= identity["num_layers"]:
-        raise ExitHeadsError(f"exit layers {heads.exit_layers} must be below the model's {identity['num_layers']}")
+        raise ExitHeadsError(
+            f"exit layers {heads.exit_layers} must be below the model's {identity['num_layers']}"
+        )
     try:
         heads.load_state_dict(load_file(str(folder / HEADS_FILE)))
     except RuntimeError as exc:

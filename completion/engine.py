@@ -24,6 +24,7 @@ from transformers import DynamicCache
 
 from splice.completion.document_cache import DocumentCacheStore, DocumentKey
 from splice.completion.drafting import DraftConfig, LookupDrafter
+from splice.completion.early_exit import ExitHeads, ExitThresholds
 from splice.completion.fim import FimPrompt, FimTemplate, build_prompt, resolve_template, stop_token_ids
 from splice.completion.healing import TokenHealer
 from splice.completion.models import LoadedModel
@@ -36,7 +37,8 @@ from splice.kernels.rope import RopeSpec, UnsupportedRope, rope_spec_from_config
 
 log = logging.getLogger(__name__)
 
-FinishReason = Literal["stop", "length", "cancelled", "scope"]
+# early_stop: the early-exit controller judged the rest of the completion likely wrong (Stop).
+FinishReason = Literal["stop", "length", "cancelled", "scope", "early_stop"]
 DraftingMethod = Literal["off", "lookup"]
 DRAFTING_METHODS: tuple[DraftingMethod, ...] = ("off", "lookup")
 
@@ -67,6 +69,11 @@ class EngineConfig:
     # is greedy's token for token. Sampling (temperature > 0) always decodes one token a pass.
     drafting: DraftingMethod = "lookup"
     draft: DraftConfig = field(default_factory=DraftConfig)
+    # Early exit (splice.completion.early_exit): decode steps that are not draft verifications
+    # stop at the first exit layer whose controller is sure. Lossy, so off unless asked for; the
+    # model must have exit heads (`splice train exits`; the default model's ship with its adapter).
+    early_exit: bool = False
+    exit_thresholds: ExitThresholds = field(default_factory=ExitThresholds)
 
     def __post_init__(self) -> None:
         if self.drafting not in DRAFTING_METHODS:
@@ -104,6 +111,8 @@ class GenerationParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    early_exit: bool | None = None  # None: the engine's setting
+    exit_thresholds: ExitThresholds | None = None  # None: the engine's
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -154,6 +163,9 @@ class CompletionResult:
     draft_tokens: int = 0  # tokens proposed by the drafter
     accepted_draft_tokens: int = 0  # of those, the ones greedy decoding confirmed
     verify_passes: int = 0  # decode passes that verified a draft
+    decode_layers: int = 0  # decoder layers run in full over all decode passes (early exit runs fewer)
+    exited_tokens: int = 0  # tokens emitted from an exit layer
+    early_stop_removed: int = 0  # max_tokens - generated when the controller's Stop ended the completion
 
 
 TextSink = Callable[[str], None]
@@ -181,6 +193,14 @@ class CompletionEngine:
         self.stop_ids = stop_token_ids(self.tokenizer, self.template)
         self.context_window = self.config.context_window or loaded.context_window
         self.healer = TokenHealer(self.tokenizer) if self.config.token_healing else None
+        self.exit_heads: ExitHeads | None = loaded.exit_heads
+        if self.config.early_exit and self.exit_heads is None:
+            raise ValueError(
+                f"early exit is on but {loaded.model_id} has no exit heads: train them with "
+                "`splice train exits` and serve them with the adapter (or turn early exit off)"
+            )
+        if self.config.early_exit and not self.runner.supported:
+            raise ValueError(f"early exit needs a layer-by-layer runner; {loaded.model_id} runs whole")
         self.documents: DocumentCacheStore[DocumentKV] = DocumentCacheStore(self.config.document_cache_bytes)
         self.rope_spec: RopeSpec | None = None
         self.rope_problem = ""
@@ -341,6 +361,11 @@ class CompletionEngine:
             drafter = LookupDrafter([*extra, *prompt.input_ids], self.config.draft)
         verified: list[int] = []  # accepted draft tokens, already in the cache, not yet delivered
         passes = verifications = drafted = accepted_total = 0
+        layers_run = exited = removed = 0
+        early_exit = self.config.early_exit if params.early_exit is None else params.early_exit
+        if early_exit and self.exit_heads is None:
+            raise ValueError(f"{self.loaded.model_id} has no exit heads; early exit is unavailable")
+        thresholds = params.exit_thresholds or self.config.exit_thresholds
         decode_start = time.perf_counter()
         while True:
             if cancel is not None and cancel.is_set():
@@ -391,8 +416,21 @@ class CompletionEngine:
                 drafted += len(draft)
                 verifications += 1
                 accepted_total += accepted
+                layers_run += self.runner.num_layers
+            elif early_exit and not pending:
+                assert self.exit_heads is not None
+                ids = torch.tensor([[token]], dtype=torch.long, device=self.device)  # [1, 1]
+                step = self.runner.decode_exit(ids, cache, self.exit_heads, thresholds)
+                layers_run += step.layers
+                if step.logits is None:  # Stop: what follows is likely wrong
+                    finish = "early_stop"
+                    removed = params.max_tokens - len(generated)
+                    break
+                exited += step.decision == "exit"
+                logits = step.logits
             else:
                 logits = self.decode_one_token(cache, token)
+                layers_run += self.runner.num_layers
         timings._decoded = max(len(generated) - 1, 0)
         timings.decode_ms = (time.perf_counter() - decode_start) * 1000.0 if generated else 0.0
 
@@ -419,6 +457,9 @@ class CompletionEngine:
             draft_tokens=drafted,
             accepted_draft_tokens=accepted_total,
             verify_passes=verifications,
+            decode_layers=layers_run,
+            exited_tokens=exited,
+            early_stop_removed=removed,
         )
 
 

@@ -30,7 +30,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -287,6 +287,7 @@ class LoadedModel:
     adapter: str | None = None  # folder of the LoRA adapter merged into `model` (splice.completion.adapters)
     adapter_name: str | None = None
     fim_mode: str | None = None  # the FIM layout the adapter serves best (its splice-adapter.json), if any
+    exit_heads: Any = None  # splice.completion.early_exit.ExitHeads served with the adapter, if any
 
 
 def load_model(

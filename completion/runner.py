@@ -121,7 +121,9 @@ class ModelRunner:
         return RunOutput(hidden, head, depth)
 
     @torch.inference_mode()
-    def decode_exit(self, ids: torch.Tensor, cache: DynamicCache, heads: ExitHeads, thresholds: ExitThresholds) -> ExitStep:
+    def decode_exit(
+        self, ids: torch.Tensor, cache: DynamicCache, heads: ExitHeads, thresholds: ExitThresholds
+    ) -> ExitStep:
         """Decode `ids` [1, 1] with early exit: at each of `heads`' exit layers the controller
         picks Continue, Exit (this layer's lens + the LM head give the logits; the skipped layers
         get K/V from the exited hidden state) or Stop (the completion should end; the cache is

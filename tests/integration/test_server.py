@@ -163,6 +163,14 @@ def test_stop_sequences(server: str) -> None:
     assert stop not in cut["text"]
 
 
+def test_early_exit_on_a_model_without_heads_is_a_clear_422(server: str) -> None:
+    resp = complete(server, {"prompt": "x = 1\n", "max_tokens": 4, "early_exit": "on"})
+    assert resp.status_code == 422
+    assert "no exit heads" in resp.json()["error"]["message"]
+    off = complete(server, {"prompt": "x = 1\n", "max_tokens": 4, "early_exit": "off"}).json()
+    assert off["usage"]["exited_tokens"] == 0 and off["usage"]["decode_layers"] > 0
+
+
 def test_events_are_recorded_and_counted(server: str) -> None:
     cid = complete(server, {"prompt": "x = 1\n", "max_tokens": 4}).json()["id"]
     before = metric(server, "splice_events_total", type="select")

@@ -34,8 +34,11 @@ from splice.completion.early_exit import (
     model_identity,
     save_exit_heads,
 )
+from splice.completion.document_cache import DocumentKey
+from splice.completion.engine import CompletionEngine, CompletionInput, EngineConfig, GenerationParams
 from splice.completion.models import LoadedModel, parse_spec
 from splice.completion.runner import ModelRunner
+from splice_testkit.tiny import build_model, build_tokenizer
 
 TINY = dict(
     vocab_size=97,
@@ -193,7 +196,7 @@ def test_heads_round_trip_and_are_refused_for_another_model(tmp_path: Path) -> N
     for key, value in heads.state_dict().items():  # stored in fp16
         torch.testing.assert_close(back.state_dict()[key], value.half().float())
 
-    with pytest.raises(ExitHeadsError, match="another model.*base_model_id"):
+    with pytest.raises(ExitHeadsError, match=r"another model.*base_model_id"):
         load_exit_heads(tmp_path, _loaded(qwen2, model_id="tiny/qwen2"))
     with pytest.raises(ExitHeadsError, match="no exit heads"):
         load_exit_heads(tmp_path / "missing", _loaded(llama))
@@ -213,3 +216,67 @@ def test_exit_layers_must_increase() -> None:
         ExitHeads(64, (3, 2))
     with pytest.raises(ExitHeadsError):
         ExitHeads(64, ())
+
+
+# --- the engine's decode loop with early exit (tiny Llama with a real tokenizer) ---
+
+
+def _engine(decision: int | None, **config: object) -> CompletionEngine:
+    tokenizer = build_tokenizer("starcoder")
+    model = build_model(tokenizer, "llama", max_position_embeddings=512)
+    heads = None if decision is None else _heads(model, (1,), decision)
+    loaded = LoadedModel(
+        model,
+        tokenizer,
+        "tiny-llama",
+        parse_spec("default"),
+        torch.device("cpu"),
+        torch.float32,
+        512,
+        exit_heads=heads,
+    )
+    return CompletionEngine(loaded, EngineConfig(token_healing=False, drafting="off", **config))  # type: ignore[arg-type]
+
+
+INPUT = CompletionInput("def total(xs):\n    s = 0\n    for x in xs:\n", "\n    return s\n")
+
+
+def test_engine_continue_everywhere_is_greedy_and_counts_every_layer() -> None:
+    params = GenerationParams(max_tokens=12)
+    plain = _engine(None).complete(INPUT, params)
+    engine = _engine(CONTINUE, early_exit=True)
+    result = engine.complete(INPUT, params)
+    assert result.raw == plain.raw and result.exited_tokens == 0
+    assert result.decode_layers == result.decode_passes * engine.runner.num_layers > 0
+
+
+def test_engine_exit_everywhere_runs_one_layer_per_token_and_leaves_the_document_intact() -> None:
+    engine = _engine(EXIT, early_exit=True, exit_thresholds=ExitThresholds(exit=0.5))
+    key = DocumentKey("t", "doc.py", "tiny-llama")
+    params = GenerationParams(max_tokens=12)
+    result = engine.complete(INPUT, params, document=key)
+    assert result.decode_passes > 0 and result.exited_tokens == result.decode_passes
+    assert result.decode_layers == result.decode_passes  # the exit layer is layer 1
+    # The document's cache is untouched by decoding: a full-depth completion from it equals a fresh one.
+    cached = engine.complete(INPUT, GenerationParams(max_tokens=12, early_exit=False), document=key)
+    fresh = _engine(None).complete(INPUT, params)
+    assert cached.reused_prompt_tokens == cached.prompt_tokens and cached.raw == fresh.raw
+
+
+def test_engine_stop_ends_the_completion_and_reports_what_it_removed() -> None:
+    engine = _engine(STOP, early_exit=True, exit_thresholds=ExitThresholds(stop=0.5))
+    result = engine.complete(INPUT, GenerationParams(max_tokens=10))
+    assert result.finish_reason == "early_stop"
+    assert result.completion_tokens == 1 and result.early_stop_removed == 9  # the prompt's token only
+    off = engine.complete(INPUT, GenerationParams(max_tokens=10, early_exit=False))
+    assert (
+        off.finish_reason != "early_stop"
+        and off.decode_layers == off.decode_passes * engine.runner.num_layers
+    )
+
+
+def test_engine_refuses_early_exit_without_heads() -> None:
+    with pytest.raises(ValueError, match="no exit heads"):
+        _engine(None, early_exit=True)
+    with pytest.raises(ValueError, match="no exit heads"):
+        _engine(None).complete(INPUT, GenerationParams(max_tokens=4, early_exit=True))
