@@ -22,6 +22,7 @@ from transformers import (
     StableLmForCausalLM,
 )
 
+from splice.completion.document_cache import DocumentKey
 from splice.completion.early_exit import (
     CONTINUE,
     EXIT,
@@ -34,7 +35,6 @@ from splice.completion.early_exit import (
     model_identity,
     save_exit_heads,
 )
-from splice.completion.document_cache import DocumentKey
 from splice.completion.engine import CompletionEngine, CompletionInput, EngineConfig, GenerationParams
 from splice.completion.models import LoadedModel, parse_spec
 from splice.completion.runner import ModelRunner
