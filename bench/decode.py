@@ -8,11 +8,15 @@ times its decoding only.
 
 Methods: `greedy` (one token a forward pass, as before drafting), `hf-generate` (transformers'
 `generate`, greedy, the same number of new tokens: the library's own per-token overhead),
-`lookup-K` (lookup drafting, K tokens drafted a pass, splice.completion.drafting).
+`lookup-K` (lookup drafting, K tokens drafted a pass, splice.completion.drafting), and where the
+model has exit heads (splice.completion.early_exit): `exit-T` (early exit at Exit threshold T),
+`stop-S` (the controller's Stop alone, at threshold S: how often it ends a completion and what
+that removes) and `lookup-K+exit-T` (drafts verified at full depth, other steps exit early).
 
 Per method and task set: decode ms per token and tokens/s (tokens after the first / decode
 time), time to the first full line (request start until the stream holds a newline, or the end),
-forward passes per token, mean accepted draft length per verification, identical-to-greedy rate
+forward passes per token, mean accepted draft length per verification, decoder layers run per
+token fed to the model (greedy: all of them), completions ended by Stop, identical-to-greedy rate
 (the whole completion text), and quality: exact match and edit similarity of the completed line
 (edit histories), pass@1 through the sandbox (HumanEval).
 
@@ -22,7 +26,8 @@ default K) and a held-out half (`held-out`); both rows are printed, the defaults
     splice bench decode --edits ../shared/data/edit-histories/realistic-edits-public.jsonl.gz \\
         --humaneval ../shared/data/humaneval-infilling/HumanEval-SingleLineInfilling.jsonl.gz \\
                     ../shared/data/humaneval-infilling/HumanEval-MultiLineInfilling.jsonl.gz \\
-        [--limit 40] [--model default] [--context-tokens 1024] [--max-tokens 64] [--json OUT]
+        [--limit 40] [--model default] [--context-tokens 1024] [--max-tokens 64] [--json OUT] \\
+        [--draft-sizes 4 8 16] [--exit-thresholds 0.8 0.9 0.95] [--stop-thresholds 0.9]
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import torch
 from splice.bench.edits import edit_similarity, load_steps
 from splice.completion.document_cache import DocumentKey
 from splice.completion.drafting import DraftConfig
+from splice.completion.early_exit import ExitThresholds
 from splice.completion.engine import (
     CompletionEngine,
     CompletionInput,
@@ -72,6 +78,10 @@ class Row:
     tokens: int = 0
     verifications: int = 0
     accepted: int = 0
+    layers: int = 0  # decoder layers run in full over the decode passes
+    fed: int = 0  # tokens fed to the model in decode passes (a verification feeds several)
+    early_stops: int = 0
+    removed: int = 0  # max_tokens - generated, summed over completions ended by Stop
     line_ms: list[float] = field(default_factory=list)
     identical: list[float] = field(default_factory=list)
     em: list[float] = field(default_factory=list)
@@ -88,6 +98,9 @@ class Row:
             "first_line_ms_p50": statistics.median(self.line_ms) if self.line_ms else None,
             "passes_per_token": self.passes / self.tokens if self.tokens else None,
             "accepted_per_verification": self.accepted / self.verifications if self.verifications else None,
+            "layers_per_token": self.layers / self.fed if self.fed else None,
+            "early_stop_rate": self.early_stops / len(self.identical) if self.identical else None,
+            "early_stop_removed_tokens": self.removed,
             "identical_to_greedy": mean(self.identical),
             "exact_match": mean(self.em),
             "edit_similarity": mean(self.es),
@@ -114,10 +127,24 @@ def load_tasks(edits: Path | None, humaneval: list[Path], limit: int) -> list[Ta
     return tasks
 
 
-def methods_for(draft_sizes: list[int]) -> dict[str, DraftConfig | None]:
-    methods: dict[str, DraftConfig | None] = {"greedy": None, "hf-generate": None}
+def methods_for(
+    base: EngineConfig, draft_sizes: list[int], exit_thresholds: list[float], stop_thresholds: list[float]
+) -> dict[str, EngineConfig]:
+    """Engine settings per method (hf-generate runs the model's own `generate`)."""
+    methods = {"greedy": base, "hf-generate": base}
     for k in draft_sizes:
-        methods[f"lookup-{k}"] = DraftConfig(max_tokens=k)
+        methods[f"lookup-{k}"] = replace(base, drafting="lookup", draft=DraftConfig(max_tokens=k))
+    for t in exit_thresholds:
+        methods[f"exit-{t:g}"] = replace(base, early_exit=True, exit_thresholds=ExitThresholds(exit=t))
+    for s in stop_thresholds:
+        stop_only = ExitThresholds(exit=1.0, stop=s)
+        methods[f"stop-{s:g}"] = replace(base, early_exit=True, exit_thresholds=stop_only)
+    if draft_sizes and exit_thresholds:  # the combination: the middle threshold, lookup-8 or the nearest
+        k = min(draft_sizes, key=lambda x: abs(x - 8))
+        t = sorted(exit_thresholds)[len(exit_thresholds) // 2]
+        methods[f"lookup-{k}+exit-{t:g}"] = replace(
+            methods[f"lookup-{k}"], early_exit=True, exit_thresholds=ExitThresholds(exit=t)
+        )
     return methods
 
 
@@ -163,16 +190,17 @@ def run(
     draft_sizes: list[int],
     context_tokens: int,
     max_tokens: int,
+    exit_thresholds: list[float] = [],  # noqa: B006 (read only)
+    stop_thresholds: list[float] = [],  # noqa: B006
     progress: bool = True,
 ) -> dict[str, object]:
     from splice.training.sandbox import run_program
 
     base = EngineConfig(max_prompt_tokens=context_tokens, drafting="off")
-    methods = methods_for(draft_sizes)
-    engines: dict[str, CompletionEngine] = {}
-    for name, draft in methods.items():
-        config = base if draft is None else replace(base, drafting="lookup", draft=draft)
-        engines[name] = CompletionEngine(loaded, config)
+    if loaded.exit_heads is None:
+        exit_thresholds = stop_thresholds = []  # no heads, no early-exit methods
+    methods = methods_for(base, draft_sizes, exit_thresholds, stop_thresholds)
+    engines = {name: CompletionEngine(loaded, config) for name, config in methods.items()}
     shared = engines["greedy"].documents
     for engine in engines.values():
         engine.documents = shared  # one prompt encoding per task, reused by every method
@@ -203,6 +231,10 @@ def run(
             row.tokens += result.completion_tokens
             row.verifications += result.verify_passes
             row.accepted += result.accepted_draft_tokens
+            row.layers += result.decode_layers
+            row.fed += result.decode_passes + result.accepted_draft_tokens
+            row.early_stops += result.finish_reason == "early_stop"
+            row.removed += result.early_stop_removed
             row.line_ms.append(line_ms)
             row.identical.append(float(result.text == greedy_text))
             if task.kind == "edits":
@@ -231,6 +263,8 @@ def run(
         "threads": torch.get_num_threads(),
         "context_tokens": context_tokens,
         "max_tokens": max_tokens,
+        "layers": engines["greedy"].runner.num_layers,
+        "exit_layers": list(loaded.exit_heads.exit_layers) if loaded.exit_heads is not None else None,
         "tasks": {kind: sum(t.kind == kind for t in tasks) for kind in dict.fromkeys(t.kind for t in tasks)},
         "rows": table,
     }
@@ -249,9 +283,9 @@ def print_table(result: dict[str, object]) -> None:
     )
     print(
         "| tasks | split | method | n | ms/token | tokens/s | × greedy | first line ms p50 | passes/token "
-        "| accepted/verify | identical | EM | ES | pass@1 |"
+        "| accepted/verify | layers/token | early stops | identical | EM | ES | pass@1 |"
     )
-    print("|" + "---|" * 14)
+    print("|" + "---|" * 16)
     for key, row in rows.items():
         kind, split, method = key.split("/")
         greedy = rows.get(f"{kind}/{split}/greedy", {})
@@ -264,6 +298,7 @@ def print_table(result: dict[str, object]) -> None:
             f"| {kind} | {split} | {method} | {row['tasks'] or '-'} | {fmt(row['ms_per_token'], 1)} "
             f"| {fmt(row['tokens_per_s'], 1)} | {fmt(speedup, 2)} | {fmt(row['first_line_ms_p50'], 0)} "
             f"| {fmt(row['passes_per_token'])} | {fmt(row['accepted_per_verification'], 2)} "
+            f"| {fmt(row['layers_per_token'], 1)} | {fmt(row['early_stop_rate'], 2)} "
             f"| {fmt(row['identical_to_greedy'])} | {fmt(row['exact_match'])} "
             f"| {fmt(row['edit_similarity'])} | {fmt(row['pass@1'])} |"
         )
@@ -284,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context-tokens", type=int, default=1024)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--draft-sizes", type=int, nargs="+", default=[4, 8, 16], help="lookup-K methods")
+    parser.add_argument(
+        "--exit-thresholds", type=float, nargs="*", default=[0.8, 0.9, 0.95], help="exit-T methods"
+    )
+    parser.add_argument("--exit-heads", type=Path, help="exit heads folder (default: the adapter's own)")
+    parser.add_argument("--stop-thresholds", type=float, nargs="*", default=[0.9], help="stop-S methods")
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
     prog = "splice bench decode"
@@ -298,15 +338,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for k in args.draft_sizes:
             DraftConfig(max_tokens=k)
+        for t in [*args.exit_thresholds, *args.stop_thresholds]:
+            ExitThresholds(exit=t)  # raises for a threshold out of range
     except ValueError as exc:
         parser.error(str(exc))
-    from splice.completion.adapters import load_served_model
-    from splice.completion.models import parse_spec
+    from splice.completion.adapters import attach_exit_heads, load_served_model
+    from splice.completion.models import ModelLoadError, parse_spec
 
     adapter = None if args.adapter == "none" else args.adapter
-    loaded = load_served_model(
-        parse_spec(args.model), adapter, device=args.device, progress=lambda m: print(m, file=sys.stderr)
-    )
+    try:
+        loaded = load_served_model(
+            parse_spec(args.model), adapter, device=args.device, progress=lambda m: print(m, file=sys.stderr)
+        )
+        if args.exit_heads is not None:
+            loaded = attach_exit_heads(loaded, args.exit_heads)
+    except ModelLoadError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
     tasks = load_tasks(args.edits, args.humaneval, args.limit)
     result = run(
         loaded,
@@ -314,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
         draft_sizes=args.draft_sizes,
         context_tokens=args.context_tokens,
         max_tokens=args.max_tokens,
+        exit_thresholds=args.exit_thresholds,
+        stop_thresholds=args.stop_thresholds,
     )
+    if loaded.exit_heads is None and (args.exit_thresholds or args.stop_thresholds):
+        print(f"{prog}: note: {loaded.model_id} has no exit heads; no early-exit methods", file=sys.stderr)
     print_table(result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from integration.test_bench_edits import history
 
 BENCH_DECODE = [sys.executable, "-m", "splice.assistant", "bench", "decode"]
+NO_ADAPTER = ["--adapter", "none", "--device", "cpu", "--exit-heads"]  # + a heads folder
 
 
 def humaneval(tmp_path: Path) -> Path:
@@ -30,6 +32,21 @@ def humaneval(tmp_path: Path) -> Path:
     with gzip.open(path, "wt") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
     return path
+
+
+def exit_heads(tmp_path: Path, model_dir: Path) -> Path:
+    """Random early-exit heads for the tiny model, saved as `splice train exits` saves them."""
+    from splice.completion.early_exit import ExitHeads, model_identity, save_exit_heads
+    from splice.completion.models import load_model, parse_spec
+
+    loaded = load_model(parse_spec(str(model_dir)), device="cpu")
+    torch.manual_seed(0)
+    heads = ExitHeads(loaded.model.config.hidden_size, (1,), controller_hidden=8)
+    with torch.no_grad():  # a controller that exits about half the time
+        heads.controller[-1].weight.mul_(10.0)
+    folder = tmp_path / "exits"
+    save_exit_heads(heads, folder, model_identity(loaded), {})
+    return folder
 
 
 def test_bench_decode_runs_every_method(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -55,6 +72,13 @@ def test_bench_decode_runs_every_method(tmp_path: Path, tiny_model_dir: Path) ->
         "--draft-sizes",
         "2",
         "6",
+        "--exit-heads",
+        str(exit_heads(tmp_path, tiny_model_dir)),
+        "--exit-thresholds",
+        "0.5",
+        "0.9",
+        "--stop-thresholds",
+        "0.6",
         "--json",
         str(out),
     ]
@@ -63,18 +87,29 @@ def test_bench_decode_runs_every_method(tmp_path: Path, tiny_model_dir: Path) ->
     result = json.loads(out.read_text())
     assert result["tasks"] == {"edits": 2, "SingleLine": 2}
     methods = {key.rsplit("/", 1)[1] for key in result["rows"]}
-    assert methods == {"greedy", "hf-generate", "lookup-2", "lookup-6"}
+    lossless = {"greedy", "lookup-2", "lookup-6"}
+    assert methods == {"hf-generate", *lossless, "exit-0.5", "exit-0.9", "stop-0.6", "lookup-6+exit-0.9"}
+    layers = result["layers"]
     for key, row in result["rows"].items():
-        if key.endswith("hf-generate"):
+        method = key.rsplit("/", 1)[1]
+        if method == "hf-generate":
             assert row["tokens_per_s"] and row["tokens_per_s"] > 0
             continue
-        assert row["identical_to_greedy"] == 1.0, key  # lossless by construction
-        assert 0 < row["passes_per_token"] <= 1.0 + 1e-9
+        if not method.startswith("stop"):  # (a Stop's pass yields no token)
+            assert 0 < row["passes_per_token"] <= 1.0 + 1e-9
+        if method in lossless:
+            assert row["identical_to_greedy"] == 1.0, key  # lossless by construction
+            assert row["early_stop_rate"] == 0.0
+        if method == "greedy":
+            assert row["layers_per_token"] == layers
+        if method.startswith("exit"):
+            assert row["layers_per_token"] < layers, key  # some tokens left at layer 1
         if key.startswith("SingleLine"):
             assert row["pass@1"] is not None and 0.0 <= row["pass@1"] <= 1.0
         else:
             assert 0.0 <= row["edit_similarity"] <= 1.0
-    assert "| lookup-6 |" in proc.stdout and "identical" in proc.stdout
+    assert all(row["early_stop_rate"] is not None for key, row in result["rows"].items() if "stop-" in key)
+    assert "| lookup-6 |" in proc.stdout and "identical" in proc.stdout and "| exit-0.5 |" in proc.stdout
 
 
 def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
@@ -94,3 +129,33 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
         timeout=120,
     )
     assert bad.returncode == 2 and "max_tokens must be in [1, 64]" in bad.stderr
+    threshold = subprocess.run(
+        [*BENCH_DECODE, "--edits", str(history(tmp_path)), "--exit-thresholds", "1.5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert threshold.returncode == 2 and "threshold must be in (0, 1]" in threshold.stderr
+
+
+def test_exit_heads_of_another_model_are_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
+    heads = exit_heads(tmp_path, tiny_model_dir)
+    meta = json.loads((heads / "exit_heads.json").read_text())
+    (heads / "exit_heads.json").write_text(json.dumps(meta | {"base_model_id": "someone/else"}))
+    proc = subprocess.run(
+        [
+            *BENCH_DECODE,
+            "--edits",
+            str(history(tmp_path)),
+            "--model",
+            str(tiny_model_dir),
+            *NO_ADAPTER,
+            str(heads),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (
+        proc.returncode == 2 and "trained for another model" in proc.stderr and "someone/else" in proc.stderr
+    )
