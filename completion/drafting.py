@@ -20,7 +20,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class DraftConfig:
-    max_tokens: int = 8  # tokens drafted per verification pass
+    max_tokens: int = 8  # most tokens drafted per verification pass
+    # Adaptive draft length (transformers' assisted-generation heuristic): after a draft accepted
+    # whole the next may be 2 tokens longer, after one with a rejection 1 token shorter (at least 1).
+    # A pass that verifies many tokens costs more than a one-token pass, most on larger models.
+    adaptive: bool = True
     max_ngram: int = 4  # longest suffix of the output matched (longer matches are tried first)
     min_ngram: int = 2  # shortest; 1-token matches are mostly wrong in code
 
@@ -37,6 +41,7 @@ class LookupDrafter:
     def __init__(self, source: list[int], config: DraftConfig | None = None) -> None:
         self.config = config or DraftConfig()
         self.tokens: list[int] = []
+        self.length = self.config.max_tokens  # tokens the next draft may have
         self._next: dict[tuple[int, ...], int] = {}  # n-gram -> index after its latest occurrence
         for token in source:
             self.append(token)
@@ -58,5 +63,14 @@ class LookupDrafter:
                 continue
             start = self._next.get(tuple(self.tokens[end - n :]))
             if start is not None:
-                return self.tokens[start : start + self.config.max_tokens]
+                return self.tokens[start : start + self.length]
         return []
+
+    def feedback(self, drafted: int, accepted: int) -> None:
+        """Adapt the draft length to how much of the last draft was accepted."""
+        if not self.config.adaptive:
+            return
+        if accepted >= drafted:
+            self.length = min(self.length + 2, self.config.max_tokens)
+        else:
+            self.length = max(self.length - 1, 1)

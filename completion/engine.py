@@ -413,6 +413,8 @@ class CompletionEngine:
             if draft:
                 accepted, logits = self.verify(cache, token, draft)
                 verified = draft[:accepted]
+                if drafter is not None:
+                    drafter.feedback(len(draft), accepted)
                 drafted += len(draft)
                 verifications += 1
                 accepted_total += accepted

@@ -135,3 +135,22 @@ def test_removed_text_drafts_a_retyped_line() -> None:
     assert with_removed.raw == want.raw == without.raw
     assert with_removed.accepted_draft_tokens > without.accepted_draft_tokens
     assert with_removed.decode_passes < without.decode_passes
+
+
+def test_draft_length_adapts_to_acceptance() -> None:
+    drafter = LookupDrafter([1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2], DraftConfig(max_tokens=6))
+    assert drafter.propose() == [3, 4, 5, 6, 7, 8]
+    drafter.feedback(6, 2)  # a rejection: one token shorter
+    drafter.feedback(5, 0)
+    assert drafter.length == 4 and drafter.propose() == [3, 4, 5, 6]
+    for _ in range(5):
+        drafter.feedback(1, 0)
+    assert drafter.length == 1  # never below one token
+    drafter.feedback(1, 1)  # accepted whole: two tokens longer, capped at max_tokens
+    assert drafter.length == 3
+    drafter.feedback(3, 3)
+    drafter.feedback(5, 5)
+    assert drafter.length == 6
+    fixed = LookupDrafter([1, 2, 3, 4, 1, 2], DraftConfig(max_tokens=3, adaptive=False))
+    fixed.feedback(3, 0)
+    assert fixed.length == 3 and fixed.propose() == [3, 4, 1]
