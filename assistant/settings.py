@@ -64,10 +64,11 @@ class Settings(BaseSettings):
         0.0, ge=0.0, le=1.0, description="pie+refresh: fraction of the most deviant kept tokens re-encoded"
     )
     document_cache_mb: int = Field(1024, ge=0, description="Memory budget of all document KV caches (LRU)")
-    drafting: Literal["off", "lookup"] = Field(
+    drafting: Literal["off", "lookup", "self"] = Field(
         "lookup",
         description="Greedy decoding verifies drafted tokens in one pass (lookup: copied from earlier "
-        "occurrences of the output's last tokens); the output is greedy's token for token",
+        "occurrences of the output's last tokens; self: by the model's first layers and an exit "
+        "head, needs exit heads); the output is greedy's token for token",
     )
     draft_tokens: int = Field(8, ge=1, le=64, description="lookup drafting: tokens drafted per pass")
     early_exit: Literal["off", "on"] = Field(

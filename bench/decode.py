@@ -10,8 +10,10 @@ Methods: `greedy` (one token a forward pass, as before drafting), `hf-generate` 
 `generate`, greedy, the same number of new tokens: the library's own per-token overhead),
 `lookup-K` (lookup drafting, K tokens drafted a pass, splice.completion.drafting), and where the
 model has exit heads (splice.completion.early_exit): `exit-T` (early exit at Exit threshold T),
-`stop-S` (the controller's Stop alone, at threshold S: how often it ends a completion and what
-that removes) and `lookup-K+exit-T` (drafts verified at full depth, other steps exit early).
+`self-K` (self-speculative drafting: up to K tokens drafted by the layers up to the deepest exit
+layer and its lens, verified by the layers above in one pass, lossless), `stop-S` (the
+controller's Stop alone, at threshold S: how often it ends a completion and what that removes)
+and `lookup-K+exit-T` (drafts verified at full depth, other steps exit early).
 
 Per method and task set: decode ms per token and tokens/s (tokens after the first / decode
 time), time to the first full line (request start until the stream holds a newline, or the end),
@@ -128,12 +130,18 @@ def load_tasks(edits: Path | None, humaneval: list[Path], limit: int) -> list[Ta
 
 
 def methods_for(
-    base: EngineConfig, draft_sizes: list[int], exit_thresholds: list[float], stop_thresholds: list[float]
+    base: EngineConfig,
+    draft_sizes: list[int],
+    exit_thresholds: list[float],
+    stop_thresholds: list[float],
+    self_sizes: list[int] = [],  # noqa: B006 (read only)
 ) -> dict[str, EngineConfig]:
     """Engine settings per method (hf-generate runs the model's own `generate`)."""
     methods = {"greedy": base, "hf-generate": base}
     for k in draft_sizes:
         methods[f"lookup-{k}"] = replace(base, drafting="lookup", draft=DraftConfig(max_tokens=k))
+    for k in self_sizes:
+        methods[f"self-{k}"] = replace(base, drafting="self", draft=DraftConfig(max_tokens=k))
     for t in exit_thresholds:
         methods[f"exit-{t:g}"] = replace(base, early_exit=True, exit_thresholds=ExitThresholds(exit=t))
     for s in stop_thresholds:
@@ -192,14 +200,15 @@ def run(
     max_tokens: int,
     exit_thresholds: list[float] = [],  # noqa: B006 (read only)
     stop_thresholds: list[float] = [],  # noqa: B006
+    self_sizes: list[int] = [],  # noqa: B006
     progress: bool = True,
 ) -> dict[str, object]:
     from splice.training.sandbox import run_program
 
     base = EngineConfig(max_prompt_tokens=context_tokens, drafting="off")
     if loaded.exit_heads is None:
-        exit_thresholds = stop_thresholds = []  # no heads, no early-exit methods
-    methods = methods_for(base, draft_sizes, exit_thresholds, stop_thresholds)
+        exit_thresholds = stop_thresholds = self_sizes = []  # no heads: no early exit, no self-drafting
+    methods = methods_for(base, draft_sizes, exit_thresholds, stop_thresholds, self_sizes)
     engines = {name: CompletionEngine(loaded, config) for name, config in methods.items()}
     shared = engines["greedy"].documents
     for engine in engines.values():
@@ -323,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         "--exit-thresholds", type=float, nargs="*", default=[0.8, 0.9, 0.95], help="exit-T methods"
     )
     parser.add_argument("--exit-heads", type=Path, help="exit heads folder (default: the adapter's own)")
+    parser.add_argument(
+        "--self-draft-sizes", type=int, nargs="*", default=[4], help="self-K (self-speculative) methods"
+    )
     parser.add_argument("--stop-thresholds", type=float, nargs="*", default=[0.9], help="stop-S methods")
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
@@ -336,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit < 1 or args.max_tokens < 2 or args.context_tokens < 64:
         parser.error("--limit must be >= 1, --max-tokens >= 2, --context-tokens >= 64")
     try:
-        for k in args.draft_sizes:
+        for k in [*args.draft_sizes, *args.self_draft_sizes]:
             DraftConfig(max_tokens=k)
         for t in [*args.exit_thresholds, *args.stop_thresholds]:
             ExitThresholds(exit=t)  # raises for a threshold out of range
@@ -364,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         max_tokens=args.max_tokens,
         exit_thresholds=args.exit_thresholds,
         stop_thresholds=args.stop_thresholds,
+        self_sizes=args.self_draft_sizes,
     )
     if loaded.exit_heads is None and (args.exit_thresholds or args.stop_thresholds):
         print(f"{prog}: note: {loaded.model_id} has no exit heads; no early-exit methods", file=sys.stderr)

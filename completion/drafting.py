@@ -35,13 +35,28 @@ class DraftConfig:
             raise ValueError("draft n-grams need 1 <= min_ngram <= max_ngram <= 16")
 
 
-class LookupDrafter:
+class DraftLength:
+    """How many tokens the next draft may have, adapted to how much of the last one was accepted."""
+
+    def __init__(self, config: DraftConfig) -> None:
+        self.config = config
+        self.length = config.max_tokens
+
+    def feedback(self, drafted: int, accepted: int) -> None:
+        if not self.config.adaptive:
+            return
+        if accepted >= drafted:
+            self.length = min(self.length + 2, self.config.max_tokens)
+        else:
+            self.length = max(self.length - 1, 1)
+
+
+class LookupDrafter(DraftLength):
     """Drafts from the prompt's tokens and the tokens generated so far."""
 
     def __init__(self, source: list[int], config: DraftConfig | None = None) -> None:
-        self.config = config or DraftConfig()
+        super().__init__(config or DraftConfig())
         self.tokens: list[int] = []
-        self.length = self.config.max_tokens  # tokens the next draft may have
         self._next: dict[tuple[int, ...], int] = {}  # n-gram -> index after its latest occurrence
         for token in source:
             self.append(token)
@@ -65,12 +80,3 @@ class LookupDrafter:
             if start is not None:
                 return self.tokens[start : start + self.length]
         return []
-
-    def feedback(self, drafted: int, accepted: int) -> None:
-        """Adapt the draft length to how much of the last draft was accepted."""
-        if not self.config.adaptive:
-            return
-        if accepted >= drafted:
-            self.length = min(self.length + 2, self.config.max_tokens)
-        else:
-            self.length = max(self.length - 1, 1)

@@ -23,7 +23,7 @@ import torch
 from transformers import DynamicCache
 
 from splice.completion.document_cache import DocumentCacheStore, DocumentKey
-from splice.completion.drafting import DraftConfig, LookupDrafter
+from splice.completion.drafting import DraftConfig, DraftLength, LookupDrafter
 from splice.completion.early_exit import ExitHeads, ExitThresholds
 from splice.completion.fim import FimPrompt, FimTemplate, build_prompt, resolve_template, stop_token_ids
 from splice.completion.healing import TokenHealer
@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 
 # early_stop: the early-exit controller judged the rest of the completion likely wrong (Stop).
 FinishReason = Literal["stop", "length", "cancelled", "scope", "early_stop"]
-DraftingMethod = Literal["off", "lookup"]
-DRAFTING_METHODS: tuple[DraftingMethod, ...] = ("off", "lookup")
+DraftingMethod = Literal["off", "lookup", "self"]
+DRAFTING_METHODS: tuple[DraftingMethod, ...] = ("off", "lookup", "self")
 
 # Without an explicit max_prompt_tokens, CPU prompts are capped here: full recomputation of a
 # 2k-token prompt already takes ~5 s on two cores (bench/baseline.py); on CUDA there is no cap.
@@ -65,8 +65,10 @@ class EngineConfig:
     refresh_first_k: int = 8  # pie+refresh: re-encode this many kept tokens after each edit
     refresh_ratio: float = 0.0  # pie+refresh: also re-encode this fraction of the most deviant kept tokens
     document_cache_bytes: int = 1 << 30  # budget of all document KV caches of this model
-    # Greedy decoding verifies drafted tokens in one pass (splice.completion.drafting); the output
-    # is greedy's token for token. Sampling (temperature > 0) always decodes one token a pass.
+    # Greedy decoding verifies drafted tokens in one pass; the output is greedy's token for token.
+    # lookup: copied from earlier text (splice.completion.drafting); self: self-speculative, drafted
+    # by the first layers up to the deepest exit layer and its exit lens (needs exit heads), the
+    # verification reusing the K/V the draft computed there. Sampling decodes one token a pass.
     drafting: DraftingMethod = "lookup"
     draft: DraftConfig = field(default_factory=DraftConfig)
     # Early exit (splice.completion.early_exit): decode steps that are not draft verifications
@@ -199,6 +201,11 @@ class CompletionEngine:
                 f"early exit is on but {loaded.model_id} has no exit heads: train them with "
                 "`splice train exits` and serve them with the adapter (or turn early exit off)"
             )
+        if self.config.drafting == "self" and self.exit_heads is None:
+            raise ValueError(
+                f"self-speculative drafting needs exit heads, and {loaded.model_id} has none "
+                "(train them with `splice train exits`, or use lookup drafting)"
+            )
         if self.config.early_exit and not self.runner.supported:
             raise ValueError(f"early exit needs a layer-by-layer runner; {loaded.model_id} runs whole")
         self.documents: DocumentCacheStore[DocumentKV] = DocumentCacheStore(self.config.document_cache_bytes)
@@ -318,6 +325,38 @@ class CompletionEngine:
             cache.crop(accepted - len(draft))  # a negative count drops that many from the end
         return accepted, logits[accepted]
 
+    @torch.inference_mode()
+    def speculate(self, cache: DynamicCache, token: int, k: int) -> tuple[list[int], int, torch.Tensor]:
+        """Self-speculative step: draft up to `k` tokens after `token` with the layers up to the
+        deepest exit layer and its lens, then run the layers above on all of them in one pass
+        (the K/V below come from the draft, exact there) and keep the longest draft prefix that
+        greedy decoding would have produced. Returns (draft, accepted, logits [V] after the last
+        kept token); the cache then holds `token` and the accepted draft at full depth."""
+        heads = self.exit_heads
+        assert heads is not None
+        slot = len(heads.exit_layers) - 1
+        depth = heads.exit_layers[slot]
+        states: list[torch.Tensor] = []
+        draft: list[int] = []
+        current = token
+        for _ in range(k):
+            hidden = self.runner.run_lower(torch.tensor([[current]], device=self.device), cache, depth)
+            states.append(hidden)
+            guess = self.runner.head(heads.lens(self.runner.decoder.norm(hidden[:, -1]), slot))[0]
+            current = int(torch.argmax(guess).item())
+            draft.append(current)
+            if current in self.stop_ids:
+                break
+        states.append(self.runner.run_lower(torch.tensor([[current]], device=self.device), cache, depth))
+        logits = self.runner.run_upper(torch.cat(states, dim=1), cache, depth)  # [1 + len(draft), V]
+        greedy = torch.argmax(logits[:-1], dim=-1).tolist()
+        accepted = 0
+        while accepted < len(draft) and greedy[accepted] == draft[accepted]:
+            accepted += 1
+        if accepted < len(draft):
+            cache.crop(accepted - len(draft))
+        return draft, accepted, logits[accepted]
+
     def complete(
         self,
         inp: CompletionInput,
@@ -354,6 +393,9 @@ class CompletionEngine:
         emitted = ""
         finish: FinishReason = "length"
         drafter = None
+        speculative = None
+        if self.config.drafting == "self" and generator is None:
+            speculative = DraftLength(self.config.draft)
         if self.config.drafting == "lookup" and generator is None:
             extra = (
                 self.tokenizer(inp.draft_text, add_special_tokens=False).input_ids if inp.draft_text else []
@@ -419,6 +461,16 @@ class CompletionEngine:
                 verifications += 1
                 accepted_total += accepted
                 layers_run += self.runner.num_layers
+            elif speculative is not None and not pending and params.max_tokens - len(generated) > 1:
+                k = min(speculative.length, params.max_tokens - len(generated))
+                draft, accepted, logits = self.speculate(cache, token, k)
+                verified = draft[:accepted]
+                speculative.feedback(len(draft), accepted)
+                drafted += len(draft)
+                verifications += 1
+                accepted_total += accepted
+                depth = self.exit_heads.exit_layers[-1] if self.exit_heads is not None else 0
+                layers_run += (len(draft) + 1) * depth + self.runner.num_layers - depth
             elif early_exit and not pending:
                 assert self.exit_heads is not None
                 ids = torch.tensor([[token]], dtype=torch.long, device=self.device)  # [1, 1]

@@ -148,6 +148,33 @@ class ModelRunner:
         logits = self.head(self.decoder.norm(hidden[:, -1]))[0].float()
         return ExitStep(logits, self.num_layers, "full")
 
+    @torch.inference_mode()
+    def run_lower(self, ids: torch.Tensor, cache: DynamicCache, depth: int) -> torch.Tensor:
+        """Self-speculative drafting: `ids` [1, Q] through the first `depth` layers only (their K/V
+        appended; the layers above fall behind). Returns the hidden state there [1, Q, H]."""
+        if not self.supported or self.sliding:
+            raise ValueError("self-speculative drafting needs a layer-by-layer runner, no sliding windows")
+        hidden, masks, rotary, positions = self._inputs(ids, cache, None, None)
+        for index in range(depth):
+            hidden = self._layer(index, hidden, masks, rotary, positions, cache)
+        return hidden
+
+    @torch.inference_mode()
+    def run_upper(self, hidden: torch.Tensor, cache: DynamicCache, depth: int) -> torch.Tensor:
+        """The rest of a self-speculative pass: `hidden` [1, Q, H] (the states `run_lower` left at
+        `depth`, for the Q positions the layers above have not seen) through layers `depth`.. in one
+        pass, then the norm and head: logits [Q, V]. The lower layers' K/V are the ones the draft
+        computed: below the draft layer they are exactly what a full pass would compute."""
+        past = cache.get_seq_length(depth)
+        q = hidden.shape[1]
+        positions = torch.arange(past, past + q, device=hidden.device).unsqueeze(0)
+        causal = torch.ones(q, past + q, dtype=torch.bool, device=hidden.device).tril(diagonal=past)
+        masks = {"full_attention": causal[None, None]}  # [1, 1, Q, past + Q]
+        rotary = self.decoder.rotary_emb(hidden, position_ids=positions)
+        for index in range(depth, self.num_layers):
+            hidden = self._layer(index, hidden, masks, rotary, positions, cache)
+        return self.head(self.decoder.norm(hidden))[0].float()
+
     def propagate(
         self, hidden: torch.Tensor, cache: DynamicCache, start: int, masks: dict[str, Any], rotary: Any
     ) -> None:

@@ -87,7 +87,7 @@ def test_bench_decode_runs_every_method(tmp_path: Path, tiny_model_dir: Path) ->
     result = json.loads(out.read_text())
     assert result["tasks"] == {"edits": 2, "SingleLine": 2}
     methods = {key.rsplit("/", 1)[1] for key in result["rows"]}
-    lossless = {"greedy", "lookup-2", "lookup-6"}
+    lossless = {"greedy", "lookup-2", "lookup-6", "self-4"}
     assert methods == {"hf-generate", *lossless, "exit-0.5", "exit-0.9", "stop-0.6", "lookup-6+exit-0.9"}
     layers = result["layers"]
     for key, row in result["rows"].items():

@@ -235,7 +235,7 @@ def _engine(decision: int | None, **config: object) -> CompletionEngine:
         512,
         exit_heads=heads,
     )
-    return CompletionEngine(loaded, EngineConfig(token_healing=False, drafting="off", **config))  # type: ignore[arg-type]
+    return CompletionEngine(loaded, EngineConfig(**{"token_healing": False, "drafting": "off", **config}))  # type: ignore[arg-type]
 
 
 INPUT = CompletionInput("def total(xs):\n    s = 0\n    for x in xs:\n", "\n    return s\n")
@@ -280,3 +280,60 @@ def test_engine_refuses_early_exit_without_heads() -> None:
         _engine(None, early_exit=True)
     with pytest.raises(ValueError, match="no exit heads"):
         _engine(None).complete(INPUT, GenerationParams(max_tokens=4, early_exit=True))
+
+
+# --- self-speculative drafting ---
+
+
+def test_lower_then_upper_passes_equal_one_full_pass(model: PreTrainedModel) -> None:
+    """Draft-style: tokens through the lower layers one at a time, then the upper layers on all of
+    them at once, give the full model's logits and the same cache as one full pass."""
+    if ModelRunner(model).sliding:
+        pytest.skip("no sliding-window model here")
+    ids = _ids(10, seed=5)
+    runner, cache = _prefilled(model, ids[:, :6])
+    full_cache = copy.deepcopy(cache)
+    states = [runner.run_lower(ids[:, i : i + 1], cache, 2) for i in range(6, 10)]
+    assert cache.get_seq_length(0) == 10 and cache.get_seq_length(2) == 6  # the upper layers lag
+    logits = runner.run_upper(torch.cat(states, dim=1), cache, 2)
+    reference = runner.run(ids[:, 6:], full_cache, logits="all").logits
+    assert reference is not None
+    torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-4)
+    for index in range(runner.num_layers):
+        torch.testing.assert_close(
+            cache.layers[index].keys, full_cache.layers[index].keys, rtol=1e-5, atol=1e-5
+        )
+
+
+def test_self_speculative_drafting_equals_greedy() -> None:
+    plain = _engine(None)
+    tokenizer, model = plain.loaded.tokenizer, plain.loaded.model
+    layers = model.config.num_hidden_layers
+    heads = ExitHeads(model.config.hidden_size, (layers - 1,), controller_hidden=8).eval()  # identity lens
+    loaded = LoadedModel(
+        model,
+        tokenizer,
+        "tiny-llama",
+        parse_spec("default"),
+        torch.device("cpu"),
+        torch.float32,
+        512,
+        exit_heads=heads,
+    )
+    speculative = CompletionEngine(loaded, EngineConfig(token_healing=False, drafting="self"))
+    key = DocumentKey("t", "doc.py", "tiny-llama")
+    accepted = 0
+    for inp in (
+        INPUT,
+        CompletionInput("x = 1\ny = 2\n", ""),
+        CompletionInput("class A:\n    def f(self):\n", ""),
+    ):
+        params = GenerationParams(max_tokens=24)
+        want = plain.complete(inp, params)
+        got = speculative.complete(inp, params, document=key)
+        assert (got.raw, got.completion_tokens) == (want.raw, want.completion_tokens)
+        assert got.verify_passes > 0
+        accepted += got.accepted_draft_tokens
+    assert accepted > 0, "no drafted token was ever accepted: verification's reuse path went untested"
+    with pytest.raises(ValueError, match="self-speculative drafting needs exit heads"):
+        _engine(None, drafting="self")
