@@ -77,7 +77,7 @@ class Settings(BaseSettings):
         "(lossy; needs exit heads: the default model's ship with its adapter)",
     )
     exit_threshold: float = Field(
-        0.9, gt=0.0, le=1.0, description="early exit: controller probability needed to exit (1 = never)"
+        0.98, gt=0.0, le=1.0, description="early exit: controller probability needed to exit (1 = never)"
     )
     stop_threshold: float = Field(
         1.0,

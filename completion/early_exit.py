@@ -52,7 +52,7 @@ class ExitThresholds:
     """When the controller's probabilities act: Exit at >= `exit`, Stop at >= `stop`;
     1.0 turns either off."""
 
-    exit: float = 0.9
+    exit: float = 0.98  # from `splice bench decode` (tune split); see the README
     stop: float = 1.0
 
     def __post_init__(self) -> None:
