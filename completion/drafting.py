@@ -23,7 +23,9 @@ class DraftConfig:
     max_tokens: int = 8  # most tokens drafted per verification pass
     # Adaptive draft length (transformers' assisted-generation heuristic): after a draft accepted
     # whole the next may be 2 tokens longer, after one with a rejection 1 token shorter (at least 1).
-    # A pass that verifies many tokens costs more than a one-token pass, most on larger models.
+    # A rejected 1-token draft pauses drafting for 1, 2, 4, ... 32 steps (reset by an accepted
+    # token): a pass that verifies even 2 tokens costs more than a one-token pass on a CPU (a
+    # matrix product instead of a matrix-vector one), most on larger models.
     adaptive: bool = True
     max_ngram: int = 4  # longest suffix of the output matched (longer matches are tried first)
     min_ngram: int = 2  # shortest; 1-token matches are mostly wrong in code
@@ -41,14 +43,27 @@ class DraftLength:
     def __init__(self, config: DraftConfig) -> None:
         self.config = config
         self.length = config.max_tokens
+        self.paused = 0  # decode steps left without drafting
+        self._pause = 1  # the next pause's length
+
+    def ready(self) -> bool:
+        """Whether to draft at this step (counts a paused step down)."""
+        if self.paused:
+            self.paused -= 1
+            return False
+        return True
 
     def feedback(self, drafted: int, accepted: int) -> None:
         if not self.config.adaptive:
             return
+        if accepted:
+            self._pause = 1
         if accepted >= drafted:
             self.length = min(self.length + 2, self.config.max_tokens)
+        elif self.length > 1:
+            self.length -= 1
         else:
-            self.length = max(self.length - 1, 1)
+            self.paused, self._pause = self._pause, min(self._pause * 2, 32)
 
 
 class LookupDrafter(DraftLength):

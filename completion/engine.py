@@ -450,7 +450,7 @@ class CompletionEngine:
             if in_cache:
                 continue
             passes += 1
-            draft = drafter.propose() if drafter is not None and not pending else []
+            draft = drafter.propose() if drafter is not None and not pending and drafter.ready() else []
             draft = draft[: params.max_tokens - len(generated)]
             if draft:
                 accepted, logits = self.verify(cache, token, draft)
@@ -461,7 +461,12 @@ class CompletionEngine:
                 verifications += 1
                 accepted_total += accepted
                 layers_run += self.runner.num_layers
-            elif speculative is not None and not pending and params.max_tokens - len(generated) > 1:
+            elif (
+                speculative is not None
+                and not pending
+                and params.max_tokens - len(generated) > 1
+                and speculative.ready()
+            ):
                 k = min(speculative.length, params.max_tokens - len(generated))
                 draft, accepted, logits = self.speculate(cache, token, k)
                 verified = draft[:accepted]

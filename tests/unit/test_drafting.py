@@ -143,9 +143,13 @@ def test_draft_length_adapts_to_acceptance() -> None:
     drafter.feedback(6, 2)  # a rejection: one token shorter
     drafter.feedback(5, 0)
     assert drafter.length == 4 and drafter.propose() == [3, 4, 5, 6]
-    for _ in range(5):
-        drafter.feedback(1, 0)
-    assert drafter.length == 1  # never below one token
+    for _ in range(3):
+        drafter.feedback(drafter.length, 0)
+    assert drafter.length == 1 and drafter.ready()  # never below one token
+    drafter.feedback(1, 0)  # a rejected 1-token draft pauses drafting for 1, then 2, ... steps
+    assert [drafter.ready() for _ in range(2)] == [False, True]
+    drafter.feedback(1, 0)
+    assert [drafter.ready() for _ in range(3)] == [False, False, True]
     drafter.feedback(1, 1)  # accepted whole: two tokens longer, capped at max_tokens
     assert drafter.length == 3
     drafter.feedback(3, 3)
