@@ -21,8 +21,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class DraftConfig:
     max_tokens: int = 8  # most tokens drafted per verification pass
-    # Adaptive draft length: after a draft accepted whole the next may be 2 tokens longer, after
-    # one with a rejection at most 1 longer than what was accepted (and shorter than it was).
+    # Adaptive draft length (transformers' assisted-generation heuristic): after a draft accepted
+    # whole the next may be 2 tokens longer, after one with a rejection 1 token shorter (at least 1).
     # A rejected 1-token draft pauses drafting for 1, 2, 4, ... 32 steps (reset by an accepted
     # token): a pass that verifies even 2 tokens costs more than a one-token pass on a CPU (a
     # matrix product instead of a matrix-vector one), most on larger models.
@@ -61,7 +61,7 @@ class DraftLength:
         if accepted >= drafted:
             self.length = min(self.length + 2, self.config.max_tokens)
         elif self.length > 1:
-            self.length = max(1, min(self.length - 1, accepted + 1))
+            self.length -= 1
         else:
             self.paused, self._pause = self._pause, min(self._pause * 2, 32)
 

@@ -140,11 +140,11 @@ def test_removed_text_drafts_a_retyped_line() -> None:
 def test_draft_length_adapts_to_acceptance() -> None:
     drafter = LookupDrafter([1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2], DraftConfig(max_tokens=6))
     assert drafter.propose() == [3, 4, 5, 6, 7, 8]
-    drafter.feedback(6, 4)  # a rejection: shorter by one at least
-    assert drafter.length == 5
-    drafter.feedback(5, 1)  # ... and at most one longer than what was accepted
-    assert drafter.length == 2 and drafter.propose() == [3, 4]
-    drafter.feedback(2, 0)
+    drafter.feedback(6, 2)  # a rejection: one token shorter
+    drafter.feedback(5, 0)
+    assert drafter.length == 4 and drafter.propose() == [3, 4, 5, 6]
+    for _ in range(3):
+        drafter.feedback(drafter.length, 0)
     assert drafter.length == 1 and drafter.ready()  # never below one token
     drafter.feedback(1, 0)  # a rejected 1-token draft pauses drafting for 1, then 2, ... steps
     assert [drafter.ready() for _ in range(2)] == [False, True]
