@@ -7,8 +7,12 @@ layer, the final norm, the LM head), so one entry serves every use:
   (verifying k drafted tokens in one pass);
 - extending a cache at arbitrary positions with a custom attention mask (PIE's re-encoding of
   edited tokens between reused ones);
-- stopping after layer L (`layers=L`): the hidden state there, no norm and no head, for probes and
-  early exit, without touching the shared model config.
+- stopping after layer L (`layers=L`): the hidden state there, no norm and no head, for probes,
+  without touching the shared model config;
+- early-exit decode steps (`decode_exit`): the exit controller is asked at each exit layer, and an
+  exited token's skipped layers get K/V from the exited hidden state (`propagate`);
+- self-speculative drafting: tokens through the lower layers only (`run_lower`), then the upper
+  layers over all of them in one pass (`run_upper`), reusing the lower layers' K/V.
 
 It supports the families whose transformers forward is exactly `XForCausalLM(model=XModel(
 embed_tokens, rotary_emb, layers, norm), lm_head)` with nothing in between (`FAMILIES`: Llama,
