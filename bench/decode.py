@@ -207,7 +207,8 @@ def run(
 
     base = EngineConfig(max_prompt_tokens=context_tokens, drafting="off")
     if loaded.exit_heads is None:
-        exit_thresholds = stop_thresholds = self_sizes = []  # no heads: no early exit, no self-drafting
+        # no heads: no early exit, no self-drafting
+        exit_thresholds, stop_thresholds, self_sizes = [], [], []
     methods = methods_for(base, draft_sizes, exit_thresholds, stop_thresholds, self_sizes)
     engines = {name: CompletionEngine(loaded, config) for name, config in methods.items()}
     shared = engines["greedy"].documents
