@@ -22,7 +22,6 @@ from splice.assistant.events import EventStore, InMemoryEventStore, new_event
 from splice.assistant.metrics import Metrics
 from splice.assistant.middleware import BodySizeLimit, RequestMetrics
 from splice.assistant.repositories import RepositoryRegistry, parse_roots
-from splice.assistant.scheduler import GenerationScheduler
 from splice.assistant.schemas import (
     CompletionRequest,
     EventRequest,
@@ -46,7 +45,6 @@ M = TypeVar("M", bound=BaseModel)
 class AppState:
     settings: Settings
     engine: CompletionEngine
-    scheduler: GenerationScheduler
     metrics: Metrics
     events: EventStore
     completions: CompletionService
@@ -133,14 +131,12 @@ def create_app(
     documents: DocumentStore | None = None,
 ) -> FastAPI:
     metrics = Metrics()
-    scheduler = GenerationScheduler(settings.queue_size)
     state = AppState(
         settings=settings,
         engine=engine,
-        scheduler=scheduler,
         metrics=metrics,
         events=events or InMemoryEventStore(settings.events_kept),
-        completions=CompletionService(engine, scheduler, metrics, settings),
+        completions=CompletionService(engine, metrics, settings),
         documents=documents or InMemoryDocumentStore(max_chars=settings.ws_max_message_bytes),
         keys=ApiKeys(settings.api_keys),
         repositories=make_registry(settings, engine),
@@ -151,7 +147,7 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state.repositories.load()
         yield
-        scheduler.shutdown()
+        state.completions.scheduler.shutdown()
         state.repositories.close()
 
     app = FastAPI(title="Splice", version=__version__, lifespan=lifespan)

@@ -1,5 +1,8 @@
-"""The completion service behind `POST /v1/completions`: request -> engine job -> response,
-plain JSON or server-sent events, with queueing and cancellation on client disconnect."""
+"""The completion service behind `POST /v1/completions` and the editor's `complete`: HTTP or
+WebSocket message -> `Request` -> the step scheduler's events -> plain JSON, server-sent events
+or an editor message. Queueing, latest-wins and cancellation are the scheduler's
+(`splice.completion.scheduler`); this module checks what depends on the served model and
+settings, adds repository context, maps errors to HTTP and keeps the metrics."""
 
 from __future__ import annotations
 
@@ -7,19 +10,17 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from fastapi import Request
+from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from splice.assistant.errors import ApiError
 from splice.assistant.metrics import Metrics
 from splice.assistant.repositories import RepositoryRegistry
-from splice.assistant.scheduler import GenerationScheduler, QueueFull
 from splice.assistant.schemas import (
     Choice,
     CompletionRequest,
@@ -33,22 +34,19 @@ from splice.assistant.settings import Settings
 from splice.completion.document_cache import DocumentKey
 from splice.completion.early_exit import ExitThresholds
 from splice.completion.engine import CompletionEngine, CompletionInput, CompletionResult, GenerationParams
+from splice.completion.scheduler import Event, Finished, QueueFull, Request, StepScheduler, TextDelta
 from splice.retrieval.context import Snippet
 
 DISCONNECT_POLL_S = 0.05
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 
 
-class ClientGone(Exception):
-    """The client disconnected while its request waited for the model."""
-
-
 class CompletionService:
-    def __init__(
-        self, engine: CompletionEngine, scheduler: GenerationScheduler, metrics: Metrics, settings: Settings
-    ) -> None:
+    def __init__(self, engine: CompletionEngine, metrics: Metrics, settings: Settings) -> None:
         self.engine = engine
-        self.scheduler = scheduler
+        self.scheduler = StepScheduler(
+            engine, settings.queue_size, on_start=self.on_start, on_finish=self.on_finish
+        )
         self.metrics = metrics
         self.settings = settings
         self.registry: RepositoryRegistry | None = None  # set by the app when retrieval is on
@@ -138,23 +136,33 @@ class CompletionService:
             disabled=bool(debug and debug.disable_retrieval_augmented_code_completion),
         )
 
-    async def start(
-        self, job: Callable[[], CompletionResult], watcher: asyncio.Task[None]
-    ) -> asyncio.Future[CompletionResult]:
-        """Queue `job` for the model; a client that disconnects while queued leaves the queue
-        (ClientGone) and its job never runs."""
-        self.metrics.queue_depth.set(self.scheduler.waiting + 1)
-        submit = asyncio.ensure_future(self.scheduler.submit(job))
+    def on_start(self, _: Request) -> None:
+        self.metrics.in_progress.inc()
+        self.metrics.queue_depth.set(self.scheduler.waiting)
+
+    def on_finish(self, request: Request, result: CompletionResult | None) -> None:
+        """Metrics for every request that ends: run to the end, cancelled (waiting or running), failed."""
+        if request.started_at is not None:
+            self.metrics.in_progress.dec()
+        self.metrics.queue_depth.set(self.scheduler.waiting)
+        if result is None:
+            return
+        self.metrics.completions.labels(finish_reason=result.finish_reason).inc()
+        if request.started_at is None:
+            return
+        self.metrics.prompt_tokens.inc(result.prompt_tokens)
+        self.metrics.encoded_tokens.inc(result.encoded_prompt_tokens)
+        self.metrics.reused_tokens.inc(result.reused_prompt_tokens)
+        self.metrics.document_bytes.set(self.engine.kv.bytes)
+        self.metrics.documents.set(len(self.engine.kv))
+        self.metrics.completion_tokens.inc(result.completion_tokens)
+        if result.completion_tokens:
+            self.metrics.ttft.observe(result.timings.first_token_ms / 1000.0)
+
+    def submit(self, request: Request) -> AsyncGenerator[Event, None]:
+        """The scheduler's events for `request`; a full queue is a 429 with Retry-After."""
         try:
-            await asyncio.wait({submit, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if not submit.done():
-                submit.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await submit
-            if submit.cancelled():
-                self.metrics.completions.labels(finish_reason="cancelled").inc()
-                raise ClientGone
-            awaitable = submit.result()
+            events = self.scheduler.submit(request)
         except QueueFull as exc:
             self.metrics.rejected.inc()
             raise ApiError(
@@ -164,25 +172,19 @@ class CompletionService:
                 f"retry in {exc.retry_after_s} s",
                 headers={"Retry-After": str(exc.retry_after_s)},
             ) from exc
-        finally:
-            self.metrics.queue_depth.set(self.scheduler.waiting)
-        future = asyncio.ensure_future(awaitable)
-        future.add_done_callback(self._record)  # also for work whose client went away
-        return future
+        self.metrics.queue_depth.set(self.scheduler.waiting)
+        return events
 
-    def _record(self, future: asyncio.Future[CompletionResult]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            return
-        result = future.result()
-        self.metrics.prompt_tokens.inc(result.prompt_tokens)
-        self.metrics.encoded_tokens.inc(result.encoded_prompt_tokens)
-        self.metrics.reused_tokens.inc(result.reused_prompt_tokens)
-        self.metrics.document_bytes.set(self.engine.documents.bytes)
-        self.metrics.documents.set(len(self.engine.documents))
-        self.metrics.completion_tokens.inc(result.completion_tokens)
-        self.metrics.completions.labels(finish_reason=result.finish_reason).inc()
-        if result.completion_tokens:
-            self.metrics.ttft.observe(result.timings.first_token_ms / 1000.0)
+    async def run(self, request: Request) -> Finished:
+        """Submit `request` and wait for its end (a ValueError from the engine is a 422)."""
+        async with contextlib.aclosing(self.submit(request)) as events:
+            try:
+                async for event in events:
+                    if isinstance(event, Finished):
+                        return event
+            except ValueError as exc:
+                raise ApiError(422, "invalid_request", str(exc)) from exc
+        raise AssertionError("the scheduler ended a request without Finished")
 
     def _response(
         self,
@@ -212,6 +214,7 @@ class CompletionService:
                 trimmed_prompt_tokens=result.trimmed_prompt_tokens,
                 encoded_prompt_tokens=result.encoded_prompt_tokens,
                 reused_prompt_tokens=result.reused_prompt_tokens,
+                tokenized_chars=result.tokenized_chars,
                 decode_passes=result.decode_passes,
                 accepted_draft_tokens=result.accepted_draft_tokens,
                 decode_layers=result.decode_layers,
@@ -226,94 +229,68 @@ class CompletionService:
             ),
         )
 
-    async def complete(self, req: CompletionRequest, request: Request, tenant: str = "default") -> Response:
+    async def request(
+        self, req: CompletionRequest, tenant: str, stream: bool
+    ) -> tuple[Request, list[Snippet]]:
         inp, params = self.to_job(req)
         inp, snippets = await self._with_context(req, inp, tenant)
         document = self.document_key(req, tenant)
-        cancel = threading.Event()
-        watcher = asyncio.create_task(_watch_disconnect(request, cancel))
-        queued = time.perf_counter()
-        started: list[float] = []
+        return Request(inp, params, document=document, tenant=tenant, stream=stream), snippets
 
-        def job() -> CompletionResult:
-            started.append(time.perf_counter())
-            with self.metrics.in_progress.track_inprogress():
-                return self.engine.complete(inp, params, cancel=cancel, document=document)
-
+    async def complete(self, req: CompletionRequest, http: HttpRequest, tenant: str = "default") -> Response:
+        request, snippets = await self.request(req, tenant, stream=False)
+        watcher = asyncio.create_task(self._watch_disconnect(http, request))
         try:
-            future = await self.start(job, watcher)
-            result = await future
-        except ClientGone:
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
-        except ValueError as exc:
-            raise ApiError(422, "invalid_request", str(exc)) from exc
+            finished = await self.run(request)
         finally:
             watcher.cancel()
-        queue_ms = ((started or [queued])[0] - queued) * 1000.0
-        body = self._response(_new_id(), result, queue_ms, req, snippets)
+        if request.cancelled.is_set():  # only the disconnect watcher cancels a REST request
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        body = self._response(_new_id(), finished.result, finished.queue_ms, req, snippets)
         return JSONResponse(_dump(body))
 
-    async def stream(self, req: CompletionRequest, request: Request, tenant: str = "default") -> Response:
-        inp, params = self.to_job(req)
-        inp, snippets = await self._with_context(req, inp, tenant)
-        document = self.document_key(req, tenant)
+    async def stream(self, req: CompletionRequest, http: HttpRequest, tenant: str = "default") -> Response:
+        request, snippets = await self.request(req, tenant, stream=True)
         cid = _new_id()
-        cancel = threading.Event()
-        loop = asyncio.get_running_loop()
-        deltas: asyncio.Queue[str | None] = asyncio.Queue()
-        queued = time.perf_counter()
-        started: list[float] = []
-
-        def on_text(delta: str) -> None:
-            loop.call_soon_threadsafe(deltas.put_nowait, delta)
-
-        def job() -> CompletionResult:
-            started.append(time.perf_counter())
-            with self.metrics.in_progress.track_inprogress():
-                return self.engine.complete(inp, params, cancel=cancel, on_text=on_text, document=document)
-
-        # Until the stream starts, nothing else notices a client that gives up while queued.
-        watcher = asyncio.create_task(_watch_disconnect(request, cancel))
+        events = self.submit(request)
+        # Until the model takes the request, nothing else notices a client that gives up.
+        watcher = asyncio.create_task(self._watch_disconnect(http, request))
         try:
-            future = await self.start(job, watcher)
-        except ClientGone:
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
+            first = await anext(events)
         except BaseException:
-            watcher.cancel()
+            await events.aclose()
             raise
-        future.add_done_callback(lambda _: deltas.put_nowait(None))
-        future.add_done_callback(lambda _: watcher.cancel())
+        finally:
+            watcher.cancel()
+        if isinstance(first, Finished):  # cancelled while it waited
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
 
-        async def events() -> AsyncIterator[str]:
-            watcher.cancel()  # from here on, a disconnect cancels this generator
-            try:
-                while (delta := await deltas.get()) is not None:
-                    yield _sse(_chunk(cid, self.engine.loaded.model_id, delta, None))
+        async def body() -> AsyncIterator[str]:
+            # from here on, a disconnect cancels this generator, and closing `events` the request
+            async with contextlib.aclosing(events):
                 try:
-                    result = future.result()
+                    async for event in events:
+                        if isinstance(event, TextDelta):
+                            yield _sse(_chunk(cid, self.engine.loaded.model_id, event.text, None))
+                        elif isinstance(event, Finished):
+                            result = event.result
+                            final = _dump(self._response(cid, result, event.queue_ms, req, snippets))
+                            end = {"index": 0, "text": "", "finish_reason": result.finish_reason}
+                            final["choices"] = [end]
+                            yield _sse(final)
+                            yield "data: [DONE]\n\n"
                 except ValueError as exc:
                     yield _sse({"error": {"code": "invalid_request", "message": str(exc)}})
-                    return
-                queue_ms = ((started or [queued])[0] - queued) * 1000.0
-                response = self._response(cid, result, queue_ms, req, snippets)
-                final = _dump(response)
-                final["choices"] = [{"index": 0, "text": "", "finish_reason": result.finish_reason}]
-                yield _sse(final)
-                yield "data: [DONE]\n\n"
-            finally:
-                cancel.set()  # a client that went away stops the generation
 
-        return StreamingResponse(
-            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
+        headers = {"Cache-Control": "no-cache"}
+        return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
-
-async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
-    while not cancel.is_set():
-        if await request.is_disconnected():
-            cancel.set()
-            return
-        await asyncio.sleep(DISCONNECT_POLL_S)
+    async def _watch_disconnect(self, http: HttpRequest, request: Request) -> None:
+        while not request.cancelled.is_set():
+            if await http.is_disconnected():
+                self.scheduler.cancel(request)
+                return
+            await asyncio.sleep(DISCONNECT_POLL_S)
 
 
 def _dump(response: CompletionResponse) -> dict[str, object]:

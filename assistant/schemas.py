@@ -143,6 +143,11 @@ class Usage(BaseModel):
     trimmed_prompt_tokens: int = Field(0, description="Prompt tokens dropped to fit the context")
     encoded_prompt_tokens: int = Field(0, description="Prompt tokens run through the model for this request")
     reused_prompt_tokens: int = Field(0, description="Prompt tokens whose KV came from the document cache")
+    tokenized_chars: int = Field(
+        0,
+        description="Characters of the document that went through the tokenizer for this request: "
+        "all of them for a new document, a window around each change after an edit",
+    )
     decode_passes: int = Field(
         0, description="Forward passes after the prompt's (fewer than the tokens when drafts were accepted)"
     )

@@ -6,7 +6,7 @@ apply exactly (a version gap, an out-of-range or malformed edit, a change refuse
 is answered with `resync`, after which changes for that document are ignored until the
 editor's `open` brings the full text. A newer `complete` for a document cancels the older one.
 
-Completions run through the same scheduler and engine as REST calls; the document's KV cache
+Completions are `Request`s to the same step scheduler as REST calls; the document's KV cache
 is keyed by (tenant, uri, model) and follows the edits by PIE reuse at the next completion
 (the engine diffs the new prompt's tokens against the cached ones), so typing costs nothing
 until a completion is asked for.
@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -26,7 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from splice.assistant.completions import ClientGone, CompletionService
+from splice.assistant.completions import CompletionService
 from splice.assistant.documents import (
     Change,
     DocumentError,
@@ -40,7 +39,8 @@ from splice.assistant.errors import ApiError, describe_validation_errors
 from splice.assistant.metrics import Metrics
 from splice.assistant.settings import Settings
 from splice.completion.document_cache import DocumentKey
-from splice.completion.engine import CompletionInput, CompletionResult, GenerationParams
+from splice.completion.engine import CompletionInput, GenerationParams
+from splice.completion.scheduler import Request
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,11 @@ class _InFlight:
     uri: str
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    request: Request | None = None  # once submitted to the scheduler
+
+
+class _Replaced(Exception):
+    """A newer request or a cancel replaced this one."""
 
 
 class EditorSession:
@@ -348,7 +353,7 @@ class EditorSession:
             return
         older = self.by_uri.get(uri)
         if older is not None:
-            older.cancelled.set()  # latest wins
+            self._cancel(older)  # latest wins
         job = _InFlight(rid, uri)
         self.by_uri[uri] = job
         self.by_id[rid] = job
@@ -360,15 +365,13 @@ class EditorSession:
             draft_text=doc.removed,
         )
         params = GenerationParams(max_tokens=max_tokens, temperature=msg.temperature or 0.0)
-        key = None
-        if self.settings.reuse_method != "full":
-            key = DocumentKey(self.tenant, uri, self.completions.engine.loaded.model_id)
+        key = self._cache_key(uri) if self.settings.reuse_method != "full" else None
         job.task = asyncio.create_task(self._complete(job, inp, params, key, doc.version, msg.position))
 
     async def on_cancel(self, msg: CancelMsg) -> None:
         job = self.by_id.get(msg.requestId)
         if job is not None:
-            job.cancelled.set()
+            self._cancel(job)
 
     async def on_close(self, msg: CloseMsg) -> None:
         if msg.uri not in self.open_uris:
@@ -376,11 +379,12 @@ class EditorSession:
             return
         job = self.by_uri.get(msg.uri)
         if job is not None:
-            job.cancelled.set()
+            self._cancel(job)
         self.open_uris.discard(msg.uri)
         self.awaiting_open.pop(msg.uri, None)
         with contextlib.suppress(UnknownDocument):
             self.store.close(self.tenant, msg.uri)
+        self.completions.engine.kv.close(self._cache_key(msg.uri))
         if self.completions.registry is not None:
             self.completions.registry.buffer_closed(msg.uri)
         self.metrics.ws_documents.set(len(self.store))
@@ -414,44 +418,22 @@ class EditorSession:
         version: int,
         position: PositionIn,
     ) -> None:
-        cancel = threading.Event()
-
-        async def watch() -> None:
-            await job.cancelled.wait()
-            cancel.set()
-
-        watcher = asyncio.create_task(watch())
-        engine = self.completions.engine
-        queued = time.perf_counter()
-        started: list[float] = []
-
-        def run() -> CompletionResult:
-            started.append(time.perf_counter())
-            with self.metrics.in_progress.track_inprogress():
-                return engine.complete(inp, params, cancel=cancel, document=key)
-
         try:
             try:
-                # repository context for the cursor; `run` reads `inp` when it runs, after this
                 inp, _ = await self.completions.add_context(inp, f"{self.tenant}:{job.uri}")
-                future = await self.completions.start(run, watcher)
-                result = await future
-            except ClientGone:
-                await self.error(
-                    "cancelled", "a newer request or a cancel replaced this one", job.request_id, job.uri
+                if job.cancelled.is_set():  # replaced while its context was read
+                    raise _Replaced
+                # latest wins, also against a request of this document that is already queued
+                job.request = Request(
+                    inp, params, document=key, tenant=self.tenant, latest_wins=(id(self), job.uri)
                 )
-                return
+                finished = await self.completions.run(job.request)
             except ApiError as exc:
                 await self.error(exc.code, exc.message, job.request_id, job.uri)
                 return
-            except ValueError as exc:
-                await self.error("invalid_message", str(exc), job.request_id, job.uri)
-                return
+            result = finished.result
             if result.finish_reason == "cancelled" or job.cancelled.is_set():
-                await self.error(
-                    "cancelled", "a newer request or a cancel replaced this one", job.request_id, job.uri
-                )
-                return
+                raise _Replaced
             where = {"line": position.line, "character": position.character}
             t = result.timings
             await self.send(
@@ -469,24 +451,36 @@ class EditorSession:
                         "completion_tokens": result.completion_tokens,
                         "encoded_prompt_tokens": result.encoded_prompt_tokens,
                         "reused_prompt_tokens": result.reused_prompt_tokens,
+                        "tokenized_chars": result.tokenized_chars,
                         "decode_passes": result.decode_passes,
                         "accepted_draft_tokens": result.accepted_draft_tokens,
                         "decode_layers": result.decode_layers,
                         "exited_tokens": result.exited_tokens,
                     },
                     "timings": {
-                        "queue_ms": round(((started or [queued])[0] - queued) * 1000.0, 2),
+                        "queue_ms": round(finished.queue_ms, 2),
                         "prompt_ms": round(t.prompt_ms, 2),
                         "first_token_ms": round(t.first_token_ms, 2),
                         "total_ms": round(t.total_ms, 2),
                     },
                 }
             )
+        except _Replaced:
+            await self.error(
+                "cancelled", "a newer request or a cancel replaced this one", job.request_id, job.uri
+            )
         finally:
-            watcher.cancel()
             self.by_id.pop(job.request_id, None)
             if self.by_uri.get(job.uri) is job:
                 del self.by_uri[job.uri]
+
+    def _cache_key(self, uri: str) -> DocumentKey:
+        return DocumentKey(self.tenant, uri, self.completions.engine.loaded.model_id)
+
+    def _cancel(self, job: _InFlight) -> None:
+        job.cancelled.set()
+        if job.request is not None:
+            self.completions.scheduler.cancel(job.request)
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -522,13 +516,14 @@ class EditorSession:
     async def shutdown(self) -> None:
         """The connection ended: stop its completions and release its documents."""
         for job in list(self.by_id.values()):
-            job.cancelled.set()
+            self._cancel(job)
         tasks = [j.task for j in self.by_id.values() if j.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         for uri in self.open_uris:
             with contextlib.suppress(UnknownDocument):
                 self.store.close(self.tenant, uri)
+            self.completions.engine.kv.close(self._cache_key(uri))
         self.open_uris.clear()
         self.metrics.ws_documents.set(len(self.store))
         self.metrics.ws_connections.dec()

@@ -211,14 +211,14 @@ def run(
         exit_thresholds, stop_thresholds, self_sizes = [], [], []
     methods = methods_for(base, draft_sizes, exit_thresholds, stop_thresholds, self_sizes)
     engines = {name: CompletionEngine(loaded, config) for name, config in methods.items()}
-    shared = engines["greedy"].documents
+    shared = engines["greedy"].kv
     for engine in engines.values():
-        engine.documents = shared  # one prompt encoding per task, reused by every method
+        engine.kv = shared  # one prompt encoding per task, reused by every method
     params = GenerationParams(max_tokens=max_tokens)
     rows: dict[tuple[str, str, str], Row] = {}
     started = time.perf_counter()
     for n, task in enumerate(tasks, 1):
-        engines["greedy"].encode_document(
+        shared.encode(
             engines["greedy"].prepare(task.inp, max_tokens).input_ids, _key(task, engines["greedy"])
         )
         greedy_text, greedy_tokens = "", 0
@@ -254,7 +254,7 @@ def run(
             else:
                 before, after = task.program
                 row.passed.append(float(run_program(before + result.text + after).passed))
-        shared.drop(_key(task, engines["greedy"]))
+        shared.close(_key(task, engines["greedy"]))
         if progress:
             elapsed = time.perf_counter() - started
             eta = elapsed / n * (len(tasks) - n)

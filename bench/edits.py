@@ -249,7 +249,7 @@ def run(
         primer = any_engine.prepare(CompletionInput(original[: len(steps[0].prefix)]), params.max_tokens)
         primed = encode_full(loaded.model, primer.input_ids)
         for engine in engines.values():
-            engine.documents.put(key, primed)
+            engine.kv.caches.put(key, primed)
         for step in steps:
             n_steps += 1
             texts: dict[str, str] = {}

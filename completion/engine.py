@@ -1,12 +1,14 @@
-"""The completion engine: segments -> prompt -> prefill -> decode -> post-processing.
+"""The completion engine: segments -> prompt -> encoding (prefill or PIE reuse) -> a `Generation`.
 
-One `CompletionEngine` owns one loaded model and is driven by one thread at a time (the
-service serialises generations per model). Every request re-encodes its whole prompt here
-(full recomputation); this is the baseline that the document KV caches of issue 3 replace.
-
-Phases are verbs: `prepare` builds the token prompt, `prefill` encodes it, `decode_one_token`
-extends it by one token. Decoding is greedy unless a temperature > 0 is asked for, so the
-same text gives the same completion on every path (REST, streaming, CLI).
+One `CompletionEngine` owns one loaded model and is driven by one thread at a time (the step
+scheduler's worker in the service; the caller's thread in the CLI, benchmarks and tests).
+`prepare` builds the token prompt (FIM template, healing, trimming to the budget); `start`
+encodes it, whole (`prefill`) or against a document's cached KV (`KVManager.encode`: PIE reuse
+of what did not change), and returns the request's `Generation`, which decodes one step at a time
+(`splice.completion.generation`). `complete` is start + step until done + result. Every forward
+pass goes through the `ModelRunner` (`splice.completion.runner`). Decoding is greedy unless a
+temperature > 0 is asked for, so the same text gives the same completion on every path (REST,
+streaming, WebSocket, CLI).
 """
 
 from __future__ import annotations
@@ -15,25 +17,29 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from transformers import DynamicCache
 
-from splice.completion.document_cache import DocumentCacheStore, DocumentKey
-from splice.completion.drafting import DraftConfig, DraftLength, LookupDrafter
+from splice.completion.document_cache import DocumentKey
+from splice.completion.drafting import DraftConfig
 from splice.completion.early_exit import ExitHeads, ExitThresholds
-from splice.completion.fim import FimPrompt, FimTemplate, build_prompt, resolve_template, stop_token_ids
+from splice.completion.fim import (
+    FimPrompt,
+    FimTemplate,
+    TextEncoder,
+    build_prompt,
+    resolve_template,
+    stop_token_ids,
+)
+from splice.completion.generation import Generation, TextSink
 from splice.completion.healing import TokenHealer
+from splice.completion.kv_manager import KVManager
 from splice.completion.models import LoadedModel
-from splice.completion.pie import DocumentKV, apply_plan, encode_full, select_refresh
-from splice.completion.pie_plan import REUSE_METHODS, ReuseMethod, plan_reuse
-from splice.completion.postprocess import is_finished, postprocess, stable_prefix
+from splice.completion.pie_plan import REUSE_METHODS, ReuseMethod
 from splice.completion.runner import ModelRunner
-from splice.completion.token_edits import diff_tokens
-from splice.kernels.rope import RopeSpec, UnsupportedRope, rope_spec_from_config
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +149,7 @@ class Timings:
 class PreparedPrompt:
     fim: FimPrompt
     heal: str  # removed from the end of the prefix; the output must start with it
+    tokenized_chars: int = 0  # characters of the document that went through the tokenizer
 
     @property
     def input_ids(self) -> list[int]:
@@ -160,6 +167,7 @@ class CompletionResult:
     timings: Timings
     encoded_prompt_tokens: int = 0  # prompt tokens run through the model for this request
     reused_prompt_tokens: int = 0  # prompt tokens whose KV came from the document cache
+    tokenized_chars: int = 0  # document characters tokenized for this request (a window after an edit)
     context_tokens: int = 0  # repository context tokens in the prompt
     decode_passes: int = 0  # forward passes after the prompt's (one per token without drafting)
     draft_tokens: int = 0  # tokens proposed by the drafter
@@ -169,8 +177,10 @@ class CompletionResult:
     exited_tokens: int = 0  # tokens emitted from an exit layer
     early_stop_removed: int = 0  # max_tokens - generated when the controller's Stop ended the completion
 
-
-TextSink = Callable[[str], None]
+    @classmethod
+    def cancelled(cls) -> CompletionResult:
+        """The result of a request cancelled before it ran."""
+        return cls("", "", "cancelled", 0, 0, 0, Timings())
 
 
 class CompletionEngine:
@@ -208,14 +218,14 @@ class CompletionEngine:
             )
         if self.config.early_exit and not self.runner.supported:
             raise ValueError(f"early exit needs a layer-by-layer runner; {loaded.model_id} runs whole")
-        self.documents: DocumentCacheStore[DocumentKV] = DocumentCacheStore(self.config.document_cache_bytes)
-        self.rope_spec: RopeSpec | None = None
-        self.rope_problem = ""
-        try:
-            self.rope_spec = rope_spec_from_config(self.model.config)
-        except UnsupportedRope as exc:
-            self.rope_problem = str(exc)
-            log.warning("document caches reuse only common prefixes for this model: %s", exc)
+        self.kv = KVManager(
+            self.model,
+            self.tokenizer,
+            budget_bytes=self.config.document_cache_bytes,
+            reuse_method=self.config.reuse_method,
+            refresh_first_k=self.config.refresh_first_k,
+            refresh_ratio=self.config.refresh_ratio,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -230,8 +240,11 @@ class CompletionEngine:
             budget = min(budget, CPU_DEFAULT_MAX_PROMPT_TOKENS)
         return budget
 
-    def prepare(self, inp: CompletionInput, max_tokens: int) -> PreparedPrompt:
-        """Token prompt for `inp`, healed and trimmed to the budget (see `splice.completion.fim`)."""
+    def prepare(
+        self, inp: CompletionInput, max_tokens: int, document: DocumentKey | None = None
+    ) -> PreparedPrompt:
+        """Token prompt for `inp`, healed and trimmed to the budget (see `splice.completion.fim`).
+        With a `document`, its text is tokenized from the last request's tokens (`KVManager`)."""
         if max_tokens >= self.context_window - 8:
             raise ValueError(
                 f"max_tokens={max_tokens} leaves no room for a prompt in the "
@@ -245,6 +258,8 @@ class CompletionEngine:
             healed = self.healer.split(prefix)
             if healed.prefix or self.template.is_fim:  # a prefix-only prompt must keep a token
                 prefix, heal = healed.prefix, healed.heal
+        encoder = self.kv.tokens(document) if document is not None else TextEncoder(self.tokenizer)
+        before = encoder.stats.chars
         fim = build_prompt(
             self.tokenizer,
             self.template,
@@ -253,8 +268,13 @@ class CompletionEngine:
             mode=self.fim_mode,
             max_prompt_tokens=self.max_prompt_tokens(max_tokens),
             context=inp.context.replace("\r\n", "\n"),
+            encoder=encoder,
         )
-        return PreparedPrompt(fim, heal)
+        if not fim.input_ids:
+            raise ValueError(
+                "nothing to complete from: the prompt is empty (this model needs text before the cursor)"
+            )
+        return PreparedPrompt(fim, heal, encoder.stats.chars - before)
 
     @torch.inference_mode()
     def prefill(self, input_ids: list[int]) -> tuple[DynamicCache, torch.Tensor]:
@@ -264,38 +284,6 @@ class CompletionEngine:
         logits = self.runner.run(ids, cache).logits
         assert logits is not None
         return cache, logits[-1]
-
-    def encode_document(
-        self, ids: list[int], document: DocumentKey, method: ReuseMethod | None = None
-    ) -> tuple[DocumentKV, int, int]:
-        """Bring `document`'s cache to the sequence `ids`, re-encoding only what changed.
-
-        Returns the cache and the numbers of encoded and reused tokens. The cache is stored
-        back (LRU, within the budget), so the next request for the document starts from it.
-        """
-        method = method or self.config.reuse_method
-        if method in ("naive", "pie", "pie+refresh") and self.rope_spec is None:
-            method = "prefix"  # re-rotation impossible for this RoPE type (logged at start-up)
-        old = self.documents.get(document)
-        if old is None or method == "full":
-            doc = encode_full(self.model, ids)
-            encoded, reused = len(ids), 0
-        else:
-            script = diff_tokens(old.ids, ids)
-            plan = plan_reuse(
-                old.ids,
-                ids,
-                script,
-                method,
-                refresh_first_k=self.config.refresh_first_k,
-                logits_fresh=old.logits is not None,
-            )
-            if method == "pie+refresh" and self.config.refresh_ratio > 0:
-                plan = select_refresh(self.model, old, ids, plan, self.rope_spec, self.config.refresh_ratio)
-            doc, stats = apply_plan(self.model, old, ids, plan, self.rope_spec)
-            encoded, reused = stats.encoded, stats.reused
-        self.documents.put(document, doc)
-        return doc, encoded, reused
 
     @torch.inference_mode()
     def decode_one_token(self, cache: DynamicCache, token: int) -> torch.Tensor:
@@ -357,6 +345,41 @@ class CompletionEngine:
             cache.crop(accepted - len(draft))
         return draft, accepted, logits[accepted]
 
+    def start(
+        self,
+        inp: CompletionInput,
+        params: GenerationParams,
+        *,
+        document: DocumentKey | None = None,
+        on_text: TextSink | None = None,
+    ) -> Generation:
+        """Encode the prompt and return the generation, ready for its first `step()`. With a
+        `document`, its cached KV is reused and only what changed is encoded (PIE)."""
+        started = time.perf_counter()
+        timings = Timings()
+        prompt = self.prepare(inp, params.max_tokens, document)
+        if document is None:
+            cache, logits = self.prefill(prompt.input_ids)
+            encoded, reused = len(prompt.input_ids), 0
+        else:
+            doc, encoded, reused = self.kv.encode(prompt.input_ids, document)
+            assert doc.logits is not None
+            cache, logits = doc.to_cache(self.model.config), doc.logits
+        timings.prompt_ms = (time.perf_counter() - started) * 1000.0
+        return Generation(
+            self,
+            inp,
+            params,
+            prompt,
+            cache,
+            logits,
+            encoded=encoded,
+            reused=reused,
+            timings=timings,
+            started=started,
+            on_text=on_text,
+        )
+
     def complete(
         self,
         inp: CompletionInput,
@@ -366,227 +389,13 @@ class CompletionEngine:
         on_text: TextSink | None = None,
         document: DocumentKey | None = None,
     ) -> CompletionResult:
-        """Generate one suggestion. `on_text` receives stable text deltas while decoding
-        (their concatenation equals `result.text`); `cancel` stops decoding early. With a
-        `document`, its cached KV is reused and only what changed is encoded (PIE)."""
-        start = time.perf_counter()
-        timings = Timings()
-        prompt = self.prepare(inp, params.max_tokens)
-        generator = _make_generator(params, self.device)
-        stops = tuple(s for s in params.stop if s)
-        if cancel is not None and cancel.is_set():  # cancelled while it waited for the model
-            timings.total_ms = (time.perf_counter() - start) * 1000.0
-            return CompletionResult("", "", "cancelled", len(prompt.input_ids), 0, 0, timings)
-
-        if document is None:
-            cache, logits = self.prefill(prompt.input_ids)
-            encoded, reused = len(prompt.input_ids), 0
-        else:
-            doc, encoded, reused = self.encode_document(prompt.input_ids, document)
-            assert doc.logits is not None
-            cache, logits = doc.to_cache(self.model.config), doc.logits
-        timings.prompt_ms = (time.perf_counter() - start) * 1000.0
-
-        generated: list[int] = []
-        raw = ""
-        pending = prompt.heal  # healed text the output has yet to spell out
-        emitted = ""
-        finish: FinishReason = "length"
-        drafter = None
-        speculative = None
-        if self.config.drafting == "self" and generator is None:
-            speculative = DraftLength(self.config.draft)
-        if self.config.drafting == "lookup" and generator is None:
-            extra = (
-                self.tokenizer(inp.draft_text, add_special_tokens=False).input_ids if inp.draft_text else []
-            )
-            drafter = LookupDrafter([*extra, *prompt.input_ids], self.config.draft)
-        verified: list[int] = []  # accepted draft tokens, already in the cache, not yet delivered
-        passes = verifications = drafted = accepted_total = 0
-        layers_run = exited = removed = 0
-        early_exit = self.config.early_exit if params.early_exit is None else params.early_exit
-        if early_exit and self.exit_heads is None:
-            raise ValueError(f"{self.loaded.model_id} has no exit heads; early exit is unavailable")
-        thresholds = params.exit_thresholds or self.config.exit_thresholds
-        decode_start = time.perf_counter()
-        while True:
+        """Generate one suggestion on the calling thread (the CLI, benchmarks and tests; the
+        service steps generations from its scheduler). `on_text` receives stable text deltas
+        (their concatenation equals `result.text`); `cancel` stops decoding between steps."""
+        if cancel is not None and cancel.is_set():
+            return CompletionResult.cancelled()
+        generation = self.start(inp, params, document=document, on_text=on_text)
+        while not generation.step():
             if cancel is not None and cancel.is_set():
-                finish = "cancelled"
-                break
-            in_cache = bool(verified)  # an accepted draft token: the verification pass fed it
-            if in_cache:
-                token = verified.pop(0)
-            else:
-                if pending:
-                    assert self.healer is not None
-                    logits = _restrict(logits, self.healer.allowed(pending))
-                token = _sample(logits, params, generator)
-            if pending:
-                assert self.healer is not None
-                spelled = self.healer.token_text[token]
-                pending = "" if spelled.startswith(pending) else pending[len(spelled) :]
-            if not generated:
-                timings.first_token_ms = (time.perf_counter() - start) * 1000.0
-                decode_start = time.perf_counter()
-            if token in self.stop_ids:
-                finish = "stop"
-                break
-            generated.append(token)
-            raw = _strip_heal(str(self.tokenizer.decode(generated, skip_special_tokens=True)), prompt.heal)
-            cut = _find_stop(raw, stops)
-            if cut is not None:
-                raw = raw[:cut]
-                finish = "stop"
-                break
-            if is_finished(raw, inp.prefix, inp.suffix):
-                finish = "scope"
-                break
-            if len(generated) >= params.max_tokens:
-                break
-            if on_text is not None:
-                emitted = _emit(on_text, emitted, _streamable(raw, stops), inp)
-            if drafter is not None:
-                drafter.append(token)
-            if in_cache:
-                continue
-            passes += 1
-            draft = drafter.propose() if drafter is not None and not pending and drafter.ready() else []
-            draft = draft[: params.max_tokens - len(generated)]
-            if draft:
-                accepted, logits = self.verify(cache, token, draft)
-                verified = draft[:accepted]
-                if drafter is not None:
-                    drafter.feedback(len(draft), accepted)
-                drafted += len(draft)
-                verifications += 1
-                accepted_total += accepted
-                layers_run += self.runner.num_layers
-            elif (
-                speculative is not None
-                and not pending
-                and params.max_tokens - len(generated) > 1
-                and speculative.ready()
-            ):
-                k = min(speculative.length, params.max_tokens - len(generated))
-                draft, accepted, logits = self.speculate(cache, token, k)
-                verified = draft[:accepted]
-                speculative.feedback(len(draft), accepted)
-                drafted += len(draft)
-                verifications += 1
-                accepted_total += accepted
-                depth = self.exit_heads.exit_layers[-1] if self.exit_heads is not None else 0
-                layers_run += (len(draft) + 1) * depth + self.runner.num_layers - depth
-            elif early_exit and not pending:
-                assert self.exit_heads is not None
-                ids = torch.tensor([[token]], dtype=torch.long, device=self.device)  # [1, 1]
-                step = self.runner.decode_exit(ids, cache, self.exit_heads, thresholds)
-                layers_run += step.layers
-                if step.logits is None:  # Stop: what follows is likely wrong
-                    finish = "early_stop"
-                    removed = params.max_tokens - len(generated)
-                    break
-                exited += step.decision == "exit"
-                logits = step.logits
-            else:
-                logits = self.decode_one_token(cache, token)
-                layers_run += self.runner.num_layers
-        timings._decoded = max(len(generated) - 1, 0)
-        timings.decode_ms = (time.perf_counter() - decode_start) * 1000.0 if generated else 0.0
-
-        text = postprocess(raw, inp.prefix, inp.suffix)
-        if on_text is not None:
-            if text.startswith(emitted):
-                if len(text) > len(emitted):
-                    on_text(text[len(emitted) :])
-            else:  # would mean stable_prefix broke its contract; the stream is already out
-                log.error("streamed text %r is not a prefix of the final text %r", emitted, text)
-        timings.total_ms = (time.perf_counter() - start) * 1000.0
-        return CompletionResult(
-            text=text,
-            raw=raw,
-            finish_reason=finish,
-            prompt_tokens=len(prompt.input_ids),
-            completion_tokens=len(generated),
-            trimmed_prompt_tokens=prompt.fim.trimmed_prefix_tokens + prompt.fim.trimmed_suffix_tokens,
-            timings=timings,
-            encoded_prompt_tokens=encoded,
-            reused_prompt_tokens=reused,
-            context_tokens=prompt.fim.context_tokens,
-            decode_passes=passes,
-            draft_tokens=drafted,
-            accepted_draft_tokens=accepted_total,
-            verify_passes=verifications,
-            decode_layers=layers_run,
-            exited_tokens=exited,
-            early_stop_removed=removed,
-        )
-
-
-def _make_generator(params: GenerationParams, device: torch.device) -> torch.Generator | None:
-    if params.temperature == 0.0:
-        return None
-    generator = torch.Generator(device=device)
-    if params.seed is not None:
-        generator.manual_seed(params.seed)
-    else:
-        generator.seed()
-    return generator
-
-
-def _sample(logits: torch.Tensor, params: GenerationParams, generator: torch.Generator | None) -> int:
-    """Greedy at temperature 0, else temperature + nucleus sampling. logits: [V] fp32."""
-    if generator is None:
-        return int(torch.argmax(logits).item())
-    probs = torch.softmax(logits / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
-        sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
-        choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
-        return int(order[choice].item())
-    return int(torch.multinomial(probs, 1, generator=generator).item())
-
-
-def _restrict(logits: torch.Tensor, allowed: list[int]) -> torch.Tensor:
-    """logits [V] with every token outside `allowed` at -inf."""
-    if not allowed:
-        return logits
-    index = torch.tensor(allowed, device=logits.device)
-    masked = torch.full_like(logits, float("-inf"))
-    masked[index] = logits[index]
-    return masked
-
-
-def _strip_heal(text: str, heal: str) -> str:
-    """The output less the healed text it re-spelled ("" while that is still incomplete)."""
-    if not heal:
-        return text
-    if text.startswith(heal):
-        return text[len(heal) :]
-    return "" if heal.startswith(text) else text
-
-
-def _find_stop(raw: str, stops: tuple[str, ...]) -> int | None:
-    hits = [i for i in (raw.find(s) for s in stops) if i >= 0]
-    return min(hits) if hits else None
-
-
-def _streamable(raw: str, stops: tuple[str, ...]) -> str:
-    """`raw` minus what may still change: a trailing partial UTF-8 character, or a tail that
-    could be the start of a stop sequence (which would then be cut away)."""
-    raw = raw.rstrip("\ufffd")
-    hold = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(raw)), 0, -1):
-            if raw.endswith(stop[:k]):
-                hold = max(hold, k)
-                break
-    return raw[: len(raw) - hold]
-
-
-def _emit(on_text: TextSink, emitted: str, raw: str, inp: CompletionInput) -> str:
-    stable = stable_prefix(raw, inp.prefix, inp.suffix)
-    if len(stable) > len(emitted) and stable.startswith(emitted):
-        on_text(stable[len(emitted) :])
-        return stable
-    return emitted
+                generation.cancel()
+        return generation.result()

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from splice.completion.token_edits import TokenizeStats
+
 FIM_MODES = ("psm", "spm")
 
 # Prepended to text that must be encoded as a continuation of earlier text, then removed again:
@@ -184,14 +186,44 @@ def _encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return ids
 
 
+class TextEncoder:
+    """How `build_prompt` turns the document's prefix and suffix into ids: here, whole, on every
+    call. `splice.completion.kv_manager.DocumentTokens` keeps a document's tokens from one request
+    to the next and re-tokenizes only around what changed, with the same ids. `stats` counts the
+    characters that went through the tokenizer."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self.stats = TokenizeStats()
+
+    def prefix(self, text: str) -> list[int]:
+        self.stats.add(text)
+        return _encode_text(self.tokenizer, text)
+
+    def suffix(self, text: str) -> list[int]:
+        self.stats.add(text)
+        return _encode_continuation(self.tokenizer, text)
+
+
+def plain_added_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
+    """Added tokens that are not special: a text containing one is encoded differently (see
+    `_encode_text`)."""
+    return tuple(t.content for t in tokenizer.added_tokens_decoder.values() if not t.special)
+
+
+def adds_dummy_prefix(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer encodes a text's start differently from its continuation."""
+    return _encode_text(tokenizer, "a") != _strip_sentinel(tokenizer, "a", _SENTINELS[0])
+
+
 def _encode_continuation(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Encode `text` as if it continued earlier text: without a sentencepiece dummy-prefix space.
 
     A tokenizer that adds that space does so at the start of the string only, so encode
     sentinel + text and strip the sentinel's tokens, checking that they come out unchanged.
     """
-    if _encode_text(tokenizer, "a") == _strip_sentinel(tokenizer, "a", _SENTINELS[0]):
-        return _encode_text(tokenizer, text)  # no dummy prefix: nothing to undo
+    if not adds_dummy_prefix(tokenizer):
+        return _encode_text(tokenizer, text)  # nothing to undo
     for sentinel in _SENTINELS:
         ids = _strip_sentinel(tokenizer, text, sentinel)
         if ids is not None:
@@ -248,13 +280,16 @@ def build_prompt(
     mode: str = "psm",
     max_prompt_tokens: int | None = None,
     context: str = "",
+    encoder: TextEncoder | None = None,
 ) -> FimPrompt:
     """The prompt ids for infilling between `prefix` and `suffix`, trimmed to `max_prompt_tokens`.
 
     `context` (repository snippets, already rendered and fitted to their own budget) comes
     first, before the template's sentinels, so the document part of the prompt keeps its
     layout; it may use at most half of the budget, and is cut at a line boundary if longer.
+    `encoder` tokenizes the prefix and suffix (default: whole, each call).
     """
+    encoder = encoder or TextEncoder(tokenizer)
     if mode not in template.modes:
         raise ValueError(
             f"FIM mode {mode!r} is not supported by template {template.name!r}; "
@@ -269,7 +304,7 @@ def build_prompt(
             context_ids = _encode_context(tokenizer, template, "\n".join(lines) + "\n") if lines else []
     if budget is not None:
         budget -= len(context_ids)
-    full_prefix = _encode_text(tokenizer, prefix)
+    full_prefix = encoder.prefix(prefix)
 
     if not template.is_fim:
         kept_prefix, _ = _trim(full_prefix, [], budget)
@@ -291,7 +326,7 @@ def build_prompt(
 
     # The suffix follows a sentinel directly, so it must not gain a dummy-prefix space (CodeLlama);
     # the prefix keeps it, as in Meta's reference layout. For byte-level tokenizers both are plain.
-    full_suffix = _encode_continuation(tokenizer, suffix)
+    full_suffix = encoder.suffix(suffix)
     kept_prefix, kept_suffix = _trim(full_prefix, full_suffix, budget)
     if mode == "psm":
         input_ids = [*bos, *context_ids, pre, *kept_prefix, suf, *kept_suffix, mid]

@@ -43,6 +43,19 @@ DIFFLIB_MAX_WORK = 1 << 22  # diff_tokens: an unanchored middle with len(a) * le
 Offsets = tuple[tuple[int, int], ...]
 
 
+@dataclass
+class TokenizeStats:
+    """What went through the tokenizer: calls and characters (a counter for callers that must show
+    that an edit re-tokenized a window, not the document)."""
+
+    calls: int = 0
+    chars: int = 0
+
+    def add(self, text: str) -> None:
+        self.calls += 1
+        self.chars += len(text)
+
+
 @dataclass(frozen=True)
 class TextEdit:
     start: int  # character offset in the OLD text
@@ -80,8 +93,12 @@ class TokenizedText:
             raise ValueError(f"{len(self.ids)} ids but {len(self.offsets)} offsets")
 
 
-def tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> TokenizedText:
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase, text: str, stats: TokenizeStats | None = None
+) -> TokenizedText:
     """Full tokenization as plain text: no BOS/EOS, special-token strings stay characters."""
+    if stats is not None:
+        stats.add(text)
     if not tokenizer.is_fast:
         raise ValueError(f"{type(tokenizer).__name__} gives no offsets; a fast tokenizer is needed")
     enc = tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
@@ -409,6 +426,7 @@ def _sync_window(
     floor: tuple[int, int] | None,  # (char, old token index) after the previous window, if any
     ceil: int | None,  # where the next edit starts, if any
     budget: float,  # old characters the windows may still cover before falling back
+    stats: TokenizeStats | None,
 ) -> _Window | str:
     shift_before = region.new_start - region.old_start
     shift_after = region.new_end - region.old_end
@@ -422,7 +440,7 @@ def _sync_window(
         chars = end - start  # old characters covered: the windows of one call never exceed the text
         if chars > budget:
             return _FALLBACK
-        window = tokenize(tokenizer, new_text[start + shift_before : end + shift_after])
+        window = tokenize(tokenizer, new_text[start + shift_before : end + shift_after], stats)
         ids = list(window.ids)
         offsets = [(s + start + shift_before, e + start + shift_before) for s, e in window.offsets]
 
@@ -465,12 +483,14 @@ def retokenize(
     edits: Sequence[TextEdit],
     *,
     fallback_fraction: float = FALLBACK_FRACTION,
+    stats: TokenizeStats | None = None,
 ) -> tuple[TokenizedText, list[TokenRun]]:
     """Tokenize `old.text` with `edits` applied, re-tokenizing only windows around the edits.
 
     Returns the new tokenization (equal to `tokenize(tokenizer, new_text)`) and the script from
     `old.ids` to the new ids. `fallback_fraction`: when the windows together exceed this fraction
-    of the document, tokenize the whole new text and diff instead (`math.inf`: never).
+    of the document, tokenize the whole new text and diff instead (`math.inf`: never). `stats`
+    counts what went through the tokenizer.
     """
     ordered = _checked_edits(edits, len(old.text))
     new_text = apply_text_edits(old.text, ordered)
@@ -482,7 +502,7 @@ def retokenize(
         prev = windows[-1] if windows else None
         floor = (prev.region.old_end, prev.old_hi) if prev is not None else None
         ceil = pending[0].old_start if pending else None
-        result = _sync_window(tokenizer, old, new_text, region, floor, ceil, budget)
+        result = _sync_window(tokenizer, old, new_text, region, floor, ceil, budget, stats)
         if isinstance(result, _Window):
             windows.append(result)
             budget -= result.chars
@@ -493,7 +513,7 @@ def retokenize(
         elif result == _MERGE_RIGHT:
             pending[0] = region.merge(pending[0])
         else:
-            new = tokenize(tokenizer, new_text)
+            new = tokenize(tokenizer, new_text, stats)
             return new, diff_tokens(old.ids, new.ids)
 
     builder = _ScriptBuilder()

@@ -215,16 +215,16 @@ def test_connection_limits(engine: CompletionEngine) -> None:
 def gated(engine: CompletionEngine) -> tuple[threading.Event, Callable[[], None]]:
     """Hold the model's worker until the returned event is set (the real engine then runs)."""
     gate = threading.Event()
-    real = engine.complete
+    real = engine.start
 
     def waiting(*args: Any, **kwargs: Any) -> Any:
         assert gate.wait(30), "test gate never opened"
         return real(*args, **kwargs)
 
-    engine.complete = waiting  # type: ignore[method-assign]
+    engine.start = waiting  # type: ignore[method-assign]
 
     def restore() -> None:
-        engine.complete = real  # type: ignore[method-assign]
+        engine.start = real  # type: ignore[method-assign]
 
     return gate, restore
 

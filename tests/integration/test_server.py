@@ -146,12 +146,14 @@ def test_stream_concatenates_to_the_plain_response(server: str, prefix: str, suf
     assert text == plain["choices"][0]["text"]
     final = chunks[-1]
     assert final["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]  # type: ignore[index]
-    # the same tokens and text; the stream reuses the plain request's document cache (PIE)
-    reuse = {"encoded_prompt_tokens", "reused_prompt_tokens"}
+    # the same tokens and text; the stream reuses the plain request's document cache (PIE) and
+    # tokens (nothing changed: nothing is tokenized again)
+    reuse = {"encoded_prompt_tokens", "reused_prompt_tokens", "tokenized_chars"}
     assert {k: v for k, v in final["usage"].items() if k not in reuse} == {  # type: ignore[union-attr]
         k: v for k, v in plain["usage"].items() if k not in reuse
     }
     assert final["usage"]["encoded_prompt_tokens"] < plain["usage"]["prompt_tokens"]  # type: ignore[index]
+    assert plain["usage"]["tokenized_chars"] > 0 and final["usage"]["tokenized_chars"] == 0  # type: ignore[index]
 
 
 def test_stop_sequences(server: str) -> None:

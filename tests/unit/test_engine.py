@@ -214,7 +214,7 @@ def test_document_cache_reuses_kv_and_matches_full_for_an_append() -> None:
 
     again = engine.complete(CompletionInput(appended, ""), GenerationParams(max_tokens=8), document=key)
     assert again.encoded_prompt_tokens == 0 and again.raw == cached.raw
-    assert len(engine.documents) == 1 and engine.documents.bytes > 0
+    assert len(engine.kv) == 1 and engine.kv.bytes > 0
 
 
 def test_document_cache_budget_evicts_least_recently_used() -> None:
@@ -227,9 +227,9 @@ def test_document_cache_budget_evicts_least_recently_used() -> None:
             GenerationParams(max_tokens=2),
             document=DocumentKey("t", name, "m"),
         )
-    one = engine.documents.bytes // 3
-    engine.documents.budget_bytes = 2 * one + one // 2  # room for two
+    one = engine.kv.bytes // 3
+    engine.kv.caches.budget_bytes = 2 * one + one // 2  # room for two
     engine.complete(
         CompletionInput("z = 1\n" * 30), GenerationParams(max_tokens=2), document=DocumentKey("t", "a", "m")
     )
-    assert [k.document for k in engine.documents.lru_order()] == ["c", "a"]
+    assert [k.document for k in engine.kv.caches.lru_order()] == ["c", "a"]

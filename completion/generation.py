@@ -1,0 +1,297 @@
+"""One request's decoding, step by step: what the step scheduler runs between forward passes.
+
+`CompletionEngine.start` encodes the prompt (prefill, or PIE reuse of a document cache) and
+returns a `Generation`; each `step()` delivers the tokens the last forward pass settled
+(sampling, token healing, stops, scope end, streaming) and runs the next forward pass: one
+token, a draft verification (lookup or self-speculative) or an early-exit decode. Between steps
+the scheduler may cancel it or run another request's step; `result()` post-processes the text.
+
+Every pass goes through the engine's `ModelRunner`; the numerics of each kind of pass live there
+and in `CompletionEngine.verify` / `speculate`. What is here is bookkeeping, and it is the same
+for every caller (REST, SSE, WebSocket, CLI, benchmarks).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import DynamicCache
+
+from splice.completion.drafting import DraftLength, LookupDrafter
+from splice.completion.postprocess import is_finished, postprocess, stable_prefix
+
+if TYPE_CHECKING:
+    from splice.completion.engine import (
+        CompletionEngine,
+        CompletionInput,
+        CompletionResult,
+        FinishReason,
+        GenerationParams,
+        PreparedPrompt,
+        Timings,
+    )
+
+log = logging.getLogger(__name__)
+
+TextSink = Callable[[str], None]
+
+
+class Generation:
+    """The decoding state of one request whose prompt is encoded (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine: CompletionEngine,
+        inp: CompletionInput,
+        params: GenerationParams,
+        prompt: PreparedPrompt,
+        cache: DynamicCache,
+        logits: torch.Tensor,  # [V] after the prompt's last token
+        *,
+        encoded: int,
+        reused: int,
+        timings: Timings,
+        started: float,  # perf_counter() when the request started (TTFT counts from here)
+        on_text: TextSink | None = None,
+    ) -> None:
+        self.engine = engine
+        self.inp = inp
+        self.params = params
+        self.prompt = prompt
+        self.cache = cache
+        self.logits = logits
+        self.encoded, self.reused = encoded, reused
+        self.timings = timings
+        self.started = started
+        self.on_text = on_text
+        self.generator = _make_generator(params, engine.device)
+        self.stops = tuple(s for s in params.stop if s)
+        self.generated: list[int] = []
+        self.raw = ""
+        self.pending = prompt.heal  # healed text the output has yet to spell out
+        self.emitted = ""  # text already given to `on_text`
+        self.finish: FinishReason = "length"
+        self.done = False
+        self.verified: list[int] = []  # accepted draft tokens, already in the cache, not yet delivered
+        config = engine.config
+        greedy = self.generator is None
+        self.lookup: LookupDrafter | None = None
+        if config.drafting == "lookup" and greedy:
+            tok = engine.tokenizer
+            extra = tok(inp.draft_text, add_special_tokens=False).input_ids if inp.draft_text else []
+            self.lookup = LookupDrafter([*extra, *prompt.input_ids], config.draft)
+        self.self_draft = DraftLength(config.draft) if config.drafting == "self" and greedy else None
+        self.early_exit = config.early_exit if params.early_exit is None else params.early_exit
+        if self.early_exit and engine.exit_heads is None:
+            raise ValueError(f"{engine.loaded.model_id} has no exit heads; early exit is unavailable")
+        self.thresholds = params.exit_thresholds or config.exit_thresholds
+        self.passes = self.verifications = self.drafted = self.accepted = 0
+        self.layers = self.exited = self.removed = 0
+        self.decode_start = time.perf_counter()
+
+    # -- stepping ---------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """Deliver the settled tokens and run the next forward pass; True once finished."""
+        while not self.done:
+            from_draft = bool(self.verified)  # an accepted draft token: its verification fed it
+            token = self.verified.pop(0) if from_draft else self._sample()
+            if self._deliver(token) or from_draft:
+                continue
+            self._forward(token)
+            break
+        return self.done
+
+    def cancel(self) -> None:
+        """End here; `result()` then reports what was generated with finish reason cancelled."""
+        if not self.done:
+            self.finish, self.done = "cancelled", True
+
+    def _sample(self) -> int:
+        logits = self.logits
+        if self.pending:
+            assert self.engine.healer is not None
+            logits = _restrict(logits, self.engine.healer.allowed(self.pending))
+        return _sample(logits, self.params, self.generator)
+
+    def _deliver(self, token: int) -> bool:
+        """Append `token` to the output; True when that ends the generation."""
+        engine, params = self.engine, self.params
+        if self.pending:
+            assert engine.healer is not None
+            spelled = engine.healer.token_text[token]
+            self.pending = "" if spelled.startswith(self.pending) else self.pending[len(spelled) :]
+        if not self.generated:
+            self.timings.first_token_ms = (time.perf_counter() - self.started) * 1000.0
+            self.decode_start = time.perf_counter()
+        if token in engine.stop_ids:
+            return self._end("stop")
+        self.generated.append(token)
+        decoded = str(engine.tokenizer.decode(self.generated, skip_special_tokens=True))
+        self.raw = _strip_heal(decoded, self.prompt.heal)
+        cut = _find_stop(self.raw, self.stops)
+        if cut is not None:
+            self.raw = self.raw[:cut]
+            return self._end("stop")
+        if is_finished(self.raw, self.inp.prefix, self.inp.suffix):
+            return self._end("scope")
+        if len(self.generated) >= params.max_tokens:
+            return self._end("length")
+        if self.on_text is not None:
+            stable = stable_prefix(_streamable(self.raw, self.stops), self.inp.prefix, self.inp.suffix)
+            if len(stable) > len(self.emitted) and stable.startswith(self.emitted):
+                self.on_text(stable[len(self.emitted) :])
+                self.emitted = stable
+        if self.lookup is not None:
+            self.lookup.append(token)
+        return False
+
+    def _end(self, reason: FinishReason) -> bool:
+        self.finish, self.done = reason, True
+        return True
+
+    def _forward(self, token: int) -> None:
+        """One pass after `token`: verify a draft, self-speculate, exit early, or decode one."""
+        engine, left = self.engine, self.params.max_tokens - len(self.generated)
+        self.passes += 1
+        lookup = self.lookup
+        draft = lookup.propose()[:left] if lookup is not None and not self.pending and lookup.ready() else []
+        if draft:
+            accepted, self.logits = engine.verify(self.cache, token, draft)
+            assert lookup is not None
+            lookup.feedback(len(draft), accepted)
+            self._verified(draft, accepted)
+            self.layers += engine.runner.num_layers
+        elif self.self_draft is not None and not self.pending and left > 1 and self.self_draft.ready():
+            k = min(self.self_draft.length, left)
+            draft, accepted, self.logits = engine.speculate(self.cache, token, k)
+            self.self_draft.feedback(len(draft), accepted)
+            self._verified(draft, accepted)
+            assert engine.exit_heads is not None
+            depth = engine.exit_heads.exit_layers[-1]
+            self.layers += (len(draft) + 1) * depth + engine.runner.num_layers - depth
+        elif self.early_exit and not self.pending:
+            assert engine.exit_heads is not None
+            ids = torch.tensor([[token]], dtype=torch.long, device=engine.device)  # [1, 1]
+            step = engine.runner.decode_exit(ids, self.cache, engine.exit_heads, self.thresholds)
+            self.layers += step.layers
+            if step.logits is None:  # Stop: what follows is likely wrong
+                self.removed = self.params.max_tokens - len(self.generated)
+                self._end("early_stop")
+                return
+            self.exited += step.decision == "exit"
+            self.logits = step.logits
+        else:
+            self.logits = engine.decode_one_token(self.cache, token)
+            self.layers += engine.runner.num_layers
+
+    def _verified(self, draft: list[int], accepted: int) -> None:
+        self.verified = draft[:accepted]
+        self.drafted += len(draft)
+        self.verifications += 1
+        self.accepted += accepted
+
+    # -- the answer ---------------------------------------------------------------------------
+
+    def result(self) -> CompletionResult:
+        """The post-processed suggestion; streams the rest of the text to `on_text`."""
+        from splice.completion.engine import CompletionResult
+
+        timings = self.timings
+        timings._decoded = max(len(self.generated) - 1, 0)
+        timings.decode_ms = (time.perf_counter() - self.decode_start) * 1000.0 if self.generated else 0.0
+        text = postprocess(self.raw, self.inp.prefix, self.inp.suffix)
+        if self.on_text is not None:
+            if text.startswith(self.emitted):
+                if len(text) > len(self.emitted):
+                    self.on_text(text[len(self.emitted) :])
+            else:  # would mean stable_prefix broke its contract; the stream is already out
+                log.error("streamed text %r is not a prefix of the final text %r", self.emitted, text)
+        timings.total_ms = (time.perf_counter() - self.started) * 1000.0
+        fim = self.prompt.fim
+        return CompletionResult(
+            text=text,
+            raw=self.raw,
+            finish_reason=self.finish,
+            prompt_tokens=len(self.prompt.input_ids),
+            completion_tokens=len(self.generated),
+            trimmed_prompt_tokens=fim.trimmed_prefix_tokens + fim.trimmed_suffix_tokens,
+            timings=timings,
+            encoded_prompt_tokens=self.encoded,
+            reused_prompt_tokens=self.reused,
+            tokenized_chars=self.prompt.tokenized_chars,
+            context_tokens=fim.context_tokens,
+            decode_passes=self.passes,
+            draft_tokens=self.drafted,
+            accepted_draft_tokens=self.accepted,
+            verify_passes=self.verifications,
+            decode_layers=self.layers,
+            exited_tokens=self.exited,
+            early_stop_removed=self.removed,
+        )
+
+
+def _make_generator(params: GenerationParams, device: torch.device) -> torch.Generator | None:
+    if params.temperature == 0.0:
+        return None
+    generator = torch.Generator(device=device)
+    if params.seed is not None:
+        generator.manual_seed(params.seed)
+    else:
+        generator.seed()
+    return generator
+
+
+def _sample(logits: torch.Tensor, params: GenerationParams, generator: torch.Generator | None) -> int:
+    """Greedy at temperature 0, else temperature + nucleus sampling. logits: [V] fp32."""
+    if generator is None:
+        return int(torch.argmax(logits).item())
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
+        sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
+        choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
+        return int(order[choice].item())
+    return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def _restrict(logits: torch.Tensor, allowed: list[int]) -> torch.Tensor:
+    """logits [V] with every token outside `allowed` at -inf."""
+    if not allowed:
+        return logits
+    index = torch.tensor(allowed, device=logits.device)
+    masked = torch.full_like(logits, float("-inf"))
+    masked[index] = logits[index]
+    return masked
+
+
+def _strip_heal(text: str, heal: str) -> str:
+    """The output less the healed text it re-spelled ("" while that is still incomplete)."""
+    if not heal:
+        return text
+    if text.startswith(heal):
+        return text[len(heal) :]
+    return "" if heal.startswith(text) else text
+
+
+def _find_stop(raw: str, stops: tuple[str, ...]) -> int | None:
+    hits = [i for i in (raw.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _streamable(raw: str, stops: tuple[str, ...]) -> str:
+    """`raw` minus what may still change: a trailing partial UTF-8 character, or a tail that
+    could be the start of a stop sequence (which would then be cut away)."""
+    raw = raw.rstrip("\ufffd")
+    hold = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(raw)), 0, -1):
+            if raw.endswith(stop[:k]):
+                hold = max(hold, k)
+                break
+    return raw[: len(raw) - hold]

@@ -1,0 +1,208 @@
+"""The KV manager: the document caches, their memory budget, and the document tokens they follow.
+
+A document (`DocumentKey`: tenant, document, model, adapter) has a KV cache of its last prompt
+and the tokenization of its last prefix and suffix. When the next request for it comes (the
+editor typed, then asked for a completion), the manager
+
+1. re-tokenizes only around what changed (`DocumentTokens`: the text that differs from the last
+   request's prefix or suffix, found by comparing the two strings, goes through
+   `token_edits.retokenize`, which tokenizes a window around it and splices it in; the ids are
+   exactly those of tokenizing the whole text, which the tests check);
+2. plans the reuse of the cached KV for the new prompt ids (`pie_plan.plan_reuse`: PIE keeps
+   every token that is still there, re-rotated to its new position, and encodes the rest; models
+   whose RoPE cannot be shifted reuse only the common prefix) and applies it (`pie.apply_plan`);
+3. stores the result back, least recently used first out when the budget is exceeded.
+
+`close(document)` drops both when the editor closes the document. Counters: `TokenizeStats`
+(characters through the tokenizer, reported per request as `usage.tokenized_chars`) and the
+cache store's hits, misses and evictions.
+
+The step scheduler's worker encodes; `close` may come from another thread (the editor's
+connection), so the maps are locked, and a document closed while its encoding is in flight is
+not stored back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from splice.completion.document_cache import DocumentCacheStore, DocumentKey
+from splice.completion.fim import TextEncoder, adds_dummy_prefix, plain_added_tokens
+from splice.completion.pie import DocumentKV, apply_plan, encode_full, select_refresh
+from splice.completion.pie_plan import ReuseMethod, plan_reuse
+from splice.completion.token_edits import TextEdit, TokenizedText, diff_tokens, retokenize, tokenize
+from splice.kernels.rope import RopeSpec, UnsupportedRope, rope_spec_from_config
+
+log = logging.getLogger(__name__)
+
+MAX_TOKENIZED_DOCUMENTS = 128  # documents whose tokens are kept (LRU), caches or not
+
+
+def changed_span(old: str, new: str) -> TextEdit | None:
+    """The one edit that turns `old` into `new` (common prefix and suffix left out), or None
+    when they are equal. Slices compare in C; the binary search keeps it O(n log n)."""
+    if old == new:
+        return None
+    limit = min(len(old), len(new))
+    lo, hi = 0, limit  # the common prefix's length is in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if old[:mid] == new[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    start = lo
+    lo, hi = 0, limit - start  # the common suffix, not overlapping the prefix
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if old[len(old) - mid :] == new[len(new) - mid :]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return TextEdit(start, len(old) - lo, new[start : len(new) - lo])
+
+
+class DocumentTokens(TextEncoder):
+    """A document's prefix and suffix tokens, kept from its last request: the next request
+    re-tokenizes a window around what changed. Falls back to whole tokenization (same ids) for
+    tokenizers that treat a text's start specially or that have plain added tokens in the text."""
+
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, *, incremental: bool, plain_added: tuple[str, ...]
+    ) -> None:
+        super().__init__(tokenizer)
+        self.incremental = incremental
+        self.plain_added = plain_added
+        self.segments: dict[str, TokenizedText] = {}
+
+    def prefix(self, text: str) -> list[int]:
+        return self._encode("prefix", text) or super().prefix(text)
+
+    def suffix(self, text: str) -> list[int]:
+        return self._encode("suffix", text) or super().suffix(text)
+
+    def _encode(self, role: str, text: str) -> list[int] | None:
+        """The ids from the kept tokens, or None where the whole text must be encoded."""
+        old = self.segments.pop(role, None)
+        if not self.incremental or not text or any(t in text for t in self.plain_added):
+            return None
+        if old is None:
+            new = tokenize(self.tokenizer, text, self.stats)
+        else:
+            edit = changed_span(old.text, text)
+            new = old if edit is None else retokenize(self.tokenizer, old, [edit], stats=self.stats)[0]
+        self.segments[role] = new
+        return list(new.ids)
+
+
+class KVManager:
+    """Document caches within a byte budget, each following its document's tokens (see the
+    module docstring)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        budget_bytes: int,
+        reuse_method: ReuseMethod,
+        refresh_first_k: int,
+        refresh_ratio: float,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.reuse_method = reuse_method
+        self.refresh_first_k = refresh_first_k
+        self.refresh_ratio = refresh_ratio
+        self.caches: DocumentCacheStore[DocumentKV] = DocumentCacheStore(budget_bytes)
+        self._tokens: OrderedDict[DocumentKey, DocumentTokens] = OrderedDict()
+        self._encoding: set[DocumentKey] = set()  # documents an encoding is in flight for
+        self._closed: set[DocumentKey] = set()  # of those, the ones closed meanwhile
+        self._lock = threading.Lock()
+        self._incremental = bool(tokenizer.is_fast) and not adds_dummy_prefix(tokenizer)
+        self._plain_added = plain_added_tokens(tokenizer)
+        self.rope_spec: RopeSpec | None = None
+        try:
+            self.rope_spec = rope_spec_from_config(model.config)
+        except UnsupportedRope as exc:
+            log.warning("document caches reuse only common prefixes for this model: %s", exc)
+
+    def __len__(self) -> int:
+        return len(self.caches)
+
+    @property
+    def bytes(self) -> int:
+        return self.caches.bytes
+
+    def tokens(self, document: DocumentKey) -> DocumentTokens:
+        """The document's kept tokens, for `build_prompt` (a fresh set for a new document)."""
+        with self._lock:
+            kept = self._tokens.pop(document, None)
+            if kept is None:
+                kept = DocumentTokens(
+                    self.tokenizer, incremental=self._incremental, plain_added=self._plain_added
+                )
+            self._tokens[document] = kept
+            while len(self._tokens) > MAX_TOKENIZED_DOCUMENTS:
+                self._tokens.popitem(last=False)
+            return kept
+
+    def encode(
+        self, ids: list[int], document: DocumentKey, method: ReuseMethod | None = None
+    ) -> tuple[DocumentKV, int, int]:
+        """Bring `document`'s cache to the sequence `ids`, re-encoding only what changed.
+
+        Returns the cache and the numbers of encoded and reused tokens. The cache is stored
+        back (LRU, within the budget), so the next request for the document starts from it.
+        """
+        method = method or self.reuse_method
+        if method in ("naive", "pie", "pie+refresh") and self.rope_spec is None:
+            method = "prefix"  # re-rotation impossible for this RoPE type (logged at start-up)
+        with self._lock:
+            self._encoding.add(document)
+            old = self.caches.get(document)
+        try:
+            doc, encoded, reused = self._encode(ids, old, method)
+        finally:
+            with self._lock:
+                self._encoding.discard(document)
+                closed = document in self._closed
+                self._closed.discard(document)
+        if not closed:  # a document closed meanwhile gets its answer, and nothing is kept
+            with self._lock:
+                self.caches.put(document, doc)
+        return doc, encoded, reused
+
+    def _encode(
+        self, ids: list[int], old: DocumentKV | None, method: ReuseMethod
+    ) -> tuple[DocumentKV, int, int]:
+        if old is None or method == "full":
+            doc = encode_full(self.model, ids)
+            encoded, reused = len(ids), 0
+        else:
+            script = diff_tokens(old.ids, ids)
+            plan = plan_reuse(
+                old.ids,
+                ids,
+                script,
+                method,
+                refresh_first_k=self.refresh_first_k,
+                logits_fresh=old.logits is not None,
+            )
+            if method == "pie+refresh" and self.refresh_ratio > 0:
+                plan = select_refresh(self.model, old, ids, plan, self.rope_spec, self.refresh_ratio)
+            doc, stats = apply_plan(self.model, old, ids, plan, self.rope_spec)
+            encoded, reused = stats.encoded, stats.reused
+        return doc, encoded, reused
+
+    def close(self, document: DocumentKey) -> bool:
+        """Forget the document's cache and tokens (the editor closed it). True if it had a cache."""
+        with self._lock:
+            self._tokens.pop(document, None)
+            if document in self._encoding:
+                self._closed.add(document)
+            return self.caches.drop(document)

@@ -1,0 +1,132 @@
+"""The KV manager: document tokens kept across edits equal whole tokenization, a small edit
+tokenizes a window and not the document, the prompt on the document path equals the stateless
+one, and closing a document forgets it (even while its encoding is in flight)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import PreTrainedTokenizerBase
+from unit.test_engine import make_engine
+from unit.test_token_edits import documents, edit_batches
+
+from splice.completion.document_cache import DocumentKey
+from splice.completion.engine import CompletionInput, GenerationParams
+from splice.completion.fim import TextEncoder, adds_dummy_prefix, plain_added_tokens
+from splice.completion.kv_manager import DocumentTokens, changed_span
+from splice.completion.token_edits import apply_text_edits
+from splice_testkit.tiny import build_tokenizer
+
+CODE = "".join(f"def f{i}(x):\n    return x * {i} + sum(range({i}))\n\n" for i in range(60))
+
+
+@given(st.text(max_size=40), st.text(max_size=40), st.text(max_size=40), st.text(max_size=40))
+def test_changed_span_turns_old_into_new(head: str, old_mid: str, new_mid: str, tail: str) -> None:
+    old, new = head + old_mid + tail, head + new_mid + tail
+    edit = changed_span(old, new)
+    if old == new:
+        assert edit is None
+        return
+    assert edit is not None
+    assert apply_text_edits(old, [edit]) == new
+    assert edit.end - edit.start <= len(old_mid) and len(edit.text) <= len(new_mid)  # minimal span
+
+
+@pytest.fixture(scope="module", params=["plain", "qwen", "codellama"])
+def tokenizer(request: pytest.FixtureRequest) -> PreTrainedTokenizerBase:
+    return build_tokenizer(request.param)
+
+
+def _document_tokens(tokenizer: PreTrainedTokenizerBase) -> DocumentTokens:
+    incremental = bool(tokenizer.is_fast) and not adds_dummy_prefix(tokenizer)
+    return DocumentTokens(tokenizer, incremental=incremental, plain_added=plain_added_tokens(tokenizer))
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_kept_tokens_equal_whole_tokenization_after_every_edit(
+    tokenizer: PreTrainedTokenizerBase, data: st.DataObject
+) -> None:
+    text = data.draw(documents())
+    kept, whole = _document_tokens(tokenizer), TextEncoder(tokenizer)
+    for _ in range(3):
+        cursor = data.draw(st.integers(0, len(text)))
+        prefix, suffix = text[:cursor], text[cursor:]
+        assert kept.prefix(prefix) == whole.prefix(prefix)
+        assert kept.suffix(suffix) == whole.suffix(suffix)
+        text = apply_text_edits(text, data.draw(edit_batches(text)))
+
+
+def test_typing_tokenizes_a_window_not_the_document() -> None:
+    tokenizer = build_tokenizer("plain")
+    kept = _document_tokens(tokenizer)
+    cursor = len(CODE) // 2
+    kept.prefix(CODE[:cursor])
+    kept.suffix(CODE[cursor:])
+    assert kept.stats.chars == len(CODE)  # the first request tokenizes it all
+    typed = "    y = x + 1\n"
+    kept.prefix(CODE[:cursor] + typed)
+    kept.suffix(CODE[cursor:])
+    assert 0 < kept.stats.chars - len(CODE) < 200  # a window around the typed line, the suffix not at all
+    # A tokenizer that adds a dummy prefix to a text's start cannot splice windows: whole again.
+    dummy = _document_tokens(build_tokenizer("codellama"))
+    dummy.prefix(CODE[:cursor])
+    dummy.prefix(CODE[:cursor] + typed)
+    assert dummy.stats.chars == 2 * cursor + len(typed)
+
+
+def test_plain_added_token_text_is_encoded_whole_and_equal() -> None:
+    tokenizer = build_tokenizer("qwen")
+    tokenizer.add_tokens(["<|repo_name|>"])  # not special, as Qwen2.5-Coder's FIM tokens
+    kept, whole = _document_tokens(tokenizer), TextEncoder(tokenizer)
+    assert kept.plain_added == ("<|repo_name|>",)
+    text = "x = '<|repo_name|>'\n" + CODE[:300]
+    assert kept.prefix(text) == whole.prefix(text)
+    assert kept.prefix(text + "y") == whole.prefix(text + "y")
+    assert tokenizer.convert_tokens_to_ids("<|repo_name|>") not in kept.prefix(text)
+
+
+@pytest.mark.parametrize(("family", "arch"), [("plain", "llama"), ("qwen", "qwen2")])
+def test_document_path_prompts_and_completions_equal_the_stateless_ones(family: str, arch: str) -> None:
+    engine = make_engine(family, arch, context=1024)
+    key = DocumentKey("t", "doc.py", "m")
+    text = CODE[:1500]
+    params = GenerationParams(max_tokens=6)
+    for step, typed in enumerate(["", "    z = 3\n", "    z = 3\n    w = z", "    z = 3\n    w = z * 2\n"]):
+        cursor = 700
+        inp = CompletionInput(text[:cursor] + typed, text[cursor:])
+        assert engine.prepare(inp, 6, key).input_ids == engine.prepare(inp, 6).input_ids
+        cached = engine.complete(inp, params, document=key)
+        fresh = engine.complete(inp, params)
+        assert cached.raw == fresh.raw
+        assert fresh.tokenized_chars >= len(inp.prefix) - 8  # all of it (healing holds back a token)
+        if step > 0:
+            assert cached.tokenized_chars < len(inp.prefix) // 4  # a window, not the document
+            assert cached.reused_prompt_tokens > 0
+
+
+def test_closing_a_document_forgets_it_even_mid_encoding() -> None:
+    engine = make_engine()
+    kv = engine.kv
+    key = DocumentKey("t", "doc.py", "m")
+    inp = CompletionInput(CODE[:400], CODE[400:800])
+    engine.complete(inp, GenerationParams(max_tokens=2), document=key)
+    assert len(kv) == 1 and kv.tokens(key).segments
+    assert kv.close(key) and len(kv) == 0
+    assert not kv.tokens(key).segments  # a fresh set: the old tokens are gone
+    assert not kv.close(DocumentKey("t", "never-opened", "m"))
+
+    real = kv._encode
+
+    def closed_meanwhile(*args: object, **kwargs: object) -> object:
+        kv.close(key)  # the editor closes the document while the worker encodes it
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    kv._encode = closed_meanwhile  # type: ignore[method-assign]
+    result = engine.complete(inp, GenerationParams(max_tokens=2), document=key)
+    kv._encode = real  # type: ignore[method-assign]
+    assert result.completion_tokens >= 1  # the request still gets its answer
+    assert len(kv) == 0  # and nothing of the closed document is kept
+    engine.complete(inp, GenerationParams(max_tokens=2), document=key)
+    assert len(kv) == 1  # reopened later, it is cached again
