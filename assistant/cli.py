@@ -306,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
         "decode", help="decoding methods (greedy, lookup drafting, ...)", description="See bench/decode.py."
     )
     decode.add_argument("args", nargs=argparse.REMAINDER, help="arguments of bench/decode.py (try --help)")
+    ws = bench_sub.add_parser(
+        "ws",
+        help="editor latency from complete to reply, after typing",
+        description="See bench/ws_latency.py.",
+    )
+    ws.add_argument("args", nargs=argparse.REMAINDER, help="arguments of bench/ws_latency.py (try --help)")
 
     index = sub.add_parser(
         "index",
@@ -377,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         from splice.bench.decode import main as decode_main
 
         return decode_main(argv[2:])
+    if argv[:2] == ["bench", "ws"]:  # the benchmark parses its own flags (see bench/ws_latency.py)
+        from splice.bench.ws_latency import main as ws_main
+
+        return ws_main(argv[2:])
     if argv[:2] == ["eval", "retrieval"]:  # the evaluation parses its own flags (bench/retrieval.py)
         return _run_retrieval_eval(argv[2:])
     parser = build_parser()

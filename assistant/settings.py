@@ -64,6 +64,11 @@ class Settings(BaseSettings):
         0.0, ge=0.0, le=1.0, description="pie+refresh: fraction of the most deviant kept tokens re-encoded"
     )
     document_cache_mb: int = Field(1024, ge=0, description="Memory budget of all document KV caches (LRU)")
+    keep_document_tokens: bool = Field(
+        True,
+        description="Keep each document's tokens between requests and re-tokenize only around an edit "
+        "(off: tokenize the whole document for every completion)",
+    )
     drafting: Literal["off", "lookup", "self"] = Field(
         "lookup",
         description="Greedy decoding verifies drafted tokens in one pass (lookup: copied from earlier "
@@ -135,6 +140,7 @@ class Settings(BaseSettings):
             refresh_first_k=self.refresh_first_k,
             refresh_ratio=self.refresh_ratio,
             document_cache_bytes=self.document_cache_mb << 20,
+            keep_document_tokens=self.keep_document_tokens,
             drafting=self.drafting,
             draft=DraftConfig(max_tokens=self.draft_tokens),
             early_exit=self.early_exit == "on",

@@ -71,6 +71,7 @@ class EngineConfig:
     refresh_first_k: int = 8  # pie+refresh: re-encode this many kept tokens after each edit
     refresh_ratio: float = 0.0  # pie+refresh: also re-encode this fraction of the most deviant kept tokens
     document_cache_bytes: int = 1 << 30  # budget of all document KV caches of this model
+    keep_document_tokens: bool = True  # re-tokenize a window after an edit (False: the whole document)
     # Greedy decoding verifies drafted tokens in one pass; the output is greedy's token for token.
     # lookup: copied from earlier text (splice.completion.drafting); self: self-speculative, drafted
     # by the first layers up to the deepest exit layer and its exit lens (needs exit heads), the
@@ -225,6 +226,7 @@ class CompletionEngine:
             reuse_method=self.config.reuse_method,
             refresh_first_k=self.config.refresh_first_k,
             refresh_ratio=self.config.refresh_ratio,
+            keep_tokens=self.config.keep_document_tokens,
         )
 
     @property
@@ -253,13 +255,14 @@ class CompletionEngine:
         # The model sees LF line endings; post-processing restores the file's own.
         prefix = inp.prefix.replace("\r\n", "\n")
         suffix = inp.suffix.replace("\r\n", "\n")
+        encoder = self.kv.tokens(document) if document is not None else TextEncoder(self.tokenizer)
+        before = encoder.stats.chars
+        encoder.document(prefix + suffix)
         heal = ""
         if self.healer is not None:
             healed = self.healer.split(prefix)
             if healed.prefix or self.template.is_fim:  # a prefix-only prompt must keep a token
                 prefix, heal = healed.prefix, healed.heal
-        encoder = self.kv.tokens(document) if document is not None else TextEncoder(self.tokenizer)
-        before = encoder.stats.chars
         fim = build_prompt(
             self.tokenizer,
             self.template,

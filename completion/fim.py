@@ -196,6 +196,9 @@ class TextEncoder:
         self.tokenizer = tokenizer
         self.stats = TokenizeStats()
 
+    def document(self, text: str) -> None:
+        """The whole document (prefix + suffix before healing) the next calls cut from."""
+
     def prefix(self, text: str) -> list[int]:
         self.stats.add(text)
         return _encode_text(self.tokenizer, text)

@@ -5,9 +5,11 @@ and the tokenization of its last prefix and suffix. When the next request for it
 editor typed, then asked for a completion), the manager
 
 1. re-tokenizes only around what changed (`DocumentTokens`: the text that differs from the last
-   request's prefix or suffix, found by comparing the two strings, goes through
-   `token_edits.retokenize`, which tokenizes a window around it and splices it in; the ids are
-   exactly those of tokenizing the whole text, which the tests check);
+   request's document, found by comparing the two strings, goes through
+   `token_edits.retokenize`, which tokenizes a window around it and splices it in; the prompt's
+   prefix and suffix come from the document's tokens by cutting at the cursor, which tokenizes
+   a window there; the ids are exactly those of tokenizing each text whole, which the tests
+   check);
 2. plans the reuse of the cached KV for the new prompt ids (`pie_plan.plan_reuse`: PIE keeps
    every token that is still there, re-rotated to its new position, and encodes the rest; models
    whose RoPE cannot be shifted reuse only the common prefix) and applies it (`pie.apply_plan`);
@@ -25,6 +27,7 @@ not stored back.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import OrderedDict
 
@@ -67,9 +70,12 @@ def changed_span(old: str, new: str) -> TextEdit | None:
 
 
 class DocumentTokens(TextEncoder):
-    """A document's prefix and suffix tokens, kept from its last request: the next request
-    re-tokenizes a window around what changed. Falls back to whole tokenization (same ids) for
-    tokenizers that treat a text's start specially or that have plain added tokens in the text."""
+    """A document's tokens, kept from its last request. `document(text)` brings them up to date by
+    re-tokenizing a window around what changed; the prompt's prefix and suffix are then the
+    document with everything after (before) the cursor deleted, which again tokenizes only a
+    window at the cursor, so moving the cursor costs nothing either. Falls back to whole
+    tokenization (same ids) for tokenizers that treat a text's start specially and for texts
+    that contain a plain (non-special) added token."""
 
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, *, incremental: bool, plain_added: tuple[str, ...]
@@ -77,26 +83,38 @@ class DocumentTokens(TextEncoder):
         super().__init__(tokenizer)
         self.incremental = incremental
         self.plain_added = plain_added
-        self.segments: dict[str, TokenizedText] = {}
+        self.doc: TokenizedText | None = None
+
+    def document(self, text: str) -> None:
+        if not self.incremental or any(t in text for t in self.plain_added):
+            self.doc = None
+        elif self.doc is None:
+            self.doc = tokenize(self.tokenizer, text, self.stats)
+        else:
+            edit = changed_span(self.doc.text, text)
+            if edit is not None:
+                self.doc = retokenize(self.tokenizer, self.doc, [edit], stats=self.stats)[0]
 
     def prefix(self, text: str) -> list[int]:
-        return self._encode("prefix", text) or super().prefix(text)
+        doc = self.doc
+        if doc is None or not text or not doc.text.startswith(text):
+            return super().prefix(text)
+        return self._without(doc, TextEdit(len(text), len(doc.text), ""))
 
     def suffix(self, text: str) -> list[int]:
-        return self._encode("suffix", text) or super().suffix(text)
+        doc = self.doc
+        if doc is None or not text or not doc.text.endswith(text):
+            return super().suffix(text)
+        return self._without(doc, TextEdit(0, len(doc.text) - len(text), ""))
 
-    def _encode(self, role: str, text: str) -> list[int] | None:
-        """The ids from the kept tokens, or None where the whole text must be encoded."""
-        old = self.segments.pop(role, None)
-        if not self.incremental or not text or any(t in text for t in self.plain_added):
-            return None
-        if old is None:
-            new = tokenize(self.tokenizer, text, self.stats)
-        else:
-            edit = changed_span(old.text, text)
-            new = old if edit is None else retokenize(self.tokenizer, old, [edit], stats=self.stats)[0]
-        self.segments[role] = new
-        return list(new.ids)
+    def _without(self, doc: TokenizedText, cut: TextEdit) -> list[int]:
+        if cut.start == cut.end:
+            return list(doc.ids)
+        # The cut reaches an end of the text: the window tokenized is the few characters at the
+        # cursor, however much is cut, so the size rule for falling back does not apply.
+        return list(
+            retokenize(self.tokenizer, doc, [cut], fallback_fraction=math.inf, stats=self.stats)[0].ids
+        )
 
 
 class KVManager:
@@ -112,6 +130,7 @@ class KVManager:
         reuse_method: ReuseMethod,
         refresh_first_k: int,
         refresh_ratio: float,
+        keep_tokens: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -123,7 +142,7 @@ class KVManager:
         self._encoding: set[DocumentKey] = set()  # documents an encoding is in flight for
         self._closed: set[DocumentKey] = set()  # of those, the ones closed meanwhile
         self._lock = threading.Lock()
-        self._incremental = bool(tokenizer.is_fast) and not adds_dummy_prefix(tokenizer)
+        self._incremental = keep_tokens and bool(tokenizer.is_fast) and not adds_dummy_prefix(tokenizer)
         self._plain_added = plain_added_tokens(tokenizer)
         self.rope_spec: RopeSpec | None = None
         try:

@@ -112,3 +112,45 @@ def test_missing_data_file_is_a_clear_error(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_bench_ws_types_edits_and_kept_tokens_tokenize_less(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "ws.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "splice.assistant",
+            "bench",
+            "ws",
+            "--data",
+            str(history(tmp_path)),
+            "--model",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+            "--limit",
+            "3",
+            "--context-tokens",
+            "256",
+            "--max-tokens",
+            "4",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    whole, kept = result["variants"]["whole"], result["variants"]["kept"]
+    assert whole["completions"] == kept["completions"] == 2  # the first completion of a history is not timed
+    assert result["identical_completions"] == "3/3"
+    # The whole text before the cursor (this model's prompt has no suffix) goes through the
+    # tokenizer without kept tokens; with them, a window around the edit and the lines the
+    # cursor moved over (the steps' edits are 30 lines apart).
+    assert whole["tokenized_chars_mean"] > whole["document_chars_mean"] / 4
+    assert kept["tokenized_chars_mean"] < 0.6 * whole["tokenized_chars_mean"]
+    assert kept["encoded_tokens_mean"] == whole["encoded_tokens_mean"]
+    assert "| kept |" in proc.stdout

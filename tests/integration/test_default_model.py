@@ -17,6 +17,7 @@ import httpx
 import pytest
 import torch
 
+from splice.bench.server import running_server
 from splice.completion.models import (
     DEFAULT_MODEL_ID,
     MARKER,
@@ -27,7 +28,6 @@ from splice.completion.models import (
     parse_spec,
     pull,
 )
-from splice_testkit.server import running_server
 
 pytestmark = pytest.mark.default_model
 

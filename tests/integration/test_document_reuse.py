@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from splice_testkit.server import running_server
+from splice.bench.server import running_server
 from splice_testkit.tiny import save_model_dir
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from splice.bench.server import running_server
 from splice_testkit.editor import EditorDocument, random_text
-from splice_testkit.server import running_server
 
 EDITS = 10_000
 DOCUMENTS = 3

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from splice_testkit.server import running_server
+from splice.bench.server import running_server
 from splice_testkit.tiny import save_model_dir
 
 PEM = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n-----END OPENSSH PRIVATE KEY-----\n"

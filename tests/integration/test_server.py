@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from splice.bench.hostile_requests import HostileCase, hostile_cases
-from splice_testkit.server import running_server
+from splice.bench.server import running_server
 from splice_testkit.tiny import save_model_dir
 
 MAX_BODY = 65_536
@@ -147,13 +147,13 @@ def test_stream_concatenates_to_the_plain_response(server: str, prefix: str, suf
     final = chunks[-1]
     assert final["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]  # type: ignore[index]
     # the same tokens and text; the stream reuses the plain request's document cache (PIE) and
-    # tokens (nothing changed: nothing is tokenized again)
+    # tokens (nothing changed: at most a window at the cursor is tokenized again)
     reuse = {"encoded_prompt_tokens", "reused_prompt_tokens", "tokenized_chars"}
     assert {k: v for k, v in final["usage"].items() if k not in reuse} == {  # type: ignore[union-attr]
         k: v for k, v in plain["usage"].items() if k not in reuse
     }
     assert final["usage"]["encoded_prompt_tokens"] < plain["usage"]["prompt_tokens"]  # type: ignore[index]
-    assert plain["usage"]["tokenized_chars"] > 0 and final["usage"]["tokenized_chars"] == 0  # type: ignore[index]
+    assert final["usage"]["tokenized_chars"] <= plain["usage"]["tokenized_chars"] > 0  # type: ignore[index]
 
 
 def test_stop_sequences(server: str) -> None:

@@ -1,4 +1,5 @@
-"""Start the real `splice serve` as a subprocess on a free port and wait until it answers."""
+"""Start the real `splice serve` as a subprocess on a free port and wait until it answers (the
+benchmarks that measure the service from outside, and the integration tests)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import httpx
 
 
 def free_port() -> int:
@@ -23,7 +24,7 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(
-    model: str, *, env: dict[str, str] | None = None, startup_timeout: float = 300.0
+    model: str, *, env: dict[str, str] | None = None, device: str = "cpu", startup_timeout: float = 300.0
 ) -> Iterator[str]:
     """Yield the base URL of a live server; its log is shown if it fails to start."""
     port = free_port()
@@ -38,7 +39,7 @@ def running_server(
         "--port",
         str(port),
         "--device",
-        "cpu",
+        device,
     ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
@@ -50,9 +51,10 @@ def running_server(
                     f"server exited with {proc.returncode}:\n{Path(log.name).read_text()[-4000:]}"
                 )
             try:
-                if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
+                with urllib.request.urlopen(f"{url}/v1/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(
