@@ -5,7 +5,8 @@ and the tokenization of its last prefix and suffix. When the next request for it
 editor typed, then asked for a completion), the manager
 
 1. re-tokenizes only around what changed (`DocumentTokens`: the text that differs from the last
-   request's document, found by comparing the two strings, goes through
+   request's document, found by comparing the two strings (a line diff splits a long changed
+   span into the separate edits it holds), goes through
    `token_edits.retokenize`, which tokenizes a window around it and splices it in; the prompt's
    prefix and suffix come from the document's tokens by cutting at the cursor, which tokenizes
    a window there; the ids are exactly those of tokenizing each text whole, which the tests
@@ -26,6 +27,8 @@ not stored back.
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import logging
 import math
 import threading
@@ -43,6 +46,7 @@ from splice.kernels.rope import RopeSpec, UnsupportedRope, rope_spec_from_config
 log = logging.getLogger(__name__)
 
 MAX_TOKENIZED_DOCUMENTS = 128  # documents whose tokens are kept (LRU), caches or not
+SPLIT_SPAN_CHARS = 2000  # a changed span longer than this is split into edits by a line diff
 
 
 def changed_span(old: str, new: str) -> TextEdit | None:
@@ -69,6 +73,32 @@ def changed_span(old: str, new: str) -> TextEdit | None:
     return TextEdit(start, len(old) - lo, new[start : len(new) - lo])
 
 
+def text_edits(old: str, new: str) -> list[TextEdit]:
+    """Non-overlapping edits of `old` that give `new`: the changed span, split by a line diff
+    when it is long (edits in several places of a file stay several small edits, so that each
+    gets its own small re-tokenization window)."""
+    span = changed_span(old, new)
+    if span is None:
+        return []
+    if span.end - span.start + len(span.text) <= SPLIT_SPAN_CHARS:
+        return [span]
+    # Whole lines of the span, in both texts.
+    start = old.rfind("\n", 0, span.start) + 1  # the common prefix: the same in both
+    old_end = old.find("\n", span.end)  # within the common suffix, from here on
+    old_end = len(old) if old_end < 0 else old_end + 1
+    new_end = old_end + len(new) - len(old)
+    old_lines = old[start:old_end].splitlines(keepends=True)
+    new_lines = new[start:new_end].splitlines(keepends=True)
+    matcher = difflib.SequenceMatcher(None, old_lines, new_lines, autojunk=False)
+    old_at = list(itertools.accumulate((len(line) for line in old_lines), initial=start))
+    new_at = list(itertools.accumulate((len(line) for line in new_lines), initial=start))
+    edits = []
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op != "equal":
+            edits.append(TextEdit(old_at[i1], old_at[i2], new[new_at[j1] : new_at[j2]]))
+    return edits
+
+
 class DocumentTokens(TextEncoder):
     """A document's tokens, kept from its last request. `document(text)` brings them up to date by
     re-tokenizing a window around what changed; the prompt's prefix and suffix are then the
@@ -91,9 +121,9 @@ class DocumentTokens(TextEncoder):
         elif self.doc is None:
             self.doc = tokenize(self.tokenizer, text, self.stats)
         else:
-            edit = changed_span(self.doc.text, text)
-            if edit is not None:
-                self.doc = retokenize(self.tokenizer, self.doc, [edit], stats=self.stats)[0]
+            edits = text_edits(self.doc.text, text)
+            if edits:
+                self.doc = retokenize(self.tokenizer, self.doc, edits, stats=self.stats)[0]
 
     def prefix(self, text: str) -> list[int]:
         doc = self.doc

@@ -14,7 +14,7 @@ from unit.test_token_edits import documents, edit_batches
 from splice.completion.document_cache import DocumentKey
 from splice.completion.engine import CompletionInput, GenerationParams
 from splice.completion.fim import TextEncoder, adds_dummy_prefix, plain_added_tokens
-from splice.completion.kv_manager import DocumentTokens, changed_span
+from splice.completion.kv_manager import SPLIT_SPAN_CHARS, DocumentTokens, changed_span, text_edits
 from splice.completion.token_edits import apply_text_edits
 from splice_testkit.tiny import build_tokenizer
 
@@ -31,6 +31,36 @@ def test_changed_span_turns_old_into_new(head: str, old_mid: str, new_mid: str, 
     assert edit is not None
     assert apply_text_edits(old, [edit]) == new
     assert edit.end - edit.start <= len(old_mid) and len(edit.text) <= len(new_mid)  # minimal span
+
+
+@settings(max_examples=200)
+@given(
+    st.text(alphabet="ab\n", max_size=3000),
+    st.lists(
+        st.tuples(st.integers(0, 3000), st.integers(0, 3), st.sampled_from(["x", "\n", "ab\n", ""])),
+        max_size=6,
+    ),
+)
+def test_text_edits_turn_old_into_new(old: str, changes: list[tuple[int, int, str]]) -> None:
+    new = old
+    for at, cut, text in changes:
+        at = min(at, len(new))
+        new = new[:at] + text + new[at + cut :]
+    edits = text_edits(old, new)
+    assert apply_text_edits(old, edits) == new
+    assert (edits == []) == (old == new)
+
+
+def test_edits_far_apart_stay_separate_edits() -> None:
+    lines = CODE.splitlines(keepends=True)
+    assert len(CODE) > SPLIT_SPAN_CHARS + 200
+    new_lines = list(lines)
+    new_lines[3] = "    return x  # changed\n"
+    new_lines[-4] = "    return 0\n"
+    new = "".join(new_lines)
+    edits = text_edits(CODE, new)
+    assert len(edits) == 2 and all(e.end - e.start < 80 for e in edits)
+    assert apply_text_edits(CODE, edits) == new
 
 
 @pytest.fixture(scope="module", params=["plain", "qwen", "codellama"])
