@@ -35,10 +35,12 @@ from typing import Literal
 import torch
 
 from splice.completion.document_cache import DocumentKey
+from splice.completion.drift import distance_after_edit, kv_deviation, next_token_drift
 from splice.completion.engine import CompletionEngine, CompletionInput, EngineConfig, GenerationParams
 from splice.completion.models import LoadedModel, load_model, parse_spec
 from splice.completion.pie import encode_full
 from splice.completion.pie_plan import REUSE_METHODS, ReuseMethod
+from splice.completion.token_edits import diff_tokens
 
 HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
@@ -198,6 +200,8 @@ class MethodStats:
     agree: list[float] = field(default_factory=list)
     ttft_ms: list[float] = field(default_factory=list)
     encoded: list[int] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)  # next-token KL(full || method) per step
+    top1: list[float] = field(default_factory=list)  # next-token top-1 equal to full's
 
     def summary(self) -> dict[str, float]:
         q = statistics.quantiles(self.ttft_ms, n=10) if len(self.ttft_ms) > 1 else self.ttft_ms * 9
@@ -205,9 +209,80 @@ class MethodStats:
             "em": statistics.fmean(self.em),
             "es": statistics.fmean(self.es),
             "agree_full": statistics.fmean(self.agree),
+            "kl_full_mean": statistics.fmean(self.kl) if self.kl else float("nan"),
+            "kl_full_p90": _p90(self.kl),
+            "top1_full": statistics.fmean(self.top1) if self.top1 else float("nan"),
             "ttft_ms_p50": statistics.median(self.ttft_ms),
             "ttft_ms_p90": q[8],
             "tokens_encoded_mean": statistics.fmean(self.encoded),
+        }
+
+
+def _p90(values: list[float]) -> float:
+    if not values:
+        return float("nan")
+    return statistics.quantiles(values, n=10)[8] if len(values) > 1 else values[0]
+
+
+DISTANCE_BINS: tuple[tuple[str, int, int], ...] = (
+    ("0-7", 0, 8),
+    ("8-31", 8, 32),
+    ("32-127", 32, 128),
+    ("128-511", 128, 512),
+    ("512+", 512, 1 << 30),
+)
+HEAD_TOKENS = 4  # the window's first tokens (attention sinks)
+TAIL_TOKENS = 16  # the tokens nearest the end of the prompt
+
+
+class DriftBreakdown:
+    """Where a method's reused caches deviate from full encodings: mean relative key and value
+    deviation (averaged over layers) per token group, and per layer over all tokens."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, list[float]] = {}  # group -> [key sum, value sum, tokens]
+        self.layers: list[list[float]] | None = None  # per layer [key sum, value sum, tokens]
+
+    def _add(self, group: str, keys: torch.Tensor, values: torch.Tensor) -> None:
+        if keys.numel() == 0:
+            return
+        acc = self.groups.setdefault(group, [0.0, 0.0, 0])
+        acc[0] += float(keys.sum())
+        acc[1] += float(values.sum())
+        acc[2] += keys.numel()
+
+    def add(self, keys: torch.Tensor, values: torch.Tensor, distance: list[int | None]) -> None:
+        """`keys`/`values`: [layers, tokens] deviations; `distance`: tokens after the nearest edit
+        before each token (None: before the first edit)."""
+        if self.layers is None:
+            self.layers = [[0.0, 0.0, 0] for _ in range(keys.shape[0])]
+        for layer, acc in enumerate(self.layers):
+            acc[0] += float(keys[layer].sum())
+            acc[1] += float(values[layer].sum())
+            acc[2] += keys.shape[1]
+        k, v = keys.mean(0), values.mean(0)  # [tokens]
+        n = k.shape[0]
+        head = [i for i in range(min(HEAD_TOKENS, n)) if distance[i] is not None]
+        self._add(f"window head (first {HEAD_TOKENS}), after an edit", k[head], v[head])
+        self._add(f"last {TAIL_TOKENS} tokens", k[-TAIL_TOKENS:], v[-TAIL_TOKENS:])
+        body = range(HEAD_TOKENS, max(HEAD_TOKENS, n - TAIL_TOKENS))
+        before = [i for i in body if distance[i] is None]
+        self._add("before the first edit", k[before], v[before])
+        for name, lo, hi in DISTANCE_BINS:
+            at = [i for i in body if distance[i] is not None and lo <= distance[i] < hi]  # type: ignore[operator]
+            self._add(f"{name} tokens after an edit", k[at], v[at])
+
+    def summary(self) -> dict[str, object]:
+        def mean(acc: list[float]) -> dict[str, float]:
+            return {
+                "key_dev": acc[0] / max(acc[2], 1),
+                "value_dev": acc[1] / max(acc[2], 1),
+                "tokens": acc[2],
+            }
+
+        return {
+            "groups": {g: mean(a) for g, a in self.groups.items()},
+            "layers": [mean(a) for a in self.layers or []],
         }
 
 
@@ -224,6 +299,7 @@ def run(
     progress: bool = True,
     task: Task = "edit-line",
     lines_after: int = 20,
+    drift_report: bool = False,
 ) -> dict[str, object]:
     engines = {
         m: CompletionEngine(
@@ -238,6 +314,7 @@ def run(
         for m in methods
     }
     stats = {m: MethodStats() for m in methods}
+    breakdown = {m: DriftBreakdown() for m in methods if m != "full"}
     params = GenerationParams(max_tokens=max_tokens, stop=("\n",))
     n_steps = 0
     started = time.perf_counter()
@@ -253,6 +330,7 @@ def run(
         for step in steps:
             n_steps += 1
             texts: dict[str, str] = {}
+            before = {m: engine.kv.caches.get(key) for m, engine in engines.items()}
             for m, engine in engines.items():
                 result = engine.complete(CompletionInput(step.prefix, step.suffix), params, document=key)
                 line = result.text.split("\n", 1)[0].strip()
@@ -264,6 +342,20 @@ def run(
                 s.encoded.append(result.encoded_prompt_tokens)
             for m in methods:
                 stats[m].agree.append(float(texts[m] == texts.get("full", texts[m])))
+            full_doc = engines["full"].kv.caches.get(key) if "full" in engines else None
+            for m, engine in engines.items():
+                doc = engine.kv.caches.get(key)
+                if full_doc is None or doc is None or doc.ids != full_doc.ids:
+                    continue
+                if doc.logits is not None and full_doc.logits is not None:
+                    drift = next_token_drift(full_doc.logits, doc.logits)
+                    stats[m].kl.append(drift.kl)
+                    stats[m].top1.append(float(drift.top1_agree))
+                prev = before[m]
+                if drift_report and m in breakdown and prev is not None:
+                    script = diff_tokens(prev.ids, doc.ids)
+                    keys, values = kv_deviation(full_doc, doc)
+                    breakdown[m].add(keys, values, distance_after_edit(script, len(doc.ids)))
             if progress:
                 elapsed = time.perf_counter() - started
                 eta = elapsed / n_steps * ((limit or n_steps) - n_steps)
@@ -293,6 +385,7 @@ def run(
         "device": str(loaded.device),
         "threads": torch.get_num_threads(),
         "methods": summary,
+        **({"drift": {m: b.summary() for m, b in breakdown.items()}} if drift_report else {}),
     }
 
 
@@ -305,15 +398,28 @@ def print_table(result: dict[str, object]) -> None:
         f"{result['device']}"
     )
     head = f"{'method':<12} {'EM':>6} {'ES':>6} {'=full':>6} {'TTFT p50':>9} {'p90':>8} "
-    head += f"{'encoded':>8} {'vs full':>8}"
+    head += f"{'encoded':>8} {'vs full':>8} {'KL':>8} {'KL p90':>8} {'top-1':>6}"
     print(head)
     print("-" * len(head))
     for name, s in methods.items():
         ratio = s.get("ttft_ratio_to_full", 1.0)
         print(
             f"{name:<12} {s['em']:>6.3f} {s['es']:>6.3f} {s['agree_full']:>6.3f} {s['ttft_ms_p50']:>8.0f}ms "
-            f"{s['ttft_ms_p90']:>6.0f}ms {s['tokens_encoded_mean']:>8.0f} {ratio:>7.3f}x"
+            f"{s['ttft_ms_p90']:>6.0f}ms {s['tokens_encoded_mean']:>8.0f} {ratio:>7.3f}x "
+            f"{s['kl_full_mean']:>8.4f} {s['kl_full_p90']:>8.4f} {s['top1_full']:>6.3f}"
         )
+    drift = result.get("drift")
+    if isinstance(drift, dict):
+        for name, report in drift.items():
+            print(f"\n{name}: mean relative deviation from full (keys / values, averaged over layers)")
+            for group, g in report["groups"].items():
+                print(f"  {group:<34} {g['key_dev']:>8.4f} {g['value_dev']:>8.4f}  ({g['tokens']} tokens)")
+            layers = report["layers"]
+            if layers:
+                line = "  ".join(
+                    f"L{i}:{x['key_dev']:.3f}/{x['value_dev']:.3f}" for i, x in enumerate(layers)
+                )
+                print(f"  per layer  {line}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
         "--lines-after", type=int, default=20, help="next-line: distance from the edit (lines)"
     )
     parser.add_argument("--methods", nargs="+", default=list(REUSE_METHODS), choices=REUSE_METHODS)
+    parser.add_argument(
+        "--drift-report",
+        action="store_true",
+        help="also break each method's K/V deviation from full down by token group and layer",
+    )
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
     if not args.data.is_file():
@@ -365,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         refresh_ratio=args.refresh_ratio,
         task=args.task,
         lines_after=args.lines_after,
+        drift_report=args.drift_report,
     )
     print_table(result)
     if args.json:

@@ -80,6 +80,7 @@ def test_bench_edits_compares_every_method(tmp_path: Path, tiny_model_dir: Path)
             "3",
             "--context-tokens",
             "256",
+            "--drift-report",
             "--json",
             str(out),
         ],
@@ -102,6 +103,16 @@ def test_bench_edits_compares_every_method(tmp_path: Path, tiny_model_dir: Path)
     assert methods["pie"]["tokens_encoded_mean"] < methods["prefix"]["tokens_encoded_mean"]
     assert methods["prefix"]["tokens_encoded_mean"] < methods["full"]["tokens_encoded_mean"]
     assert "pie" in proc.stdout and "TTFT" in proc.stdout
+    # next-token drift against full: none for full and for exact prefix reuse
+    assert methods["full"]["kl_full_mean"] == 0.0 and methods["full"]["top1_full"] == 1.0
+    assert methods["prefix"]["kl_full_mean"] < 1e-6 and methods["prefix"]["top1_full"] == 1.0
+    assert methods["naive"]["kl_full_mean"] >= methods["pie"]["kl_full_mean"] >= 0.0
+    drift = result["drift"]
+    assert set(drift) == {"prefix", "naive", "pie", "pie+refresh"}
+    assert len(drift["pie"]["layers"]) == 2  # the tiny model's layers
+    assert drift["prefix"]["groups"]["before the first edit"]["key_dev"] < 1e-5
+    assert drift["pie"]["layers"][0]["key_dev"] < 1e-4  # layer-0 keys see no context: exact after PIE
+    assert "mean relative deviation" in proc.stdout
 
 
 def test_missing_data_file_is_a_clear_error(tmp_path: Path) -> None:
