@@ -59,9 +59,32 @@ class Settings(BaseSettings):
         "pie+refresh",
         description="How a document's cached KV is reused between requests (full disables caching)",
     )
-    refresh_first_k: int = Field(8, ge=0, description="pie+refresh: kept tokens re-encoded after each edit")
-    refresh_ratio: float = Field(
-        0.0, ge=0.0, le=1.0, description="pie+refresh: fraction of the most deviant kept tokens re-encoded"
+    # Drift policy overrides (unset: the model family's measured default, see drift_policy.py)
+    refresh_first_k: int | None = Field(
+        None,
+        ge=0,
+        description="pie+refresh: kept tokens re-encoded after each edit (unset: the family's default)",
+    )
+    refresh_ratio: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="pie+refresh: fraction of kept tokens re-encoded by probe deviation (unset: family's)",
+    )
+    refresh_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="pie+refresh: also re-encode kept tokens whose probe deviation exceeds this",
+    )
+    refresh_probe_layer: int | None = Field(
+        None, ge=1, description="pie+refresh: the deviation probe's layer"
+    )
+    drift_full_bound: float | None = Field(
+        None,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="pie+refresh: encode the prompt in full when the tokens left stale deviate more",
     )
     document_cache_mb: int = Field(1024, ge=0, description="Memory budget of all document KV caches (LRU)")
     keep_document_tokens: bool = Field(
@@ -139,6 +162,9 @@ class Settings(BaseSettings):
             reuse_method=self.reuse_method,
             refresh_first_k=self.refresh_first_k,
             refresh_ratio=self.refresh_ratio,
+            refresh_threshold=self.refresh_threshold,
+            refresh_probe_layer=self.refresh_probe_layer,
+            drift_full_bound=self.drift_full_bound,
             document_cache_bytes=self.document_cache_mb << 20,
             keep_document_tokens=self.keep_document_tokens,
             drafting=self.drafting,

@@ -202,6 +202,8 @@ class MethodStats:
     encoded: list[int] = field(default_factory=list)
     kl: list[float] = field(default_factory=list)  # next-token KL(full || method) per step
     top1: list[float] = field(default_factory=list)  # next-token top-1 equal to full's
+    refreshed: list[int] = field(default_factory=list)  # kept tokens re-encoded against drift
+    forced_full: list[float] = field(default_factory=list)  # steps the drift bound forced a full encode
 
     def summary(self) -> dict[str, float]:
         q = statistics.quantiles(self.ttft_ms, n=10) if len(self.ttft_ms) > 1 else self.ttft_ms * 9
@@ -212,6 +214,8 @@ class MethodStats:
             "kl_full_mean": statistics.fmean(self.kl) if self.kl else float("nan"),
             "kl_full_p90": _p90(self.kl),
             "top1_full": statistics.fmean(self.top1) if self.top1 else float("nan"),
+            "refreshed_mean": statistics.fmean(self.refreshed),
+            "forced_full_rate": statistics.fmean(self.forced_full),
             "ttft_ms_p50": statistics.median(self.ttft_ms),
             "ttft_ms_p90": q[8],
             "tokens_encoded_mean": statistics.fmean(self.encoded),
@@ -286,37 +290,68 @@ class DriftBreakdown:
         }
 
 
+POLICY_KEYS = {
+    "k": "refresh_first_k",
+    "ratio": "refresh_ratio",
+    "threshold": "refresh_threshold",
+    "layer": "refresh_probe_layer",
+    "bound": "drift_full_bound",
+}
+
+
+def parse_method(spec: str) -> tuple[ReuseMethod, dict[str, float]]:
+    """`pie+refresh` or `pie+refresh:k=8,ratio=0.1,threshold=0.05,layer=1,bound=0.05` (a drift
+    policy variant; unset fields take the model family's default)."""
+    method, _, rest = spec.partition(":")
+    if method not in REUSE_METHODS:
+        raise ValueError(f"unknown method {method!r} in {spec!r}; choose from {', '.join(REUSE_METHODS)}")
+    overrides: dict[str, float] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in POLICY_KEYS:
+            raise ValueError(
+                f"bad policy field {item!r} in {spec!r}; use {', '.join(POLICY_KEYS)} as key=value"
+            )
+        if method != "pie+refresh":
+            raise ValueError(f"only pie+refresh takes policy fields: {spec!r}")
+        try:
+            overrides[POLICY_KEYS[key]] = int(value) if key in ("k", "layer") else float(value)
+        except ValueError:
+            raise ValueError(f"bad number {value!r} in {spec!r}") from None
+    return method, overrides  # type: ignore[return-value]
+
+
 def run(
     loaded: LoadedModel,
     data: Path,
     *,
-    methods: tuple[ReuseMethod, ...],
+    methods: tuple[str, ...],
     limit: int | None,
     context_tokens: int,
-    refresh_first_k: int,
-    refresh_ratio: float = 0.0,
+    refresh_first_k: int | None = None,
+    refresh_ratio: float | None = None,
     max_tokens: int = 32,
     progress: bool = True,
     task: Task = "edit-line",
     lines_after: int = 20,
     drift_report: bool = False,
 ) -> dict[str, object]:
-    engines = {
-        m: CompletionEngine(
+    engines: dict[str, CompletionEngine] = {}
+    for m in methods:
+        method, overrides = parse_method(m)
+        config = {"refresh_first_k": refresh_first_k, "refresh_ratio": refresh_ratio, **overrides}
+        engines[m] = CompletionEngine(
             loaded,
-            EngineConfig(
-                max_prompt_tokens=context_tokens,
-                reuse_method=m,
-                refresh_first_k=refresh_first_k,
-                refresh_ratio=refresh_ratio,
-            ),
+            EngineConfig(max_prompt_tokens=context_tokens, reuse_method=method, **config),  # type: ignore[arg-type]
         )
-        for m in methods
+    policies = {
+        m: e.drift_policy.describe() for m, e in engines.items() if e.config.reuse_method == "pie+refresh"
     }
     stats = {m: MethodStats() for m in methods}
     breakdown = {m: DriftBreakdown() for m in methods if m != "full"}
     params = GenerationParams(max_tokens=max_tokens, stop=("\n",))
     n_steps = 0
+    rows: list[dict[str, object]] = []  # per step: each method's line, KL, top-1 and tokens encoded
     started = time.perf_counter()
     for history, original, steps in load_steps(data, limit, task, lines_after):
         key = DocumentKey("bench", history, loaded.model_id)
@@ -330,20 +365,32 @@ def run(
         for step in steps:
             n_steps += 1
             texts: dict[str, str] = {}
+            stale: dict[str, float | None] = {}
             before = {m: engine.kv.caches.get(key) for m, engine in engines.items()}
             for m, engine in engines.items():
                 result = engine.complete(CompletionInput(step.prefix, step.suffix), params, document=key)
                 line = result.text.split("\n", 1)[0].strip()
                 texts[m] = line
+                stale[m] = result.stale_deviation
                 s = stats[m]
                 s.em.append(float(line == step.target))
                 s.es.append(edit_similarity(line, step.target))
                 s.ttft_ms.append(result.timings.first_token_ms)
                 s.encoded.append(result.encoded_prompt_tokens)
+                s.refreshed.append(result.refreshed_prompt_tokens)
+                s.forced_full.append(float(result.forced_full_encode))
             for m in methods:
                 stats[m].agree.append(float(texts[m] == texts.get("full", texts[m])))
+            row: dict[str, object] = {"history": history, "target": step.target, "methods": {}}
+            rows.append(row)
             full_doc = engines["full"].kv.caches.get(key) if "full" in engines else None
             for m, engine in engines.items():
+                row["methods"][m] = {  # type: ignore[index]
+                    "line": texts[m],
+                    "encoded": stats[m].encoded[-1],
+                    "stale_deviation": stale[m],
+                    "forced_full": bool(stats[m].forced_full[-1]),
+                }
                 doc = engine.kv.caches.get(key)
                 if full_doc is None or doc is None or doc.ids != full_doc.ids:
                     continue
@@ -351,6 +398,7 @@ def run(
                     drift = next_token_drift(full_doc.logits, doc.logits)
                     stats[m].kl.append(drift.kl)
                     stats[m].top1.append(float(drift.top1_agree))
+                    row["methods"][m].update(kl=drift.kl, top1=drift.top1_agree)  # type: ignore[index]
                 prev = before[m]
                 if drift_report and m in breakdown and prev is not None:
                     script = diff_tokens(prev.ids, doc.ids)
@@ -380,12 +428,12 @@ def run(
         "steps": n_steps,
         "task": task,
         "context_tokens": context_tokens,
-        "refresh_first_k": refresh_first_k,
-        "refresh_ratio": refresh_ratio,
+        "policies": policies,
         "device": str(loaded.device),
         "threads": torch.get_num_threads(),
         "methods": summary,
         **({"drift": {m: b.summary() for m, b in breakdown.items()}} if drift_report else {}),
+        "per_step": rows,
     }
 
 
@@ -397,17 +445,24 @@ def print_table(result: dict[str, object]) -> None:
         f"{result['context_tokens']} context tokens, "
         f"{result['device']}"
     )
-    head = f"{'method':<12} {'EM':>6} {'ES':>6} {'=full':>6} {'TTFT p50':>9} {'p90':>8} "
-    head += f"{'encoded':>8} {'vs full':>8} {'KL':>8} {'KL p90':>8} {'top-1':>6}"
+    width = max(12, *(len(name) for name in methods))
+    head = f"{'method':<{width}} {'EM':>6} {'ES':>6} {'=full':>6} {'TTFT p50':>9} {'p90':>8} "
+    head += f"{'encoded':>8} {'vs full':>8} {'refresh':>7} {'forced':>6} {'KL':>8} {'KL p90':>8} {'top-1':>6}"
     print(head)
     print("-" * len(head))
     for name, s in methods.items():
         ratio = s.get("ttft_ratio_to_full", 1.0)
         print(
-            f"{name:<12} {s['em']:>6.3f} {s['es']:>6.3f} {s['agree_full']:>6.3f} {s['ttft_ms_p50']:>8.0f}ms "
+            f"{name:<{width}} {s['em']:>6.3f} {s['es']:>6.3f} {s['agree_full']:>6.3f} "
+            f"{s['ttft_ms_p50']:>7.0f}ms "
             f"{s['ttft_ms_p90']:>6.0f}ms {s['tokens_encoded_mean']:>8.0f} {ratio:>7.3f}x "
+            f"{s['refreshed_mean']:>7.0f} {s['forced_full_rate']:>6.2f} "
             f"{s['kl_full_mean']:>8.4f} {s['kl_full_p90']:>8.4f} {s['top1_full']:>6.3f}"
         )
+    policies = result.get("policies")
+    if isinstance(policies, dict):
+        for name, policy in policies.items():
+            print(f"  {name}: {policy}")
     drift = result.get("drift")
     if isinstance(drift, dict):
         for name, report in drift.items():
@@ -432,13 +487,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=40, help="steps in total (default 40)")
     parser.add_argument("--context-tokens", type=int, default=2048)
     parser.add_argument(
-        "--refresh-first-k", type=int, default=8, help="pie+refresh: tokens re-encoded per edit"
+        "--refresh-first-k",
+        type=int,
+        help="pie+refresh: tokens re-encoded per edit (default: the model family's drift policy)",
     )
     parser.add_argument(
         "--refresh-ratio",
         type=float,
-        default=0.0,
-        help="pie+refresh: fraction of the most deviant kept tokens re-encoded (CacheBlend-style)",
+        help="pie+refresh: fraction of the most deviant kept tokens re-encoded (CacheBlend-style; "
+        "default: the model family's drift policy)",
     )
     parser.add_argument(
         "--task",
@@ -449,7 +506,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lines-after", type=int, default=20, help="next-line: distance from the edit (lines)"
     )
-    parser.add_argument("--methods", nargs="+", default=list(REUSE_METHODS), choices=REUSE_METHODS)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(REUSE_METHODS),
+        metavar="METHOD",
+        help=f"{', '.join(REUSE_METHODS)}; a drift policy variant as pie+refresh:k=8,ratio=0.1,"
+        "threshold=0.05,layer=1,bound=0.05 (unset fields: the model family's default)",
+    )
     parser.add_argument(
         "--drift-report",
         action="store_true",
@@ -459,6 +523,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.data.is_file():
         print(f"splice bench edits: error: no such file: {args.data}", file=sys.stderr)
+        return 2
+    try:
+        for m in args.methods:
+            parse_method(m)
+    except ValueError as exc:
+        print(f"splice bench edits: error: {exc}", file=sys.stderr)
         return 2
     loaded = load_model(
         parse_spec(args.model), device=args.device, progress=lambda m: print(m, file=sys.stderr)

@@ -25,6 +25,7 @@ from transformers import DynamicCache
 
 from splice.completion.document_cache import DocumentKey
 from splice.completion.drafting import DraftConfig
+from splice.completion.drift_policy import DriftPolicy, policy_for
 from splice.completion.early_exit import ExitHeads, ExitThresholds
 from splice.completion.fim import (
     FimPrompt,
@@ -36,7 +37,7 @@ from splice.completion.fim import (
 )
 from splice.completion.generation import Generation, TextSink
 from splice.completion.healing import TokenHealer
-from splice.completion.kv_manager import KVManager
+from splice.completion.kv_manager import EncodeStats, KVManager
 from splice.completion.models import LoadedModel
 from splice.completion.pie_plan import REUSE_METHODS, ReuseMethod
 from splice.completion.runner import ModelRunner
@@ -68,8 +69,13 @@ class EngineConfig:
     # `splice bench edits` at 2k context: re-encoding the first 8 kept tokens after each edit
     # brought agreement with full recomputation from 85% (plain PIE) to 100% for +2% tokens.
     reuse_method: ReuseMethod = "pie+refresh"
-    refresh_first_k: int = 8  # pie+refresh: re-encode this many kept tokens after each edit
-    refresh_ratio: float = 0.0  # pie+refresh: also re-encode this fraction of the most deviant kept tokens
+    # What pie+refresh re-encodes against drift (splice.completion.drift_policy): None takes the
+    # model family's measured default (or the generic one); a value overrides that field.
+    refresh_first_k: int | None = None  # kept tokens re-encoded after each edit
+    refresh_ratio: float | None = None  # fraction of kept tokens re-encoded by probe deviation
+    refresh_threshold: float | None = None  # and every kept token whose probe deviation exceeds this
+    refresh_probe_layer: int | None = None  # the probe's layer
+    drift_full_bound: float | None = None  # forced full re-encode above this stale deviation (0: never)
     document_cache_bytes: int = 1 << 30  # budget of all document KV caches of this model
     keep_document_tokens: bool = True  # re-tokenize a window after an edit (False: the whole document)
     # Greedy decoding verifies drafted tokens in one pass; the output is greedy's token for token.
@@ -84,15 +90,23 @@ class EngineConfig:
     early_exit: bool = False
     exit_thresholds: ExitThresholds = field(default_factory=ExitThresholds)
 
+    def drift_policy(self, model_type: str | None) -> tuple[DriftPolicy, str]:
+        """The drift policy for a model family, with this config's overrides."""
+        return policy_for(
+            model_type,
+            first_k=self.refresh_first_k,
+            probe_ratio=self.refresh_ratio,
+            probe_threshold=self.refresh_threshold,
+            probe_layer=self.refresh_probe_layer,
+            full_bound=self.drift_full_bound,
+        )
+
     def __post_init__(self) -> None:
         if self.drafting not in DRAFTING_METHODS:
             raise ValueError(f"drafting must be one of {', '.join(DRAFTING_METHODS)}")
         if self.reuse_method not in REUSE_METHODS:
             raise ValueError(f"reuse_method must be one of {', '.join(REUSE_METHODS)}")
-        if self.refresh_first_k < 0:
-            raise ValueError("refresh_first_k must be >= 0")
-        if not 0.0 <= self.refresh_ratio <= 1.0:
-            raise ValueError("refresh_ratio must be in [0, 1]")
+        self.drift_policy(None)  # a bad override fails here, with the field named
         if self.context_window is not None and self.context_window < 16:
             raise ValueError("context_window must be at least 16 tokens")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 8:
@@ -168,6 +182,9 @@ class CompletionResult:
     timings: Timings
     encoded_prompt_tokens: int = 0  # prompt tokens run through the model for this request
     reused_prompt_tokens: int = 0  # prompt tokens whose KV came from the document cache
+    refreshed_prompt_tokens: int = 0  # of the encoded, kept tokens re-encoded against drift
+    forced_full_encode: bool = False  # the drift bound was passed: the prompt was encoded in full
+    stale_deviation: float | None = None  # drift probe: mean key deviation of the tokens left stale
     tokenized_chars: int = 0  # document characters tokenized for this request (a window after an edit)
     context_tokens: int = 0  # repository context tokens in the prompt
     decode_passes: int = 0  # forward passes after the prompt's (one per token without drafting)
@@ -219,13 +236,15 @@ class CompletionEngine:
             )
         if self.config.early_exit and not self.runner.supported:
             raise ValueError(f"early exit needs a layer-by-layer runner; {loaded.model_id} runs whole")
+        self.drift_policy, source = self.config.drift_policy(getattr(self.model.config, "model_type", None))
+        if self.config.reuse_method == "pie+refresh":
+            log.info("document cache drift policy (%s): %s", source, self.drift_policy.describe())
         self.kv = KVManager(
             self.model,
             self.tokenizer,
             budget_bytes=self.config.document_cache_bytes,
             reuse_method=self.config.reuse_method,
-            refresh_first_k=self.config.refresh_first_k,
-            refresh_ratio=self.config.refresh_ratio,
+            policy=self.drift_policy,
             keep_tokens=self.config.keep_document_tokens,
         )
 
@@ -363,9 +382,9 @@ class CompletionEngine:
         prompt = self.prepare(inp, params.max_tokens, document)
         if document is None:
             cache, logits = self.prefill(prompt.input_ids)
-            encoded, reused = len(prompt.input_ids), 0
+            encode = EncodeStats(encoded=len(prompt.input_ids))
         else:
-            doc, encoded, reused = self.kv.encode(prompt.input_ids, document)
+            doc, encode = self.kv.encode(prompt.input_ids, document)
             assert doc.logits is not None
             cache, logits = doc.to_cache(self.model.config), doc.logits
         timings.prompt_ms = (time.perf_counter() - started) * 1000.0
@@ -376,8 +395,7 @@ class CompletionEngine:
             prompt,
             cache,
             logits,
-            encoded=encoded,
-            reused=reused,
+            encode=encode,
             timings=timings,
             started=started,
             on_text=on_text,

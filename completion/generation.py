@@ -22,6 +22,7 @@ import torch
 from transformers import DynamicCache
 
 from splice.completion.drafting import DraftLength, LookupDrafter
+from splice.completion.kv_manager import EncodeStats
 from splice.completion.postprocess import is_finished, postprocess, stable_prefix
 
 if TYPE_CHECKING:
@@ -52,8 +53,7 @@ class Generation:
         cache: DynamicCache,
         logits: torch.Tensor,  # [V] after the prompt's last token
         *,
-        encoded: int,
-        reused: int,
+        encode: EncodeStats,
         timings: Timings,
         started: float,  # perf_counter() when the request started (TTFT counts from here)
         on_text: TextSink | None = None,
@@ -64,7 +64,7 @@ class Generation:
         self.prompt = prompt
         self.cache = cache
         self.logits = logits
-        self.encoded, self.reused = encoded, reused
+        self.encode = encode
         self.timings = timings
         self.started = started
         self.on_text = on_text
@@ -221,8 +221,11 @@ class Generation:
             completion_tokens=len(self.generated),
             trimmed_prompt_tokens=fim.trimmed_prefix_tokens + fim.trimmed_suffix_tokens,
             timings=timings,
-            encoded_prompt_tokens=self.encoded,
-            reused_prompt_tokens=self.reused,
+            encoded_prompt_tokens=self.encode.encoded,
+            reused_prompt_tokens=self.encode.reused,
+            refreshed_prompt_tokens=self.encode.refreshed,
+            forced_full_encode=self.encode.forced_full,
+            stale_deviation=self.encode.stale_deviation,
             tokenized_chars=self.prompt.tokenized_chars,
             context_tokens=fim.context_tokens,
             decode_passes=self.passes,

@@ -33,10 +33,12 @@ import logging
 import math
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from splice.completion.document_cache import DocumentCacheStore, DocumentKey
+from splice.completion.drift_policy import DriftPolicy
 from splice.completion.fim import TextEncoder, adds_dummy_prefix, plain_added_tokens
 from splice.completion.pie import DocumentKV, apply_plan, encode_full, select_refresh
 from splice.completion.pie_plan import ReuseMethod, plan_reuse
@@ -147,6 +149,18 @@ class DocumentTokens(TextEncoder):
         )
 
 
+@dataclass(frozen=True)
+class EncodeStats:
+    """What bringing a document's cache to a prompt took."""
+
+    encoded: int = 0  # tokens run through the model, the probe's cost included (in full-depth tokens)
+    reused: int = 0  # tokens whose KV came from the cache
+    refreshed: int = 0  # of the encoded, kept tokens re-encoded against drift (pie+refresh)
+    probe: int = 0  # the drift probe's cost, in full-depth tokens (part of `encoded`)
+    forced_full: bool = False  # the drift bound was passed: the prompt was encoded in full
+    stale_deviation: float | None = None  # the probe's mean deviation of the tokens left stale
+
+
 class KVManager:
     """Document caches within a byte budget, each following its document's tokens (see the
     module docstring)."""
@@ -158,15 +172,13 @@ class KVManager:
         *,
         budget_bytes: int,
         reuse_method: ReuseMethod,
-        refresh_first_k: int,
-        refresh_ratio: float,
+        policy: DriftPolicy,
         keep_tokens: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.reuse_method = reuse_method
-        self.refresh_first_k = refresh_first_k
-        self.refresh_ratio = refresh_ratio
+        self.policy = policy
         self.caches: DocumentCacheStore[DocumentKV] = DocumentCacheStore(budget_bytes)
         self._tokens: OrderedDict[DocumentKey, DocumentTokens] = OrderedDict()
         self._encoding: set[DocumentKey] = set()  # documents an encoding is in flight for
@@ -202,11 +214,11 @@ class KVManager:
 
     def encode(
         self, ids: list[int], document: DocumentKey, method: ReuseMethod | None = None
-    ) -> tuple[DocumentKV, int, int]:
+    ) -> tuple[DocumentKV, EncodeStats]:
         """Bring `document`'s cache to the sequence `ids`, re-encoding only what changed.
 
-        Returns the cache and the numbers of encoded and reused tokens. The cache is stored
-        back (LRU, within the budget), so the next request for the document starts from it.
+        Returns the cache and what it took. The cache is stored back (LRU, within the budget),
+        so the next request for the document starts from it.
         """
         method = method or self.reuse_method
         if method in ("naive", "pie", "pie+refresh") and self.rope_spec is None:
@@ -215,7 +227,7 @@ class KVManager:
             self._encoding.add(document)
             old = self.caches.get(document)
         try:
-            doc, encoded, reused = self._encode(ids, old, method)
+            doc, stats = self._encode(ids, old, method)
         finally:
             with self._lock:
                 self._encoding.discard(document)
@@ -224,29 +236,54 @@ class KVManager:
         if not closed:  # a document closed meanwhile gets its answer, and nothing is kept
             with self._lock:
                 self.caches.put(document, doc)
-        return doc, encoded, reused
+        return doc, stats
 
     def _encode(
         self, ids: list[int], old: DocumentKV | None, method: ReuseMethod
-    ) -> tuple[DocumentKV, int, int]:
+    ) -> tuple[DocumentKV, EncodeStats]:
         if old is None or method == "full":
-            doc = encode_full(self.model, ids)
-            encoded, reused = len(ids), 0
-        else:
-            script = diff_tokens(old.ids, ids)
-            plan = plan_reuse(
-                old.ids,
+            return encode_full(self.model, ids), EncodeStats(encoded=len(ids))
+        policy = self.policy
+        plan = plan_reuse(
+            old.ids,
+            ids,
+            diff_tokens(old.ids, ids),
+            method,
+            refresh_first_k=policy.first_k,
+            logits_fresh=old.logits is not None,
+        )
+        probe_cost, stale = 0, None
+        if method == "pie+refresh" and policy.probes:
+            probe = select_refresh(
+                self.model,
+                old,
                 ids,
-                script,
-                method,
-                refresh_first_k=self.refresh_first_k,
-                logits_fresh=old.logits is not None,
+                plan,
+                self.rope_spec,
+                ratio=policy.probe_ratio,
+                threshold=policy.probe_threshold,
+                probe_layer=policy.probe_layer,
             )
-            if method == "pie+refresh" and self.refresh_ratio > 0:
-                plan = select_refresh(self.model, old, ids, plan, self.rope_spec, self.refresh_ratio)
-            doc, stats = apply_plan(self.model, old, ids, plan, self.rope_spec)
-            encoded, reused = stats.encoded, stats.reused
-        return doc, encoded, reused
+            probe_cost = probe.token_equivalents(len(old.keys))
+            if policy.full_bound > 0 and probe.stale_deviation > policy.full_bound:
+                # too much would stay stale: start over from a full encode
+                doc = encode_full(self.model, ids)
+                forced = EncodeStats(
+                    encoded=len(ids) + probe_cost,
+                    probe=probe_cost,
+                    forced_full=True,
+                    stale_deviation=probe.stale_deviation,
+                )
+                return doc, forced
+            plan, stale = probe.plan, probe.stale_deviation
+        doc, applied = apply_plan(self.model, old, ids, plan, self.rope_spec)
+        return doc, EncodeStats(
+            encoded=applied.encoded + probe_cost,
+            reused=applied.reused,
+            refreshed=plan.refreshed,
+            probe=probe_cost,
+            stale_deviation=stale,
+        )
 
     def close(self, document: DocumentKey) -> bool:
         """Forget the document's cache and tokens (the editor closed it). True if it had a cache."""

@@ -178,6 +178,20 @@ def apply_plan(
     return doc, stats
 
 
+@dataclass(frozen=True)
+class ProbeResult:
+    """What the deviation probe chose, and what it cost."""
+
+    plan: ReusePlan  # the plan with the chosen tokens moved from reuse to encode
+    probed_tokens: int  # tokens the probe ran over
+    probe_layers: int  # layers it ran (0..probe_layer)
+    stale_deviation: float  # mean probe deviation of the kept tokens after the first edit left stale
+
+    def token_equivalents(self, layers: int) -> int:
+        """The probe's cost in full-depth tokens (token-layers / layers, rounded up)."""
+        return -(-self.probed_tokens * self.probe_layers // layers)
+
+
 @torch.inference_mode()
 def select_refresh(
     model: PreTrainedModel,
@@ -185,44 +199,40 @@ def select_refresh(
     new_ids: list[int],
     plan: ReusePlan,
     spec: RopeSpec | None,
-    ratio: float,
+    *,
+    ratio: float = 0.0,
+    threshold: float = 0.0,
     probe_layer: int = 1,
-) -> ReusePlan:
+) -> ProbeResult:
     """CacheBlend-style selective refresh: also re-encode the `ratio` of reused tokens after the
-    first edit whose keys deviate most from fresh ones at an early `probe_layer`.
+    first edit whose keys deviate most from fresh ones at an early `probe_layer`, and every one
+    whose deviation exceeds `threshold` (0: none by threshold).
 
     The probe runs only layers 0..probe_layer over the tokens from the first change on (a
     small fraction of a full encode); layer 0 is useless as a probe since PIE keys are exact
     there. Deviation: relative L2 distance between fresh and PIE keys at the probe layer.
     """
-    if ratio <= 0 or plan.reused == 0 or not plan.encode:
-        return plan
+    if plan.reused == 0 or not plan.encode:
+        return ProbeResult(plan, 0, 0, 0.0)
     first = plan.encode[0]
     candidates = [(s, d) for s, d in zip(plan.reuse_src, plan.reuse_dst, strict=True) if d > first]
     if not candidates:
-        return plan
+        return ProbeResult(plan, 0, 0, 0.0)
     layers = len(old.keys)
     probe_layer = min(max(probe_layer, 1), layers - 1)
     device = old.offset.device
     # Positions before the first change are reused unchanged (same position, exact KV): the
     # probe is a plain causal forward of the rest on top of them.
     cache = DynamicCache(config=model.config)
-    for layer in range(probe_layer + 1):
+    runner = ModelRunner(model)
+    run_layers = probe_layer + 1 if runner.supported else layers  # a family run whole: all layers
+    for layer in range(run_layers):
         cache.update(
             old.keys[layer][:, :first].unsqueeze(0), old.values[layer][:, :first].unsqueeze(0), layer
         )
-    runner = ModelRunner(model)
     ids = torch.tensor([new_ids[first:]], dtype=torch.long, device=device)
     positions = torch.arange(first, len(new_ids), device=device).unsqueeze(0)
-    if runner.supported:  # only the layers up to the probe run
-        runner.run(ids, cache, positions=positions, layers=probe_layer + 1, logits="none")
-    else:  # a family the runner cannot stop early: the whole model runs, on a cache of all layers
-        cache = DynamicCache(config=model.config)
-        for layer in range(layers):
-            cache.update(
-                old.keys[layer][:, :first].unsqueeze(0), old.values[layer][:, :first].unsqueeze(0), layer
-            )
-        runner.run(ids, cache, positions=positions, logits="none")
+    runner.run(ids, cache, positions=positions, layers=run_layers, logits="none")
     probe_keys = getattr(cache.layers[probe_layer], "keys", None)
     assert isinstance(probe_keys, torch.Tensor)
     fresh = probe_keys[0][:, first:]  # [H_kv, n - first, D]
@@ -236,13 +246,22 @@ def select_refresh(
         reused = old.keys[probe_layer][:, src]
     target = fresh[:, dst - first]
     deviation = (target - reused).float().norm(dim=(0, 2)) / target.float().norm(dim=(0, 2)).clamp_min(1e-12)
-    count = max(1, round(ratio * len(candidates)))
-    chosen = {candidates[i][1] for i in torch.topk(deviation, min(count, len(candidates))).indices.tolist()}
+    picked = torch.zeros(len(candidates), dtype=torch.bool, device=device)
+    if ratio > 0:
+        count = min(len(candidates), max(1, round(ratio * len(candidates))))
+        picked[torch.topk(deviation, count).indices] = True
+    if threshold > 0:
+        picked |= deviation > threshold
+    stale = deviation[~picked]
+    stale_deviation = float(stale.mean()) if stale.numel() else 0.0
+    chosen = {candidates[i][1] for i in torch.nonzero(picked).squeeze(1).tolist()}
     pairs = [(s, d) for s, d in zip(plan.reuse_src, plan.reuse_dst, strict=True) if d not in chosen]
-    return ReusePlan(
+    new_plan = ReusePlan(
         new_length=plan.new_length,
         reuse_src=tuple(s for s, _ in pairs),
         reuse_dst=tuple(d for _, d in pairs),
         encode=tuple(sorted([*plan.encode, *chosen])),
         rotate=plan.rotate,
+        refreshed=plan.refreshed + len(chosen),
     )
+    return ProbeResult(new_plan, len(new_ids) - first, run_layers, stale_deviation)

@@ -39,6 +39,7 @@ class ReusePlan:
     reuse_dst: tuple[int, ...]  # the new index of each reused token
     encode: tuple[int, ...]  # new indices to run through the model, ascending
     rotate: bool  # re-rotate reused keys to their new positions (False only for "naive")
+    refreshed: int = 0  # kept tokens re-encoded anyway (pie+refresh), a subset of `encode`
 
     @property
     def reused(self) -> int:
@@ -89,6 +90,7 @@ def plan_reuse(
         return ReusePlan(n, tuple(range(n)), tuple(range(n)), (), True)
 
     pairs: list[tuple[int, int]] = []  # (old index, new index) of kept tokens
+    refreshed = 0
     if method == "prefix":
         p = common_prefix(old, new)
         pairs = [(i, i) for i in range(p)]
@@ -103,6 +105,7 @@ def plan_reuse(
             first_run = False
             for offset in range(run.new_end - run.new_start):
                 if offset < skip:
+                    refreshed += 1
                     continue
                 pairs.append((run.old_start + offset, run.new_start + offset))
     # the last token is always re-encoded: decoding needs logits that saw the whole edit
@@ -115,4 +118,5 @@ def plan_reuse(
         reuse_dst=tuple(d for _, d in pairs),
         encode=encode,
         rotate=method != "naive",
+        refreshed=refreshed,
     )

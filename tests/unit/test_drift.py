@@ -39,7 +39,7 @@ def test_kv_deviation_is_zero_for_exact_reuse_and_positive_after_a_mid_edit() ->
     model = build_model(build_tokenizer("plain"), "llama")
     spec = rope_spec_from_config(model.config)
     old_ids = list(range(5, 45))
-    new_ids = old_ids[:10] + [100, 101, 102] + old_ids[10:]
+    new_ids = [*old_ids[:10], 100, 101, 102, *old_ids[10:]]
     old = encode_full(model, old_ids)
     full = encode_full(model, new_ids)
     for method in ("prefix", "pie"):
@@ -58,3 +58,21 @@ def test_kv_deviation_is_zero_for_exact_reuse_and_positive_after_a_mid_edit() ->
         assert math.isfinite(drift.kl)
     with pytest.raises(ValueError, match="different"):
         kv_deviation(full, old)
+
+
+def test_drift_policy_per_family_with_overrides() -> None:
+    from splice.completion.drift_policy import FAMILY_POLICIES, GENERIC, DriftPolicy, policy_for
+
+    policy, source = policy_for("qwen2")
+    assert policy == FAMILY_POLICIES["qwen2"] and source == "measured for qwen2"
+    policy, source = policy_for("some-new-family")
+    assert policy == GENERIC and source == "generic"
+    assert GENERIC.probes  # a family nobody measured gets a probe and a bound
+    policy, source = policy_for("llama", first_k=32, probe_ratio=None)
+    assert policy.first_k == 32 and policy.probe_ratio == FAMILY_POLICIES["llama"].probe_ratio
+    assert source.endswith("with overrides")
+    with pytest.raises(ValueError, match="unknown drift policy fields: nope"):
+        policy_for("llama", nope=1)
+    with pytest.raises(ValueError, match="first_k"):
+        DriftPolicy(first_k=-1)
+    assert not DriftPolicy(first_k=8).probes

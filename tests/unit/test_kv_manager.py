@@ -5,6 +5,7 @@ one, and closing a document forgets it (even while its encoding is in flight).""
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import PreTrainedTokenizerBase
@@ -170,3 +171,65 @@ def test_closing_a_document_forgets_it_even_mid_encoding() -> None:
     assert len(kv) == 0  # and nothing of the closed document is kept
     engine.complete(inp, GenerationParams(max_tokens=2), document=key)
     assert len(kv) == 1  # reopened later, it is cached again
+
+
+def _edited_inputs() -> list[CompletionInput]:
+    """A document edited in its middle three times, the cursor near its end."""
+    text = CODE[:1000]
+    edits = ["", "    y = 1\n", "    y = 1\n    q = y + 2\n", "    y = 1\n    q = y + 2\n    r = q\n"]
+    return [CompletionInput(text[:300] + typed + text[300:800], text[800:]) for typed in edits]
+
+
+def test_forced_full_reencode_equals_full_recomputation_exactly() -> None:
+    key = DocumentKey("t", "doc.py", "m")
+    forced = make_engine(context=2048, drift_full_bound=1e-9, refresh_first_k=0)  # any stale deviation
+    reference = make_engine(context=2048, reuse_method="full")
+    reference.model.load_state_dict(forced.model.state_dict())
+    params = GenerationParams(max_tokens=6)
+    for step, inp in enumerate(_edited_inputs()):
+        got = forced.complete(inp, params, document=key)
+        want = reference.complete(inp, params, document=key)
+        doc, ref = forced.kv.caches.get(key), reference.kv.caches.get(key)
+        assert doc is not None and ref is not None and doc.ids == ref.ids
+        assert doc.logits is not None and ref.logits is not None
+        assert torch.equal(doc.logits, ref.logits)  # the same computation: bit for bit
+        assert all(torch.equal(a, b) for a, b in zip(doc.keys, ref.keys, strict=True))
+        assert got.raw == want.raw
+        if step > 0:
+            assert got.forced_full_encode and got.reused_prompt_tokens == 0
+            # the probe ran before the decision, and its cost is counted
+            assert got.encoded_prompt_tokens > len(doc.ids)
+
+
+def test_probe_cost_and_refreshed_tokens_are_counted() -> None:
+    key = DocumentKey("t", "doc.py", "m")
+    plain = make_engine(context=2048, reuse_method="pie")
+    probed = make_engine(context=2048, refresh_first_k=0, refresh_ratio=0.5, drift_full_bound=0.0)
+    probed.model.load_state_dict(plain.model.state_dict())
+    layers = probed.model.config.num_hidden_layers
+    params = GenerationParams(max_tokens=2)
+    inputs = _edited_inputs()
+    plain.complete(inputs[0], params, document=key)
+    probed.complete(inputs[0], params, document=key)
+    before = probed.kv.caches.get(key)
+    assert before is not None
+    base = plain.complete(inputs[1], params, document=key)
+    got = probed.complete(inputs[1], params, document=key)
+    after = probed.kv.caches.get(key)
+    assert after is not None
+    assert not got.forced_full_encode and got.refreshed_prompt_tokens > 0
+    first = next(i for i, (a, b) in enumerate(zip(before.ids, after.ids, strict=False)) if a != b)
+    # encoded = what plain PIE encodes + the refreshed tokens + the probe's cost: layers 0..1 over
+    # the tokens from the first change on, in full-depth tokens
+    probe = -(-(len(after.ids) - first) * 2 // layers)
+    assert got.encoded_prompt_tokens == base.encoded_prompt_tokens + got.refreshed_prompt_tokens + probe
+    assert got.reused_prompt_tokens == base.reused_prompt_tokens - got.refreshed_prompt_tokens
+
+
+def test_bad_drift_policy_overrides_are_refused() -> None:
+    with pytest.raises(ValueError, match="probe_layer"):
+        make_engine(refresh_probe_layer=0)
+    with pytest.raises(ValueError, match="probe_ratio"):
+        make_engine(refresh_ratio=1.5)
+    with pytest.raises(ValueError, match="full_bound"):
+        make_engine(drift_full_bound=float("inf"))

@@ -157,7 +157,7 @@ def test_refresh_of_every_deviant_token_equals_full_recomputation(model: PreTrai
     old, new = _middle_edit()
     doc = encode_full(model, old)
     plan = plan_reuse(old, new, diff_tokens(old, new), "pie")
-    refreshed = select_refresh(model, doc, new, plan, spec_of(model), ratio=1.0)
+    refreshed = select_refresh(model, doc, new, plan, spec_of(model), ratio=1.0).plan
     out, _ = apply_plan(model, doc, new, refreshed, spec_of(model))
     full = encode_full(model, new)
     assert out.logits is not None and full.logits is not None
@@ -171,11 +171,35 @@ def test_partial_refresh_reencodes_the_ratio_and_reduces_the_error(model: PreTra
     doc = encode_full(model, old)
     plan = plan_reuse(old, new, diff_tokens(old, new), "pie")
     candidates = sum(1 for d in plan.reuse_dst if d > plan.encode[0])
-    refreshed = select_refresh(model, doc, new, plan, spec_of(model), ratio=0.25)
+    probe = select_refresh(model, doc, new, plan, spec_of(model), ratio=0.25)
+    refreshed = probe.plan
     assert refreshed.encoded == plan.encoded + round(0.25 * candidates)
-    assert select_refresh(model, doc, new, plan, spec_of(model), ratio=0.0) == plan
+    assert refreshed.refreshed == round(0.25 * candidates)
+    # the probe ran layers 0..1 over the tokens from the first change on
+    assert probe.probed_tokens == len(new) - plan.encode[0] and probe.probe_layers == 2
+    layers = model.config.num_hidden_layers
+    assert probe.token_equivalents(layers) == -(-probe.probed_tokens * 2 // layers)
+    assert probe.stale_deviation > 0
+    assert select_refresh(model, doc, new, plan, spec_of(model), ratio=0.0).plan == plan
     pie, _ = apply_plan(model, doc, new, plan, spec_of(model))
     better, _ = apply_plan(model, doc, new, refreshed, spec_of(model))
     full = encode_full(model, new)
     assert rel_err(better.keys[-1], full.keys[-1]) < rel_err(pie.keys[-1], full.keys[-1])
     assert not torch.equal(pie.keys[-1], better.keys[-1])
+
+
+def test_threshold_refresh_takes_every_token_above_it(model: PreTrainedModel) -> None:
+    from splice.completion.pie import select_refresh
+
+    old, new = _middle_edit()
+    doc = encode_full(model, old)
+    plan = plan_reuse(old, new, diff_tokens(old, new), "pie")
+    everything = select_refresh(model, doc, new, plan, spec_of(model), threshold=1e-9)
+    candidates = sum(1 for d in plan.reuse_dst if d > plan.encode[0])
+    assert everything.plan.refreshed == candidates and everything.stale_deviation == 0.0
+    nothing = select_refresh(model, doc, new, plan, spec_of(model), threshold=1e9)
+    assert nothing.plan == plan and nothing.stale_deviation > 0
+    some = select_refresh(model, doc, new, plan, spec_of(model), threshold=nothing.stale_deviation)
+    # the tokens above the mean deviation go; what stays stale deviates less on average
+    assert 0 < some.plan.refreshed < candidates
+    assert some.stale_deviation < nothing.stale_deviation
