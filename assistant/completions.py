@@ -26,6 +26,7 @@ from splice.assistant.schemas import (
     CompletionRequest,
     CompletionResponse,
     DebugData,
+    FullRecompute,
     SnippetOut,
     TimingInfo,
     Usage,
@@ -153,6 +154,9 @@ class CompletionService:
         self.metrics.prompt_tokens.inc(result.prompt_tokens)
         self.metrics.encoded_tokens.inc(result.encoded_prompt_tokens)
         self.metrics.reused_tokens.inc(result.reused_prompt_tokens)
+        self.metrics.refreshed_tokens.inc(result.refreshed_prompt_tokens)
+        if result.forced_full_encode:
+            self.metrics.forced_full.inc()
         self.metrics.document_bytes.set(self.engine.kv.bytes)
         self.metrics.documents.set(len(self.engine.kv))
         self.metrics.completion_tokens.inc(result.completion_tokens)
@@ -196,10 +200,22 @@ class CompletionService:
     ) -> CompletionResponse:
         t = result.timings
         debug = None
-        if req is not None and req.debug_options is not None and req.debug_options.return_snippets:
+        options = req.debug_options if req is not None else None
+        if options is not None and (options.return_snippets or result.audit is not None):
+            audit = result.audit
             debug = DebugData(
-                snippets=[SnippetOut.model_validate(s.as_dict()) for s in snippets or []],
+                snippets=[SnippetOut.model_validate(s.as_dict()) for s in snippets or []]
+                if options.return_snippets
+                else [],
                 context_tokens=result.context_tokens,
+                full_recompute=None
+                if audit is None
+                else FullRecompute(
+                    text=audit.full_text,
+                    same_text=audit.full_text == result.text,
+                    next_token_kl=audit.next_token_kl,
+                    next_token_top1_agree=audit.next_token_top1_agree,
+                ),
             )
         return CompletionResponse(
             debug_data=debug,
@@ -214,6 +230,7 @@ class CompletionService:
                 trimmed_prompt_tokens=result.trimmed_prompt_tokens,
                 encoded_prompt_tokens=result.encoded_prompt_tokens,
                 reused_prompt_tokens=result.reused_prompt_tokens,
+                refreshed_prompt_tokens=result.refreshed_prompt_tokens,
                 tokenized_chars=result.tokenized_chars,
                 decode_passes=result.decode_passes,
                 accepted_draft_tokens=result.accepted_draft_tokens,
@@ -235,7 +252,8 @@ class CompletionService:
         inp, params = self.to_job(req)
         inp, snippets = await self._with_context(req, inp, tenant)
         document = self.document_key(req, tenant)
-        return Request(inp, params, document=document, tenant=tenant, stream=stream), snippets
+        audit = not stream and bool(req.debug_options and req.debug_options.compare_full)
+        return Request(inp, params, document=document, tenant=tenant, stream=stream, audit=audit), snippets
 
     async def complete(self, req: CompletionRequest, http: HttpRequest, tenant: str = "default") -> Response:
         request, snippets = await self.request(req, tenant, stream=False)

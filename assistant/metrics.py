@@ -36,6 +36,16 @@ class Metrics:
         self.reused_tokens = Counter(
             "splice_prompt_tokens_reused", "Prompt tokens whose KV came from a document cache", registry=r
         )
+        self.refreshed_tokens = Counter(
+            "splice_prompt_tokens_refreshed",
+            "Kept prompt tokens re-encoded against drift (pie+refresh; part of the encoded tokens)",
+            registry=r,
+        )
+        self.forced_full = Counter(
+            "splice_drift_forced_full_encodes",
+            "Prompts encoded in full because the drift bound was passed",
+            registry=r,
+        )
         self.document_bytes = Gauge(
             "splice_document_cache_bytes", "Memory held by document KV caches", registry=r
         )

@@ -41,6 +41,11 @@ class DebugOptions(BaseModel):
     disable_retrieval_augmented_code_completion: bool = Field(
         False, description="Complete without repository context"
     )
+    compare_full: bool = Field(
+        False,
+        description="Also encode the prompt in full and complete from that: `debug_data.full_recompute` says "
+        "whether the document cache changed the answer (costs a full prompt encode and a second decode)",
+    )
 
 
 class CompletionRequest(BaseModel):
@@ -143,6 +148,9 @@ class Usage(BaseModel):
     trimmed_prompt_tokens: int = Field(0, description="Prompt tokens dropped to fit the context")
     encoded_prompt_tokens: int = Field(0, description="Prompt tokens run through the model for this request")
     reused_prompt_tokens: int = Field(0, description="Prompt tokens whose KV came from the document cache")
+    refreshed_prompt_tokens: int = Field(
+        0, description="Of the encoded, kept tokens re-encoded against drift (drift policy)"
+    )
     tokenized_chars: int = Field(
         0,
         description="Characters of the document that went through the tokenizer for this request: "
@@ -177,9 +185,17 @@ class SnippetOut(BaseModel):
     text: str
 
 
+class FullRecompute(BaseModel):
+    text: str = Field(..., description="The completion a full recompute of the same prompt gives")
+    same_text: bool = Field(..., description="It equals the returned completion")
+    next_token_kl: float = Field(..., description="KL(full || cached) of the first next-token distribution")
+    next_token_top1_agree: bool = Field(..., description="Both first next-token distributions agree on top-1")
+
+
 class DebugData(BaseModel):
     snippets: list[SnippetOut] = Field(default_factory=list)
     context_tokens: int = 0
+    full_recompute: FullRecompute | None = None
 
 
 class CompletionResponse(BaseModel):

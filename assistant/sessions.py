@@ -451,6 +451,7 @@ class EditorSession:
                         "completion_tokens": result.completion_tokens,
                         "encoded_prompt_tokens": result.encoded_prompt_tokens,
                         "reused_prompt_tokens": result.reused_prompt_tokens,
+                        "refreshed_prompt_tokens": result.refreshed_prompt_tokens,
                         "tokenized_chars": result.tokenized_chars,
                         "decode_passes": result.decode_passes,
                         "accepted_draft_tokens": result.accepted_draft_tokens,

@@ -57,7 +57,7 @@ class DriftPolicy:
 GENERIC = DriftPolicy(first_k=8, probe_ratio=0.1, full_bound=0.05)
 
 FAMILY_POLICIES: dict[str, DriftPolicy] = {
-    "llama": DriftPolicy(first_k=8, probe_ratio=0.1),
+    "llama": DriftPolicy(first_k=8),
     "qwen2": DriftPolicy(first_k=8, probe_ratio=0.1, full_bound=0.05),
 }
 

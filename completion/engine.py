@@ -25,6 +25,7 @@ from transformers import DynamicCache
 
 from splice.completion.document_cache import DocumentKey
 from splice.completion.drafting import DraftConfig
+from splice.completion.drift import next_token_drift
 from splice.completion.drift_policy import DriftPolicy, policy_for
 from splice.completion.early_exit import ExitHeads, ExitThresholds
 from splice.completion.fim import (
@@ -39,6 +40,7 @@ from splice.completion.generation import Generation, TextSink
 from splice.completion.healing import TokenHealer
 from splice.completion.kv_manager import EncodeStats, KVManager
 from splice.completion.models import LoadedModel
+from splice.completion.pie import encode_full
 from splice.completion.pie_plan import REUSE_METHODS, ReuseMethod
 from splice.completion.runner import ModelRunner
 
@@ -171,6 +173,15 @@ class PreparedPrompt:
         return self.fim.input_ids
 
 
+@dataclass(frozen=True)
+class DriftAudit:
+    """A full recompute of the same prompt, beside the completion made from the document cache."""
+
+    full_text: str  # the completion a full recompute produces (same parameters and seed)
+    next_token_kl: float  # KL(full || cached) of the first next-token distribution, nats
+    next_token_top1_agree: bool  # the two distributions' most likely token is the same
+
+
 @dataclass
 class CompletionResult:
     text: str  # post-processed suggestion ("" when nothing useful was generated)
@@ -185,6 +196,7 @@ class CompletionResult:
     refreshed_prompt_tokens: int = 0  # of the encoded, kept tokens re-encoded against drift
     forced_full_encode: bool = False  # the drift bound was passed: the prompt was encoded in full
     stale_deviation: float | None = None  # drift probe: mean key deviation of the tokens left stale
+    audit: DriftAudit | None = None  # what a full recompute gives (requests with audit=True)
     tokenized_chars: int = 0  # document characters tokenized for this request (a window after an edit)
     context_tokens: int = 0  # repository context tokens in the prompt
     decode_passes: int = 0  # forward passes after the prompt's (one per token without drafting)
@@ -374,9 +386,12 @@ class CompletionEngine:
         *,
         document: DocumentKey | None = None,
         on_text: TextSink | None = None,
+        audit: bool = False,
     ) -> Generation:
         """Encode the prompt and return the generation, ready for its first `step()`. With a
-        `document`, its cached KV is reused and only what changed is encoded (PIE)."""
+        `document`, its cached KV is reused and only what changed is encoded (PIE). `audit`: also
+        encode the prompt in full and decode from that (before this generation starts), so the
+        result says what a full recompute would have produced (`CompletionResult.audit`)."""
         started = time.perf_counter()
         timings = Timings()
         prompt = self.prepare(inp, params.max_tokens, document)
@@ -388,6 +403,7 @@ class CompletionEngine:
             assert doc.logits is not None
             cache, logits = doc.to_cache(self.model.config), doc.logits
         timings.prompt_ms = (time.perf_counter() - started) * 1000.0
+        reference = self._audit(inp, params, prompt, logits) if audit else None
         return Generation(
             self,
             inp,
@@ -399,7 +415,31 @@ class CompletionEngine:
             timings=timings,
             started=started,
             on_text=on_text,
+            audit=reference,
         )
+
+    def _audit(
+        self, inp: CompletionInput, params: GenerationParams, prompt: PreparedPrompt, logits: torch.Tensor
+    ) -> DriftAudit:
+        """What a full recompute of `prompt` gives: its next-token distribution against `logits`
+        (the reused cache's) and its completion (same parameters and seed)."""
+        full = encode_full(self.model, prompt.input_ids)
+        assert full.logits is not None
+        drift = next_token_drift(full.logits, logits)
+        generation = Generation(
+            self,
+            inp,
+            params,
+            prompt,
+            full.to_cache(self.model.config),
+            full.logits,
+            encode=EncodeStats(encoded=len(prompt.input_ids)),
+            timings=Timings(),
+            started=time.perf_counter(),
+        )
+        while not generation.step():
+            pass
+        return DriftAudit(generation.result().text, drift.kl, drift.top1_agree)
 
     def complete(
         self,
@@ -409,13 +449,14 @@ class CompletionEngine:
         cancel: threading.Event | None = None,
         on_text: TextSink | None = None,
         document: DocumentKey | None = None,
+        audit: bool = False,
     ) -> CompletionResult:
         """Generate one suggestion on the calling thread (the CLI, benchmarks and tests; the
         service steps generations from its scheduler). `on_text` receives stable text deltas
         (their concatenation equals `result.text`); `cancel` stops decoding between steps."""
         if cancel is not None and cancel.is_set():
             return CompletionResult.cancelled()
-        generation = self.start(inp, params, document=document, on_text=on_text)
+        generation = self.start(inp, params, document=document, on_text=on_text, audit=audit)
         while not generation.step():
             if cancel is not None and cancel.is_set():
                 generation.cancel()

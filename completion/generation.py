@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         CompletionEngine,
         CompletionInput,
         CompletionResult,
+        DriftAudit,
         FinishReason,
         GenerationParams,
         PreparedPrompt,
@@ -57,8 +58,10 @@ class Generation:
         timings: Timings,
         started: float,  # perf_counter() when the request started (TTFT counts from here)
         on_text: TextSink | None = None,
+        audit: DriftAudit | None = None,
     ) -> None:
         self.engine = engine
+        self.audit = audit
         self.inp = inp
         self.params = params
         self.prompt = prompt
@@ -226,6 +229,7 @@ class Generation:
             refreshed_prompt_tokens=self.encode.refreshed,
             forced_full_encode=self.encode.forced_full,
             stale_deviation=self.encode.stale_deviation,
+            audit=self.audit,
             tokenized_chars=self.prompt.tokenized_chars,
             context_tokens=fim.context_tokens,
             decode_passes=self.passes,

@@ -45,6 +45,7 @@ class Request:
     document: DocumentKey | None = None  # the document cache to reuse (None: encode the whole prompt)
     tenant: str = "default"
     stream: bool = False  # emit TextDelta events while decoding
+    audit: bool = False  # also compute what a full recompute gives (CompletionResult.audit; costly)
     latest_wins: Hashable | None = None  # a newer request with the same key cancels this one
     cancelled: threading.Event = field(default_factory=threading.Event)
     queued_at: float = field(default_factory=time.perf_counter)
@@ -245,6 +246,7 @@ class StepScheduler:
                 request.params,
                 document=request.document,
                 on_text=on_text if request.stream else None,
+                audit=request.audit,
             )
         except Exception as exc:  # bad input the engine found (ValueError) or a real failure
             self._remove(entry)

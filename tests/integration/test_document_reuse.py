@@ -67,3 +67,58 @@ def test_repeated_request_encodes_nothing(fim_server: str) -> None:
     ask(fim_server, head, tail, filepath="same.py")
     again = ask(fim_server, head, tail, filepath="same.py")["usage"]
     assert again["encoded_prompt_tokens"] == 0 and again["reused_prompt_tokens"] == again["prompt_tokens"]
+
+
+@pytest.fixture(scope="module")
+def bounded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server whose drift bound is so tight that every edit forces a full re-encode."""
+    model = save_model_dir(
+        tmp_path_factory.mktemp("bounded"), "starcoder", "llama", max_position_embeddings=4096
+    )
+    env = {"SPLICE_HOME": str(tmp_path_factory.mktemp("home")), "SPLICE_DRIFT_FULL_BOUND": "1e-9"}
+    with running_server(str(model), env=env) as url:
+        yield url
+
+
+def test_forced_full_reencodes_and_refreshed_tokens_are_counted(bounded_server: str) -> None:
+    lines = source_file(60)
+    head, tail = "def run():\n" + "".join(lines[:40]) + "    ", "".join(lines[40:])
+    ask(bounded_server, head, tail, filepath="drift.py")
+    forced_before = counter(bounded_server, "splice_drift_forced_full_encodes_total")
+    lines[10] = "    value_10 = recompute(value_9, 10)  # edited\n"
+    head = "def run():\n" + "".join(lines[:40]) + "    "
+    usage = ask(bounded_server, head, tail, filepath="drift.py")["usage"]
+    assert usage["reused_prompt_tokens"] == 0  # encoded in full
+    assert usage["encoded_prompt_tokens"] > usage["prompt_tokens"]  # plus the probe that decided it
+    assert counter(bounded_server, "splice_drift_forced_full_encodes_total") == forced_before + 1
+
+
+def test_compare_full_reports_what_a_full_recompute_gives(fim_server: str) -> None:
+    lines = source_file(80)
+    head, tail = "def run():\n" + "".join(lines[:50]) + "    ", "".join(lines[50:])
+    ask(fim_server, head, tail, filepath="audit.py")
+    refreshed_before = counter(fim_server, "splice_prompt_tokens_refreshed_total")
+    lines[20] = "    value_20 = recompute(value_19, 20)  # edited\n"
+    head = "def run():\n" + "".join(lines[:50]) + "    "
+    body = {
+        "segments": {"prefix": head, "suffix": tail, "filepath": "audit.py"},
+        "max_tokens": 8,
+        "debug_options": {"compare_full": True},
+    }
+    resp = httpx.post(f"{fim_server}/v1/completions", json=body, timeout=300)
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    audit = out["debug_data"]["full_recompute"]
+    assert audit["next_token_kl"] >= 0.0 and isinstance(audit["next_token_top1_agree"], bool)
+    assert audit["same_text"] == (audit["text"] == out["choices"][0]["text"])
+    usage = out["usage"]
+    assert 0 < usage["reused_prompt_tokens"] < usage["prompt_tokens"]  # the cache was used
+    assert usage["refreshed_prompt_tokens"] > 0  # the kept tokens after the edit (first_k)
+    assert (
+        counter(fim_server, "splice_prompt_tokens_refreshed_total")
+        == refreshed_before + usage["refreshed_prompt_tokens"]
+    )
+    # the audit's full recompute equals a stateless completion of the same text
+    fresh = ask(fim_server, head, tail, filepath="audit-fresh.py")
+    assert fresh["usage"]["reused_prompt_tokens"] == 0
+    assert audit["text"] == fresh["choices"][0]["text"]

@@ -100,6 +100,7 @@ export interface CompletionUsage {
   completion_tokens: number;
   encoded_prompt_tokens: number;
   reused_prompt_tokens: number;
+  refreshed_prompt_tokens?: number; // kept tokens re-encoded against drift (part of encoded_prompt_tokens)
   tokenized_chars?: number;
   decode_passes?: number; // forward passes after the prompt's (fewer than tokens when drafts were accepted)
   accepted_draft_tokens?: number;
