@@ -318,7 +318,7 @@ def parse_method(spec: str) -> tuple[ReuseMethod, dict[str, float]]:
             overrides[POLICY_KEYS[key]] = int(value) if key in ("k", "layer") else float(value)
         except ValueError:
             raise ValueError(f"bad number {value!r} in {spec!r}") from None
-    return method, overrides  # type: ignore[return-value]
+    return method, overrides
 
 
 def run(
@@ -419,10 +419,10 @@ def run(
         raise SystemExit("no usable steps in the data")
     summary = {m: s.summary() for m, s in stats.items()}
     base = summary.get("full")
-    for row in summary.values():
+    for entry in summary.values():
         if base:
-            row["ttft_ratio_to_full"] = row["ttft_ms_p50"] / base["ttft_ms_p50"]
-            row["tokens_ratio_to_full"] = row["tokens_encoded_mean"] / base["tokens_encoded_mean"]
+            entry["ttft_ratio_to_full"] = entry["ttft_ms_p50"] / base["ttft_ms_p50"]
+            entry["tokens_ratio_to_full"] = entry["tokens_encoded_mean"] / base["tokens_encoded_mean"]
     return {
         "model": loaded.model_id,
         "steps": n_steps,
