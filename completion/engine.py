@@ -67,9 +67,8 @@ class EngineConfig:
     context_window: int | None = None  # None: the model's max_position_embeddings
     max_prompt_tokens: int | None = None  # None: context - max_tokens (capped on CPU, see above)
     token_healing: bool = True  # re-choose the prompt's last token (see splice.completion.healing)
-    # How a document's cached KV is reused (splice.completion.pie_plan). Default from
-    # `splice bench edits` at 2k context: re-encoding the first 8 kept tokens after each edit
-    # brought agreement with full recomputation from 85% (plain PIE) to 100% for +2% tokens.
+    # How a document's cached KV is reused (splice.completion.pie_plan). pie+refresh follows the
+    # model family's drift policy (measured with `splice bench edits`, README "Drift").
     reuse_method: ReuseMethod = "pie+refresh"
     # What pie+refresh re-encodes against drift (splice.completion.drift_policy): None takes the
     # model family's measured default (or the generic one); a value overrides that field.

@@ -156,7 +156,6 @@ class EncodeStats:
     encoded: int = 0  # tokens run through the model, the probe's cost included (in full-depth tokens)
     reused: int = 0  # tokens whose KV came from the cache
     refreshed: int = 0  # of the encoded, kept tokens re-encoded against drift (pie+refresh)
-    probe: int = 0  # the drift probe's cost, in full-depth tokens (part of `encoded`)
     forced_full: bool = False  # the drift bound was passed: the prompt was encoded in full
     stale_deviation: float | None = None  # the probe's mean deviation of the tokens left stale
 
@@ -270,7 +269,6 @@ class KVManager:
                 doc = encode_full(self.model, ids)
                 forced = EncodeStats(
                     encoded=len(ids) + probe_cost,
-                    probe=probe_cost,
                     forced_full=True,
                     stale_deviation=probe.stale_deviation,
                 )
@@ -281,7 +279,6 @@ class KVManager:
             encoded=applied.encoded + probe_cost,
             reused=applied.reused,
             refreshed=plan.refreshed,
-            probe=probe_cost,
             stale_deviation=stale,
         )
 

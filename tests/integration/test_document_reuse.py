@@ -16,14 +16,16 @@ def source_file(lines: int) -> list[str]:
     return [f"    value_{i} = compute(value_{i - 1}, {i})  # step {i}\n" for i in range(lines)]
 
 
+def serve_tiny(factory: pytest.TempPathFactory, context: int, **env: str) -> Iterator[str]:
+    """A real server on a tiny StarCoder-tokenized Llama with `env` settings."""
+    model = save_model_dir(factory.mktemp("model"), "starcoder", "llama", max_position_embeddings=context)
+    with running_server(str(model), env={"SPLICE_HOME": str(factory.mktemp("home")), **env}) as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
 def fim_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    model = save_model_dir(
-        tmp_path_factory.mktemp("reuse"), "starcoder", "llama", max_position_embeddings=16384
-    )
-    env = {"SPLICE_HOME": str(tmp_path_factory.mktemp("home")), "SPLICE_MAX_PROMPT_TOKENS": "12000"}
-    with running_server(str(model), env=env) as url:
-        yield url
+    yield from serve_tiny(tmp_path_factory, 16384, SPLICE_MAX_PROMPT_TOKENS="12000")
 
 
 def ask(url: str, prefix: str, suffix: str, filepath: str = "pkg/big.py") -> dict:  # type: ignore[type-arg]
@@ -72,12 +74,7 @@ def test_repeated_request_encodes_nothing(fim_server: str) -> None:
 @pytest.fixture(scope="module")
 def bounded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A server whose drift bound is so tight that every edit forces a full re-encode."""
-    model = save_model_dir(
-        tmp_path_factory.mktemp("bounded"), "starcoder", "llama", max_position_embeddings=4096
-    )
-    env = {"SPLICE_HOME": str(tmp_path_factory.mktemp("home")), "SPLICE_DRIFT_FULL_BOUND": "1e-9"}
-    with running_server(str(model), env=env) as url:
-        yield url
+    yield from serve_tiny(tmp_path_factory, 4096, SPLICE_DRIFT_FULL_BOUND="1e-9")
 
 
 def test_forced_full_reencodes_and_refreshed_tokens_are_counted(bounded_server: str) -> None:
