@@ -148,7 +148,7 @@ def test_stream_concatenates_to_the_plain_response(server: str, prefix: str, suf
     assert final["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]  # type: ignore[index]
     # the same tokens and text; the stream reuses the plain request's document cache (PIE) and
     # tokens (nothing changed: at most a window at the cursor is tokenized again)
-    reuse = {"encoded_prompt_tokens", "reused_prompt_tokens", "tokenized_chars"}
+    reuse = {"encoded_prompt_tokens", "reused_prompt_tokens", "refreshed_prompt_tokens", "tokenized_chars"}
     assert {k: v for k, v in final["usage"].items() if k not in reuse} == {  # type: ignore[union-attr]
         k: v for k, v in plain["usage"].items() if k not in reuse
     }
