@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ from splice.assistant.errors import ApiError, install_error_handlers
 from splice.assistant.events import EventStore, InMemoryEventStore, new_event
 from splice.assistant.metrics import Metrics
 from splice.assistant.middleware import BodySizeLimit, RequestMetrics
-from splice.assistant.repositories import RepositoryRegistry, parse_roots
+from splice.assistant.repositories import RegistryStore, RepositoryRegistry, parse_roots
 from splice.assistant.schemas import (
     CompletionRequest,
     EventRequest,
@@ -106,7 +106,9 @@ def playground_dir(settings: Settings) -> Path:
     return Path(__file__).resolve().parent.parent / "editor-plugin" / "dist" / "playground"
 
 
-def make_registry(settings: Settings, engine: CompletionEngine) -> RepositoryRegistry:
+def make_registry(
+    settings: Settings, engine: CompletionEngine, store: RegistryStore | None = None
+) -> RepositoryRegistry:
     tokenizer = engine.tokenizer
 
     def count(text: str) -> int:
@@ -121,6 +123,7 @@ def make_registry(settings: Settings, engine: CompletionEngine) -> RepositoryReg
         refresh_interval_s=settings.index_refresh_s,
         context_snippets=settings.context_snippets,
         commented=settings.context_commented,
+        store=store,
     )
 
 
@@ -131,6 +134,16 @@ def create_app(
     documents: DocumentStore | None = None,
 ) -> FastAPI:
     metrics = Metrics()
+    closers: list[Callable[[], Awaitable[None]]] = []
+    registry_store: RegistryStore | None = None
+    if settings.redis_url:
+        from splice.assistant import redis_state
+
+        stores = redis_state.connect(settings)
+        documents = documents or stores.documents
+        events = events or stores.events
+        registry_store = stores.registry
+        closers.append(stores.close)
     state = AppState(
         settings=settings,
         engine=engine,
@@ -139,16 +152,18 @@ def create_app(
         completions=CompletionService(engine, metrics, settings),
         documents=documents or InMemoryDocumentStore(max_chars=settings.ws_max_message_bytes),
         keys=ApiKeys(settings.api_keys),
-        repositories=make_registry(settings, engine),
+        repositories=make_registry(settings, engine, registry_store),
     )
     state.completions.registry = state.repositories
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state.repositories.load()
+        await asyncio.to_thread(state.repositories.load)
         yield
         state.completions.scheduler.shutdown()
         state.repositories.close()
+        for close in closers:
+            await close()
 
     app = FastAPI(title="Splice", version=__version__, lifespan=lifespan)
     app.state.splice = state
@@ -181,11 +196,31 @@ def create_app(
     async def events_route(request: Request, state: StateDep) -> EventResponse:
         tenant = state.tenant(request)
         ev = parse_body(await request.body(), EventRequest)
-        state.events.record(
+        await state.events.record(
             new_event(ev.type, ev.completion_id, ev.choice_index, ev.elapsed_ms, tenant=tenant)
         )
         state.metrics.events.labels(type=ev.type).inc()
         return EventResponse()
+
+    @app.get("/v1/events")
+    async def list_events(
+        request: Request, state: StateDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> dict[str, Any]:
+        """The caller's tenant's most recent telemetry events, oldest first."""
+        tenant = state.tenant(request)
+        recent = await state.events.recent(tenant, limit)
+        return {
+            "events": [
+                {
+                    "type": e.type,
+                    "completion_id": e.completion_id,
+                    "choice_index": e.choice_index,
+                    "elapsed_ms": e.elapsed_ms,
+                    "at": e.at,
+                }
+                for e in recent
+            ]
+        }
 
     @app.websocket("/v1/documents")
     async def documents_ws(ws: WebSocket) -> None:
@@ -206,33 +241,34 @@ def create_app(
     ) -> dict[str, Any]:
         tenant = state.tenant(request)
         try:
-            doc = state.documents.get(tenant, uri)
+            doc = await state.documents.get(tenant, uri)
         except UnknownDocument as exc:
             raise ApiError(404, "unknown_document", str(exc)) from exc
         return {"uri": doc.uri, "version": doc.version, "languageId": doc.language_id, "text": doc.text}
 
     @app.post("/v1/repositories", openapi_extra=_body_doc(RepositoryRequest), status_code=202)
     async def register_repository(request: Request, state: StateDep) -> dict[str, Any]:
-        state.tenant(request)
+        tenant = state.tenant(request)
         req = parse_body(await request.body(), RepositoryRequest)
-        repo = state.repositories.register(req.path, req.languages)
+        repo = await asyncio.to_thread(state.repositories.register, tenant, req.path, req.languages)
         return repo.as_dict()
 
     @app.get("/v1/repositories")
     async def list_repositories(request: Request, state: StateDep) -> dict[str, Any]:
-        state.tenant(request)
-        return {"repositories": [r.as_dict() for r in state.repositories.repos.values()]}
+        tenant = state.tenant(request)
+        repos = await asyncio.to_thread(state.repositories.owned, tenant)
+        return {"repositories": [r.as_dict() for r in repos]}
 
     @app.get("/v1/repositories/{repo_id}")
     async def repository(repo_id: str, request: Request, state: StateDep) -> dict[str, Any]:
-        state.tenant(request)
-        return state.repositories.get(repo_id).as_dict()
+        tenant = state.tenant(request)
+        return (await asyncio.to_thread(state.repositories.get, tenant, repo_id)).as_dict()
 
     @app.post("/v1/search", openapi_extra=_body_doc(SearchRequest))
     async def search(request: Request, state: StateDep) -> dict[str, Any]:
-        state.tenant(request)
+        tenant = state.tenant(request)
         req = parse_body(await request.body(), SearchRequest)
-        repo = state.repositories.get(req.repository)
+        repo = await asyncio.to_thread(state.repositories.get, tenant, req.repository)
 
         def run() -> list[dict[str, Any]]:
             state.repositories.flush()  # unsaved editor buffers first
@@ -250,7 +286,7 @@ def create_app(
                     }
                     for c, score in hits
                 ]
-            where = state.repositories.locate(req.filepath, repo.id)
+            where = state.repositories.locate(tenant, req.filepath, repo.id)
             rel = where[1] if where else None
             assembler = ContextAssembler(repo.index)
             ranked = assembler.candidates(rel, req.prefix or "", req.suffix or "", req.language)

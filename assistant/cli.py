@@ -34,7 +34,7 @@ def _progress(message: str) -> None:
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     overrides = {
         k: getattr(args, k)
-        for k in ("host", "port", "model", "device", "dtype", "adapter")
+        for k in ("host", "port", "model", "device", "dtype", "adapter", "redis_url")
         if getattr(args, k, None)
     }
     if getattr(args, "no_adapter", False):
@@ -75,6 +75,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from splice.assistant.app import create_app
 
     settings = _settings(args)
+    if settings.redis_url:  # before the model loads: a wrong URL fails at once
+        from splice.assistant.redis_state import RedisUnavailable, ping
+
+        try:
+            ping(settings.redis_url).close()
+        except RedisUnavailable as exc:
+            raise CliError(str(exc), 2) from exc
     engine = _engine(settings)
     adapter = f" + adapter {engine.loaded.adapter_name}" if engine.loaded.adapter_name else ""
     _progress(
@@ -174,9 +181,9 @@ def cmd_bench_edits(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from splice.assistant.repositories import record_repository
+    from splice.assistant.repositories import record_repository, tenant_index_dir
     from splice.retrieval.files import WalkConfig
-    from splice.retrieval.indexer import RepositoryIndex, default_index_dir
+    from splice.retrieval.indexer import RepositoryIndex
     from splice.retrieval.languages import expand_languages
 
     settings = _settings(args)
@@ -189,7 +196,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         config = WalkConfig(languages=expand_languages(languages), max_file_bytes=args.max_file_bytes)
     except ValueError as exc:
         raise CliError(str(exc), 2) from exc
-    index_dir = Path(args.index_dir) if args.index_dir else default_index_dir(root, settings.home)
+    if not args.tenant.strip():
+        raise CliError("--tenant must not be empty", 2)
+    index_dir = Path(args.index_dir) if args.index_dir else tenant_index_dir(root, settings.home, args.tenant)
     try:
         embedder = None
         if args.embedder:
@@ -205,7 +214,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     finally:
         index.close()
     if not args.index_dir:
-        record_repository(settings.home, root, languages, origin="cli")
+        record_repository(settings.home, root, languages, origin="cli", tenant=args.tenant)
     summary = {"root": str(root), "index": str(index_dir), **report.as_dict(), "totals": counts}
     if args.json:
         print(json.dumps(summary))
@@ -271,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP service", description="Run the completion service.")
     serve.add_argument("--host", help="bind address (default 127.0.0.1, env SPLICE_HOST)")
     serve.add_argument("--port", type=int, help="port (default 8600, env SPLICE_PORT)")
+    serve.add_argument(
+        "--redis",
+        dest="redis_url",
+        metavar="URL",
+        help="keep documents, events and the repository registry in Redis (redis://host:6379/0), so "
+        "that replicas share them and a restart loses nothing (env SPLICE_REDIS_URL)",
+    )
     model_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -334,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--embedder",
         help="also build a vector index: 'hashing[:DIM]' or a sentence-embedding checkpoint directory "
         "(e.g. all-MiniLM-L6-v2); similar code is then BM25 and vectors fused by reciprocal rank",
+    )
+    index.add_argument(
+        "--tenant",
+        default="default",
+        help="the tenant (of SPLICE_API_KEYS' key=tenant) whose editors may use it (default: 'default', "
+        "the tenant of a server without API keys)",
     )
     index.add_argument("--json", action="store_true", help="print the report as JSON")
     index.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -110,18 +110,24 @@ class CompletionService:
         return CompletionInput(prefix=prefix, suffix=suffix, language=req.language, filepath=filepath), params
 
     async def add_context(
-        self, inp: CompletionInput, document: str, repository: str | None = None, disabled: bool = False
+        self,
+        inp: CompletionInput,
+        tenant: str,
+        document: str,
+        repository: str | None = None,
+        disabled: bool = False,
     ) -> tuple[CompletionInput, list[Snippet]]:
-        """`inp` with repository context for its file (off the event loop: it reads the index)."""
+        """`inp` with context from `tenant`'s repositories for its file (off the event loop: it
+        reads the index)."""
         if self.registry is None or disabled or self.settings.context_tokens == 0:
             if repository is not None and self.registry is None:
                 raise ApiError(404, "unknown_repository", "this server has no repositories registered")
             return inp, []
         registry = self.registry
         if repository is not None:
-            registry.get(repository)  # 404 before any work
+            await asyncio.to_thread(registry.get, tenant, repository)  # 404 before any work
         context, snippets = await asyncio.to_thread(
-            registry.context, inp.filepath, inp.prefix, inp.suffix, inp.language, document, repository
+            registry.context, tenant, inp.filepath, inp.prefix, inp.suffix, inp.language, document, repository
         )
         return dataclasses.replace(inp, context=context), snippets
 
@@ -132,7 +138,8 @@ class CompletionService:
         name = req.document or inp.filepath or "(unnamed)"
         return await self.add_context(
             inp,
-            f"{tenant}:{name}",
+            tenant,
+            name,
             req.repository,
             disabled=bool(debug and debug.disable_retrieval_augmented_code_completion),
         )

@@ -7,8 +7,9 @@ a surrogate pair is refused with a typed error, and the stored text is left unto
 with several ranges is applied all or nothing). The caller answers such a refusal with
 `resync`, and the editor resends the whole text.
 
-The store sits behind `DocumentStore` (in memory now; Redis later keeps texts and versions so
-that a restarted replica can rebuild its caches). Documents are keyed by (tenant, uri).
+The store sits behind `DocumentStore` (in memory here; `redis_state.RedisDocumentStore` keeps texts
+and versions in Redis so that a restarted or second replica rebuilds its caches from them). Its
+methods are coroutines: the Redis store awaits the server. Documents are keyed by (tenant, uri).
 """
 
 from __future__ import annotations
@@ -185,17 +186,19 @@ def last_removed(text: str, edits: list[TextEdit], previous: str) -> str:
 class DocumentStore(Protocol):
     def __len__(self) -> int: ...
 
-    def open(
+    async def open(
         self, tenant: str, uri: str, language_id: str, version: int, text: str, *, new_holder: bool = True
     ) -> Document: ...
 
-    def change(
+    async def hold(self, tenant: str, uri: str) -> Document: ...
+
+    async def change(
         self, tenant: str, uri: str, version: int, changes: list[Change]
     ) -> tuple[Document, list[TextEdit]]: ...
 
-    def get(self, tenant: str, uri: str) -> Document: ...
+    async def get(self, tenant: str, uri: str) -> Document: ...
 
-    def close(self, tenant: str, uri: str) -> None: ...
+    async def close(self, tenant: str, uri: str) -> None: ...
 
 
 class InMemoryDocumentStore:
@@ -211,7 +214,7 @@ class InMemoryDocumentStore:
     def __len__(self) -> int:
         return len(self._docs)
 
-    def open(
+    async def open(
         self, tenant: str, uri: str, language_id: str, version: int, text: str, *, new_holder: bool = True
     ) -> Document:
         """Store (or replace) a document's text; `new_holder` False for a holder that already
@@ -225,7 +228,16 @@ class InMemoryDocumentStore:
             self._refs[key] = self._refs.get(key, 0) + (1 if new_holder or key not in self._refs else 0)
         return doc
 
-    def change(
+    async def hold(self, tenant: str, uri: str) -> Document:
+        """One more holder of a document that is open already (an editor resuming it)."""
+        with self._lock:
+            doc = self._docs.get((tenant, uri))
+            if doc is None:
+                raise UnknownDocument(f"document {uri!r} is not open")
+            self._refs[(tenant, uri)] += 1
+        return doc
+
+    async def change(
         self, tenant: str, uri: str, version: int, changes: list[Change]
     ) -> tuple[Document, list[TextEdit]]:
         with self._lock:
@@ -241,13 +253,13 @@ class InMemoryDocumentStore:
             self._docs[(tenant, uri)] = new
         return new, edits
 
-    def get(self, tenant: str, uri: str) -> Document:
+    async def get(self, tenant: str, uri: str) -> Document:
         doc = self._docs.get((tenant, uri))
         if doc is None:
             raise UnknownDocument(f"document {uri!r} is not open")
         return doc
 
-    def close(self, tenant: str, uri: str) -> None:
+    async def close(self, tenant: str, uri: str) -> None:
         with self._lock:
             key = (tenant, uri)
             if key not in self._docs:

@@ -1,6 +1,6 @@
 """Completion telemetry (view / select / dismiss) behind a small store interface.
 
-In memory for now; a Redis stream implements the same protocol later.
+In memory by default; `redis_state.RedisEventStore` keeps them in a Redis stream per tenant.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ class CompletionEvent:
 
 
 class EventStore(Protocol):
-    def record(self, event: CompletionEvent) -> None: ...
-    def counts(self) -> dict[str, int]: ...
-    def recent(self, limit: int = 100) -> list[CompletionEvent]: ...
+    async def record(self, event: CompletionEvent) -> None: ...
+    async def counts(self) -> dict[str, int]: ...
+    async def recent(self, tenant: str, limit: int = 100) -> list[CompletionEvent]: ...
 
 
 class InMemoryEventStore:
@@ -36,18 +36,19 @@ class InMemoryEventStore:
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def record(self, event: CompletionEvent) -> None:
+    async def record(self, event: CompletionEvent) -> None:
         with self._lock:
             self._events.append(event)
             self._counts[event.type] += 1
 
-    def counts(self) -> dict[str, int]:
+    async def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
 
-    def recent(self, limit: int = 100) -> list[CompletionEvent]:
+    async def recent(self, tenant: str, limit: int = 100) -> list[CompletionEvent]:
+        """`tenant`'s last `limit` events, oldest first."""
         with self._lock:
-            return list(self._events)[-limit:]
+            return [e for e in self._events if e.tenant == tenant][-limit:]
 
 
 def new_event(

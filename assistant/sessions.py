@@ -75,7 +75,9 @@ class OpenMsg(_Msg):
     uri: Uri
     languageId: str = Field(default="plaintext", max_length=128)
     version: int
-    text: str
+    # None: resume a document the server keeps (an editor reconnecting after a restart or a
+    # failover); it holds when the server has `version`, else the answer is a resync
+    text: str | None = None
 
 
 class ChangeMsg(_Msg):
@@ -275,17 +277,50 @@ class EditorSession:
                 uri=msg.uri,
             )
             return
+        if msg.text is None:
+            await self._resume(msg, held)
+            return
         try:
-            self.store.open(self.tenant, msg.uri, msg.languageId, msg.version, msg.text, new_holder=not held)
+            await self.store.open(
+                self.tenant, msg.uri, msg.languageId, msg.version, msg.text, new_holder=not held
+            )
         except DocumentError as exc:
             await self.error(exc.code, str(exc), uri=msg.uri)
             return
-        self.open_uris.add(msg.uri)
-        self.awaiting_open.pop(msg.uri, None)
+        self._opened(msg.uri, msg.text)
+
+    async def _resume(self, msg: OpenMsg, held: bool) -> None:
+        """`open` without text: hold the server's copy if it is at the editor's version."""
+        try:
+            doc = await self.store.get(self.tenant, msg.uri)
+        except UnknownDocument:
+            await self.send(
+                {"type": "resync", "uri": msg.uri, "expectedVersion": None, "reason": "unknown_document"}
+            )
+            return
+        if doc.version != msg.version:
+            self.metrics.ws_resyncs.labels(reason="version_gap").inc()
+            await self.send(
+                {
+                    "type": "resync",
+                    "uri": msg.uri,
+                    "expectedVersion": doc.version + 1,
+                    "reason": "version_gap",
+                    "message": f"the server has version {doc.version}, the editor {msg.version}",
+                }
+            )
+            return
+        if not held:
+            await self.store.hold(self.tenant, msg.uri)
+        self._opened(msg.uri, doc.text)
+
+    def _opened(self, uri: str, text: str) -> None:
+        self.open_uris.add(uri)
+        self.awaiting_open.pop(uri, None)
         self.metrics.ws_documents.set(len(self.store))
         registry = self.completions.registry
-        if registry is not None and registry.repos:
-            registry.buffer_changed(msg.uri, msg.text, None)  # the editor's text may be unsaved
+        if registry is not None and registry.has_repositories(self.tenant):
+            registry.buffer_changed(self.tenant, uri, text, None)  # the editor's text may be unsaved
 
     async def on_change(self, msg: ChangeMsg) -> None:
         if msg.uri in self.awaiting_open:
@@ -300,14 +335,14 @@ class EditorSession:
             for c in msg.changes
         ]
         try:
-            self.store.change(self.tenant, msg.uri, msg.version, changes)
+            doc, _ = await self.store.change(self.tenant, msg.uri, msg.version, changes)
         except DocumentError as exc:
             reason = {"document_too_large": "too_large"}.get(exc.code, exc.code)
             reason = reason if reason in RESYNC_REASONS else "invalid_change"
             await self.resync(msg.uri, reason, str(exc))
             return
         registry = self.completions.registry
-        if registry is not None and registry.repos:
+        if registry is not None and registry.has_repositories(self.tenant):
             # the repository index follows unsaved edits (applied before the next context)
             ranged = [c for c in changes if c.start is not None]
             lines = None
@@ -315,7 +350,7 @@ class EditorSession:
                 first = min(c.start.line for c in ranged if c.start is not None)
                 last = max((c.start.line if c.start else 0) + c.text.count("\n") for c in ranged)
                 lines = (first, last)
-            registry.buffer_changed(msg.uri, self.store.get(self.tenant, msg.uri).text, lines)
+            registry.buffer_changed(self.tenant, msg.uri, doc.text, lines)
 
     async def on_complete(self, msg: CompleteMsg) -> None:
         rid, uri = msg.requestId, msg.uri
@@ -325,7 +360,7 @@ class EditorSession:
         try:
             if uri not in self.open_uris:
                 raise UnknownDocument(f"document {uri!r} is not open")
-            doc = self.store.get(self.tenant, uri)
+            doc = await self.store.get(self.tenant, uri)
             if msg.version is not None and msg.version != doc.version:
                 await self.error(
                     "version_mismatch",
@@ -383,17 +418,17 @@ class EditorSession:
         self.open_uris.discard(msg.uri)
         self.awaiting_open.pop(msg.uri, None)
         with contextlib.suppress(UnknownDocument):
-            self.store.close(self.tenant, msg.uri)
+            await self.store.close(self.tenant, msg.uri)
         self.completions.engine.kv.close(self._cache_key(msg.uri))
         if self.completions.registry is not None:
-            self.completions.registry.buffer_closed(msg.uri)
+            self.completions.registry.buffer_closed(self.tenant, msg.uri)
         self.metrics.ws_documents.set(len(self.store))
 
     async def on_get(self, msg: GetMsg) -> None:
         if msg.uri not in self.open_uris:
             await self.error("unknown_document", f"document {msg.uri!r} is not open", uri=msg.uri)
             return
-        doc = self.store.get(self.tenant, msg.uri)
+        doc = await self.store.get(self.tenant, msg.uri)
         await self.send(
             {
                 "type": "document",
@@ -420,7 +455,7 @@ class EditorSession:
     ) -> None:
         try:
             try:
-                inp, _ = await self.completions.add_context(inp, f"{self.tenant}:{job.uri}")
+                inp, _ = await self.completions.add_context(inp, self.tenant, job.uri)
                 if job.cancelled.is_set():  # replaced while its context was read
                     raise _Replaced
                 # latest wins, also against a request of this document that is already queued
@@ -489,7 +524,7 @@ class EditorSession:
         expected: int | None = None
         if uri in self.open_uris:
             with contextlib.suppress(UnknownDocument):
-                expected = self.store.get(self.tenant, uri).version + 1
+                expected = (await self.store.get(self.tenant, uri)).version + 1
             self.awaiting_open[uri] = expected
         self.metrics.ws_resyncs.labels(reason=reason).inc()
         msg: dict[str, Any] = {"type": "resync", "uri": uri, "expectedVersion": expected, "reason": reason}
@@ -522,8 +557,12 @@ class EditorSession:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         for uri in self.open_uris:
-            with contextlib.suppress(UnknownDocument):
-                self.store.close(self.tenant, uri)
+            try:
+                await self.store.close(self.tenant, uri)
+            except UnknownDocument:
+                pass
+            except Exception:  # the store is unreachable: its copy stays, for the editor's resume
+                log.warning("could not release %s", uri, exc_info=True)
             self.completions.engine.kv.close(self._cache_key(uri))
         self.open_uris.clear()
         self.metrics.ws_documents.set(len(self.store))

@@ -120,7 +120,18 @@ class Settings(BaseSettings):
     max_tokens_limit: int = Field(512, ge=1, description="Largest max_tokens a request may ask for")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (413 beyond)")
     queue_size: int = Field(8, ge=0, description="Requests that may wait for the model (429 beyond)")
-    events_kept: int = Field(10_000, ge=1, description="Telemetry events kept in memory")
+    events_kept: int = Field(
+        10_000, ge=1, description="Telemetry events kept (in memory; per tenant in Redis)"
+    )
+    redis_url: str = Field(
+        "",
+        description="Redis state store (redis://host:port/db): documents, events and the repository "
+        "registry shared by replicas; empty: in memory",
+    )
+    redis_prefix: str = Field(
+        "splice:", min_length=1, description="Prefix of every Redis key (deployments sharing a server)"
+    )
+    replica_id: str = Field("", description="This replica's name in Redis (default: host:port)")
     api_keys: str = Field(
         "",
         description="Comma-separated API keys, each `key` or `key=tenant`; empty: no auth, one tenant",

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +27,46 @@ from splice.assistant.documents import (
     offset_at,
     position_at,
 )
+from splice.assistant.redis_state import RedisDocumentStore
 from splice_testkit.editor import ALPHABET, EditorDocument, lsp_position
+
+
+class SyncStore:
+    """A document store's coroutines run to completion on one event loop (the tests are sync)."""
+
+    def __init__(self, store: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.store, self.loop = store, loop
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.store, name)
+        return lambda *args, **kwargs: self.loop.run_until_complete(method(*args, **kwargs))
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_store(request: pytest.FixtureRequest) -> Iterator[Callable[..., SyncStore]]:
+    """Stores of both kinds: in memory, and in the real Redis of SPLICE_TEST_REDIS_URL (under a
+    key prefix of their own, deleted afterwards)."""
+    loop = asyncio.new_event_loop()
+    client = None
+    prefix = f"splice-test-{uuid.uuid4().hex}:"
+
+    def make(max_chars: int = 4 << 20) -> SyncStore:
+        nonlocal client
+        if request.param == "memory":
+            return SyncStore(InMemoryDocumentStore(max_chars=max_chars), loop)
+        url = os.environ.get("SPLICE_TEST_REDIS_URL")
+        if not url:
+            pytest.skip("SPLICE_TEST_REDIS_URL is not set (CI starts redis-server and sets it)")
+        client = aioredis.Redis.from_url(url, decode_responses=True)
+        return SyncStore(RedisDocumentStore(client, max_chars=max_chars, prefix=prefix), loop)
+
+    yield make
+    if client is not None:
+        keys = loop.run_until_complete(client.keys(prefix + "*"))
+        if keys:
+            loop.run_until_complete(client.delete(*keys))
+        loop.run_until_complete(client.aclose())
+    loop.close()
 
 
 def P(line: int, character: int) -> Position:
@@ -70,8 +115,10 @@ def test_full_content_change_replaces_everything() -> None:
     assert text == "new!"
 
 
-def test_refused_multi_range_change_leaves_the_document_untouched() -> None:
-    store = InMemoryDocumentStore()
+def test_refused_multi_range_change_leaves_the_document_untouched(
+    make_store: Callable[..., SyncStore],
+) -> None:
+    store = make_store()
     store.open("t", "u", "python", 1, "abc\n")
     with pytest.raises(OutOfRange):
         store.change("t", "u", 2, [Change(P(0, 0), P(0, 0), "ok"), Change(P(5, 0), P(5, 0), "bad")])
@@ -81,8 +128,8 @@ def test_refused_multi_range_change_leaves_the_document_untouched() -> None:
         store.change("t", "u", 2, [Change(P(0, 2), P(0, 1), "")])
 
 
-def test_versions_apply_strictly_in_order() -> None:
-    store = InMemoryDocumentStore()
+def test_versions_apply_strictly_in_order(make_store: Callable[..., SyncStore]) -> None:
+    store = make_store()
     store.open("t", "u", "python", 7, "")
     with pytest.raises(VersionGap) as gap:
         store.change("t", "u", 9, [Change(P(0, 0), P(0, 0), "x")])
@@ -93,8 +140,8 @@ def test_versions_apply_strictly_in_order() -> None:
     assert (doc.text, doc.version) == ("x", 8)
 
 
-def test_the_last_removed_text_is_kept_for_drafting() -> None:
-    store = InMemoryDocumentStore()
+def test_the_last_removed_text_is_kept_for_drafting(make_store: Callable[..., SyncStore]) -> None:
+    store = make_store()
     store.open("t", "u", "python", 1, "a = 1\nreturn a + b\nz\n")
     doc, _ = store.change("t", "u", 2, [Change(P(1, 0), P(2, 0), "")])  # delete a line
     assert doc.removed == "return a + b\n"
@@ -107,8 +154,10 @@ def test_the_last_removed_text_is_kept_for_drafting() -> None:
     assert doc.removed == "a"
 
 
-def test_tenants_are_isolated_and_documents_are_reference_counted() -> None:
-    store = InMemoryDocumentStore()
+def test_tenants_are_isolated_and_documents_are_reference_counted(
+    make_store: Callable[..., SyncStore],
+) -> None:
+    store = make_store()
     store.open("a", "file:///x.py", "python", 1, "team a")
     with pytest.raises(UnknownDocument):
         store.get("b", "file:///x.py")
@@ -121,8 +170,8 @@ def test_tenants_are_isolated_and_documents_are_reference_counted() -> None:
         store.get("a", "file:///x.py")
 
 
-def test_lone_surrogates_and_oversized_documents_are_refused() -> None:
-    store = InMemoryDocumentStore(max_chars=10)
+def test_lone_surrogates_and_oversized_documents_are_refused(make_store: Callable[..., SyncStore]) -> None:
+    store = make_store(max_chars=10)
     with pytest.raises(InvalidText, match="lone surrogate"):
         store.open("t", "u", "python", 1, "a\ud800b")
     with pytest.raises(DocumentTooLarge):
@@ -138,7 +187,8 @@ def test_lone_surrogates_and_oversized_documents_are_refused() -> None:
 def test_random_editor_changes_reproduce_the_editors_text(seed: int, start: str) -> None:
     rng = random.Random(seed)
     editor = EditorDocument("file:///fuzz.py", start)
-    store = InMemoryDocumentStore()
+    loop = asyncio.new_event_loop()
+    store = SyncStore(InMemoryDocumentStore(), loop)
     store.open("t", editor.uri, "python", editor.version, editor.text)
     for _ in range(20):
         msg = editor.random_change(rng)
@@ -153,6 +203,34 @@ def test_random_editor_changes_reproduce_the_editors_text(seed: int, start: str)
         doc, _ = store.change("t", editor.uri, msg["version"], changes)
         assert doc.text == editor.text
         assert doc.version == editor.version
+    loop.close()
+
+
+@pytest.mark.parametrize("make_store", ["redis"], indirect=True)
+def test_two_replicas_never_apply_one_version_twice(make_store: Callable[..., SyncStore]) -> None:
+    """Two stores on one Redis (two replicas) race 200 times for the same next version: exactly
+    one applies it, the other gets the version gap, and the text holds each winner's edit once."""
+    first = make_store()
+    second = SyncStore(RedisDocumentStore(first.store.client, prefix=first.store.prefix), first.loop)
+    first.open("t", "u", "python", 1, "")
+
+    async def race(version: int) -> list[object]:
+        edits = [
+            store.store.change("t", "u", version, [Change(P(0, 0), P(0, 0), tag)])
+            for store, tag in ((first, "a"), (second, "b"))
+        ]
+        return await asyncio.gather(*edits, return_exceptions=True)
+
+    winners = []
+    for version in range(2, 202):
+        outcomes = first.loop.run_until_complete(race(version))
+        applied = [o for o in outcomes if not isinstance(o, BaseException)]
+        refused = [o for o in outcomes if isinstance(o, VersionGap)]
+        assert len(applied) == 1 and len(refused) == 1, outcomes
+        winners.append(applied[0][0].text[0])  # type: ignore[index]
+    doc = first.get("t", "u")
+    assert doc.version == 201
+    assert doc.text == "".join(reversed(winners))
 
 
 def test_the_test_editor_positions_agree_with_a_hand_count() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from splice.assistant.cli import main
+from splice.assistant.errors import ApiError
 from splice.assistant.repositories import RepositoryRegistry, record_repository, registered_repositories
 
 REPO = {
@@ -56,11 +57,31 @@ def test_index_reports_and_records_the_repository(
     assert report["totals"]["symbols"] >= 5
     assert Path(report["index"]).parent == home / "indexes"
     assert registered_repositories(home) == [
-        {"path": str(repo.resolve()), "languages": None, "origin": "cli"}
+        {"path": str(repo.resolve()), "languages": None, "origin": "cli", "tenant": "default"}
     ]
     assert main(["index", str(repo), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "0 new or changed, 5 unchanged" in out and "secret 1" in out
+
+
+def test_index_for_a_tenant_is_that_tenants_alone(repo: Path, home: Path) -> None:
+    """`splice index --tenant team-a` builds team-a's own index; a server opens it for team-a only."""
+    assert main(["index", str(repo), "--quiet", "--tenant", "team-a"]) == 0
+    (entry,) = registered_repositories(home)
+    assert entry["tenant"] == "team-a"
+    registry = RepositoryRegistry(home, roots=[], token_counter=len)
+    registry.load()
+    try:
+        (mine,) = registry.owned("team-a")
+        assert mine.index.index_dir.is_relative_to(home / "indexes" / "tenants")
+        assert registry.owned("team-b") == [] and registry.owned("default") == []
+        assert registry.locate("team-b", str(repo / "shop" / "cart.py")) is None
+        assert registry.locate("team-a", str(repo / "shop" / "cart.py")) is not None
+        with pytest.raises(ApiError) as exc:
+            registry.get("team-b", mine.id)
+        assert exc.value.status == 404
+    finally:
+        registry.close()
 
 
 def test_index_errors_exit_non_zero(repo: Path, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
