@@ -140,17 +140,20 @@ def create_app(
         from splice.assistant import redis_state
 
         stores = redis_state.connect(settings)
-        documents = documents or stores.documents
-        events = events or stores.events
+        # (`is None`, not `or`: an empty store has len() 0)
+        documents = stores.documents if documents is None else documents
+        events = stores.events if events is None else events
         registry_store = stores.registry
         closers.append(stores.close)
     state = AppState(
         settings=settings,
         engine=engine,
         metrics=metrics,
-        events=events or InMemoryEventStore(settings.events_kept),
+        events=InMemoryEventStore(settings.events_kept) if events is None else events,
         completions=CompletionService(engine, metrics, settings),
-        documents=documents or InMemoryDocumentStore(max_chars=settings.ws_max_message_bytes),
+        documents=(
+            InMemoryDocumentStore(max_chars=settings.ws_max_message_bytes) if documents is None else documents
+        ),
         keys=ApiKeys(settings.api_keys),
         repositories=make_registry(settings, engine, registry_store),
     )

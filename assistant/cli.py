@@ -328,6 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="See bench/ws_latency.py.",
     )
     ws.add_argument("args", nargs=argparse.REMAINDER, help="arguments of bench/ws_latency.py (try --help)")
+    for name, text in (
+        ("cluster", "replicas sharing Redis behind HAProxy, until Ctrl-C (bench/cluster.py)"),
+        ("load", "editors typing real edit histories and asking for completions (bench/load.py)"),
+    ):
+        extra = bench_sub.add_parser(name, help=text, description=f"See bench/{name}.py.")
+        extra.add_argument(
+            "args", nargs=argparse.REMAINDER, help=f"arguments of bench/{name}.py (try --help)"
+        )
 
     index = sub.add_parser(
         "index",
@@ -409,6 +417,14 @@ def main(argv: list[str] | None = None) -> int:
         from splice.bench.ws_latency import main as ws_main
 
         return ws_main(argv[2:])
+    if argv[:2] == ["bench", "cluster"]:  # replicas behind HAProxy (see bench/cluster.py)
+        from splice.bench.cluster import main as cluster_main
+
+        return cluster_main(argv[2:])
+    if argv[:2] == ["bench", "load"]:  # editors typing against a server (see bench/load.py)
+        from splice.bench.load import main as load_main
+
+        return load_main(argv[2:])
     if argv[:2] == ["eval", "retrieval"]:  # the evaluation parses its own flags (bench/retrieval.py)
         return _run_retrieval_eval(argv[2:])
     parser = build_parser()

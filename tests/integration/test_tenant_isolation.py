@@ -69,6 +69,11 @@ def server(
     )
     with TestClient(create_app(settings_, engine)) as client:
         yield client, repo
+        if request.param == "redis":  # the suite ran on Redis indeed: documents, events, registry
+            r = redis.Redis.from_url(os.environ["SPLICE_TEST_REDIS_URL"], decode_responses=True)
+            kinds = {key[len(prefix) :].split(":")[0] for key in r.keys(prefix + "*")}
+            r.close()
+            assert {"doc", "events", "repositories", "repository-status"} <= kinds, kinds
     if request.param == "redis":
         r = redis.Redis.from_url(os.environ["SPLICE_TEST_REDIS_URL"])
         keys = r.keys(prefix + "*")
