@@ -549,6 +549,15 @@ class EditorSession:
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                 await self.ws.send_text(json.dumps(msg, ensure_ascii=False))
 
+    async def _release(self, uris: list[str]) -> None:
+        for uri in uris:
+            try:
+                await self.store.close(self.tenant, uri)
+            except UnknownDocument:
+                pass
+            except Exception:  # the store is unreachable: its copy stays, for the editor's resume
+                log.warning("could not release %s", uri, exc_info=True)
+
     async def shutdown(self) -> None:
         """The connection ended: stop its completions and release its documents."""
         for job in list(self.by_id.values()):
@@ -556,14 +565,14 @@ class EditorSession:
         tasks = [j.task for j in self.by_id.values() if j.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        for uri in self.open_uris:
-            try:
-                await self.store.close(self.tenant, uri)
-            except UnknownDocument:
-                pass
-            except Exception:  # the store is unreachable: its copy stays, for the editor's resume
-                log.warning("could not release %s", uri, exc_info=True)
+        uris = list(self.open_uris)
+        for uri in uris:
             self.completions.engine.kv.close(self._cache_key(uri))
+        # released in a task of its own: a server that cancels this handler (shutting down, or a
+        # test client leaving) must not leave the documents held in a shared store
+        release = asyncio.ensure_future(self._release(uris))
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(release)
         self.open_uris.clear()
         self.metrics.ws_documents.set(len(self.store))
         self.metrics.ws_connections.dec()
