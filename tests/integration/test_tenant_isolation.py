@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from splice.assistant.app import create_app
+from splice.assistant.redis_state import RedisDocumentStore, scoped
 from splice.assistant.settings import Settings
 from splice.completion.engine import CompletionEngine, EngineConfig
 from splice.completion.models import LoadedModel, ModelSpec
@@ -73,7 +74,8 @@ def server(
             r = redis.Redis.from_url(os.environ["SPLICE_TEST_REDIS_URL"], decode_responses=True)
             kinds = {key[len(prefix) :].split(":")[0] for key in r.keys(prefix + "*")}
             r.close()
-            assert {"doc", "events", "repositories", "repository-status"} <= kinds, kinds
+            assert {"events", "repositories", "repository-status"} <= kinds, kinds
+            assert "doc" not in kinds  # every editor connection released its documents
     if request.param == "redis":
         r = redis.Redis.from_url(os.environ["SPLICE_TEST_REDIS_URL"])
         keys = r.keys(prefix + "*")
@@ -168,6 +170,12 @@ def test_another_tenants_document_is_unknown_on_every_route_and_message(
         a.send_json({"type": "open", "uri": uri, "languageId": "python", "version": 1, "text": text})
         a.send_json({"type": "get", "uri": uri})
         assert a.receive_json()["text"] == text
+        store = client.app.state.splice.documents  # type: ignore[attr-defined]
+        if isinstance(store, RedisDocumentStore):  # held in Redis, under team-a's key only
+            r = redis.Redis.from_url(os.environ["SPLICE_TEST_REDIS_URL"], decode_responses=True)
+            assert r.hget(scoped(store.prefix, "doc", "team-a", uri), "text") == text
+            assert not r.exists(scoped(store.prefix, "doc", "team-b", uri))
+            r.close()
         not_found(client.get("/v1/documents", params={"uri": uri}, headers=B), "unknown_document")
         with client.websocket_connect("/v1/documents?api_key=key-b") as b:
             b.send_json({"type": "get", "uri": uri})
