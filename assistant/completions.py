@@ -51,6 +51,8 @@ class CompletionService:
         self.metrics = metrics
         self.settings = settings
         self.registry: RepositoryRegistry | None = None  # set by the app when retrieval is on
+        self._evictions_seen = 0
+        metrics.document_budget.set(engine.kv.caches.budget_bytes)
 
     def served_names(self) -> set[str]:
         return {self.engine.loaded.model_id, self.settings.model, "default"}
@@ -166,6 +168,10 @@ class CompletionService:
             self.metrics.forced_full.inc()
         self.metrics.document_bytes.set(self.engine.kv.bytes)
         self.metrics.documents.set(len(self.engine.kv))
+        evictions = self.engine.kv.caches.stats.evictions
+        if evictions > self._evictions_seen:
+            self.metrics.evictions.inc(evictions - self._evictions_seen)
+            self._evictions_seen = evictions
         self.metrics.completion_tokens.inc(result.completion_tokens)
         if result.completion_tokens:
             self.metrics.ttft.observe(result.timings.first_token_ms / 1000.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -50,6 +52,21 @@ class Metrics:
             "splice_document_cache_bytes", "Memory held by document KV caches", registry=r
         )
         self.documents = Gauge("splice_document_cache_entries", "Documents with a KV cache", registry=r)
+        self.document_budget = Gauge(
+            "splice_document_cache_budget_bytes", "SPLICE_DOCUMENT_CACHE_MB in bytes", registry=r
+        )
+        self.evictions = Counter(
+            "splice_document_cache_evictions",
+            "Document KV caches evicted (least recently used) to stay within the budget; an evicted "
+            "document is re-encoded at its next completion",
+            registry=r,
+        )
+        self.memory_resident = Gauge(
+            "splice_memory_resident_bytes", "Resident memory of this process (VmRSS)", registry=r
+        )
+        self.memory_peak = Gauge(
+            "splice_memory_peak_bytes", "Peak resident memory of this process (VmHWM)", registry=r
+        )
         self.completion_tokens = Counter("splice_completion_tokens", "Tokens generated", registry=r)
         self.completions = Counter(
             "splice_completions", "Completions by finish reason", ["finish_reason"], registry=r
@@ -74,4 +91,22 @@ class Metrics:
         )
 
     def render(self) -> bytes:
+        memory = process_memory()
+        if memory:
+            self.memory_resident.set(memory.get("VmRSS", 0))
+            self.memory_peak.set(memory.get("VmHWM", 0))
         return generate_latest(self.registry)
+
+
+def process_memory(status: Path = Path("/proc/self/status")) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of this process in bytes, from Linux's /proc ({} elsewhere)."""
+    try:
+        lines = status.read_text().splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM") and value.strip().endswith("kB"):
+            out[name] = int(value.split()[0]) * 1024
+    return out
