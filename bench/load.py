@@ -333,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--data {args.data}: no such file")
     with servers(args) as (url, replicas):
         ws_url = url.replace("http://", "ws://").replace("https://", "wss://") + "/v1/documents"
+        start = [scrape(r) for r in replicas]  # the model loaded, nothing open yet
         totals, elapsed = asyncio.run(drive(args, ws_url))
         server = [scrape(r) for r in replicas]
     ms = totals.latency_ms
@@ -353,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         "queue_full": totals.errors.get("queue_full", 0),
         "resyncs": dict(totals.resyncs),
         "reencoded_after_eviction": totals.reencoded,
+        "memory_start_mb": [round(s["splice_memory_peak_bytes"] / 2**20, 1) for s in start],
         "memory_peak_mb": [round(s["splice_memory_peak_bytes"] / 2**20, 1) for s in server],
         "kv_budget_mb": [round(s["splice_document_cache_budget_bytes"] / 2**20, 1) for s in server],
         "evictions": [int(s["splice_document_cache_evictions_total"]) for s in server],
@@ -372,14 +374,15 @@ def print_table(r: dict[str, Any]) -> None:
         f"{r['edits']} edits, {r['completions']} completions"
     )
     print(
-        "| p50 ms | p95 ms | p99 ms | queue_full (429) | other refusals | resyncs | peak MB | evictions "
-        "| diverged |"
+        "| p50 ms | p95 ms | p99 ms | queue_full (429) | other refusals | resyncs | MB at start | peak MB "
+        "| KV budget MB | evictions | diverged |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     other = sum(v for k, v in r["refused"].items() if k != "queue_full")
     print(
         f"| {lat['p50']} | {lat['p95']} | {lat['p99']} | {r['queue_full']} | {other} | "
-        f"{sum(r['resyncs'].values())} | {'/'.join(map(str, r['memory_peak_mb']))} | "
+        f"{sum(r['resyncs'].values())} | {'/'.join(map(str, r['memory_start_mb']))} | "
+        f"{'/'.join(map(str, r['memory_peak_mb']))} | {'/'.join(map(str, r['kv_budget_mb']))} | "
         f"{'/'.join(map(str, r['evictions']))} | {r['diverged']} |"
     )
 
