@@ -87,6 +87,11 @@ class Settings(BaseSettings):
         description="pie+refresh: encode the prompt in full when the tokens left stale deviate more",
     )
     document_cache_mb: int = Field(1024, ge=0, description="Memory budget of all document KV caches (LRU)")
+    kv_cache_format: Literal["float", "int8"] = Field(
+        "float",
+        description="How idle document KV caches are kept: as computed, or int8 per row (a quarter of "
+        "fp32's memory; lossy in reused rows)",
+    )
     keep_document_tokens: bool = Field(
         True,
         description="Keep each document's tokens between requests and re-tokenize only around an edit "
@@ -177,6 +182,7 @@ class Settings(BaseSettings):
             refresh_probe_layer=self.refresh_probe_layer,
             drift_full_bound=self.drift_full_bound,
             document_cache_bytes=self.document_cache_mb << 20,
+            kv_format=self.kv_cache_format,
             keep_document_tokens=self.keep_document_tokens,
             drafting=self.drafting,
             draft=DraftConfig(max_tokens=self.draft_tokens),

@@ -37,6 +37,7 @@ import torch
 from splice.completion.document_cache import DocumentKey
 from splice.completion.drift import distance_after_edit, kv_deviation, next_token_drift
 from splice.completion.engine import CompletionEngine, CompletionInput, EngineConfig, GenerationParams
+from splice.completion.kv_format import KV_FORMATS
 from splice.completion.models import LoadedModel, load_model, parse_spec
 from splice.completion.pie import encode_full
 from splice.completion.pie_plan import REUSE_METHODS, ReuseMethod
@@ -299,18 +300,24 @@ POLICY_KEYS = {
 }
 
 
-def parse_method(spec: str) -> tuple[ReuseMethod, dict[str, float]]:
+def parse_method(spec: str) -> tuple[ReuseMethod, dict[str, object]]:
     """`pie+refresh` or `pie+refresh:k=8,ratio=0.1,threshold=0.05,layer=1,bound=0.05` (a drift
-    policy variant; unset fields take the model family's default)."""
+    policy variant; unset fields take the model family's default); `kv=int8` (any method) stores
+    idle caches quantized (kv_format.py)."""
     method, _, rest = spec.partition(":")
     if method not in REUSE_METHODS:
         raise ValueError(f"unknown method {method!r} in {spec!r}; choose from {', '.join(REUSE_METHODS)}")
-    overrides: dict[str, float] = {}
+    overrides: dict[str, object] = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
+        if eq and key == "kv":
+            if value not in KV_FORMATS:
+                raise ValueError(f"bad kv format {value!r} in {spec!r}; choose from {', '.join(KV_FORMATS)}")
+            overrides["kv_format"] = value
+            continue
         if not eq or key not in POLICY_KEYS:
             raise ValueError(
-                f"bad policy field {item!r} in {spec!r}; use {', '.join(POLICY_KEYS)} as key=value"
+                f"bad policy field {item!r} in {spec!r}; use {', '.join(POLICY_KEYS)} or kv as key=value"
             )
         if method != "pie+refresh":
             raise ValueError(f"only pie+refresh takes policy fields: {spec!r}")
@@ -361,12 +368,12 @@ def run(
         primer = any_engine.prepare(CompletionInput(original[: len(steps[0].prefix)]), params.max_tokens)
         primed = encode_full(loaded.model, primer.input_ids)
         for engine in engines.values():
-            engine.kv.caches.put(key, primed)
+            engine.kv.store(key, primed)
         for step in steps:
             n_steps += 1
             texts: dict[str, str] = {}
             stale: dict[str, float | None] = {}
-            before = {m: engine.kv.caches.get(key) for m, engine in engines.items()}
+            before = {m: engine.kv.peek(key) for m, engine in engines.items()}
             for m, engine in engines.items():
                 result = engine.complete(CompletionInput(step.prefix, step.suffix), params, document=key)
                 line = result.text.split("\n", 1)[0].strip()
@@ -383,7 +390,7 @@ def run(
                 stats[m].agree.append(float(texts[m] == texts.get("full", texts[m])))
             row: dict[str, object] = {"history": history, "target": step.target, "methods": {}}
             rows.append(row)
-            full_doc = engines["full"].kv.caches.get(key) if "full" in engines else None
+            full_doc = engines["full"].kv.peek(key) if "full" in engines else None
             for m, engine in engines.items():
                 row["methods"][m] = {  # type: ignore[index]
                     "line": texts[m],
@@ -391,7 +398,7 @@ def run(
                     "stale_deviation": stale[m],
                     "forced_full": bool(stats[m].forced_full[-1]),
                 }
-                doc = engine.kv.caches.get(key)
+                doc = engine.kv.peek(key)
                 if full_doc is None or doc is None or doc.ids != full_doc.ids:
                     continue
                 if doc.logits is not None and full_doc.logits is not None:

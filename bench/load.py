@@ -60,6 +60,7 @@ class Document:
     steps: list[str]  # the texts after each step of its history
     version: int = 1
     next_step: int = 0
+    completed: int = 0  # completions answered for it
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Totals:
     edits: int = 0
     documents: int = 0
     diverged: list[str] = field(default_factory=list)
-    reencoded: int = 0  # completions that encoded their whole prompt after the first (evicted)
+    reencoded: int = 0  # completions that encoded their whole prompt though an earlier one made a cache
 
 
 def cut(text: str, chars: int) -> str:
@@ -180,8 +181,9 @@ class Editor:
         if msg["type"] == "completion":
             self.totals.latency_ms.append(elapsed)
             usage = msg["usage"]
-            if usage["encoded_prompt_tokens"] == usage["prompt_tokens"] and doc.next_step > 1:
-                self.totals.reencoded += 1
+            if usage["encoded_prompt_tokens"] == usage["prompt_tokens"] and doc.completed > 0:
+                self.totals.reencoded += 1  # it had a cache: evicted since (or not reusable)
+            doc.completed += 1
         else:
             self.totals.errors[msg.get("code", "?")] += 1
 

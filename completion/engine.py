@@ -38,6 +38,7 @@ from splice.completion.fim import (
 )
 from splice.completion.generation import Generation, TextSink
 from splice.completion.healing import TokenHealer
+from splice.completion.kv_format import KVFormat
 from splice.completion.kv_manager import EncodeStats, KVManager
 from splice.completion.models import LoadedModel
 from splice.completion.pie import encode_full
@@ -78,6 +79,7 @@ class EngineConfig:
     refresh_probe_layer: int | None = None  # the probe's layer
     drift_full_bound: float | None = None  # forced full re-encode above this stale deviation (0: never)
     document_cache_bytes: int = 1 << 30  # budget of all document KV caches of this model
+    kv_format: KVFormat = "float"  # how idle document caches are stored (kv_format.py)
     keep_document_tokens: bool = True  # re-tokenize a window after an edit (False: the whole document)
     # Greedy decoding verifies drafted tokens in one pass; the output is greedy's token for token.
     # lookup: copied from earlier text (splice.completion.drafting); self: self-speculative, drafted
@@ -257,6 +259,7 @@ class CompletionEngine:
             reuse_method=self.config.reuse_method,
             policy=self.drift_policy,
             keep_tokens=self.config.keep_document_tokens,
+            kv_format=self.config.kv_format,
         )
 
     @property

@@ -40,6 +40,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from splice.completion.document_cache import DocumentCacheStore, DocumentKey
 from splice.completion.drift_policy import DriftPolicy
 from splice.completion.fim import TextEncoder, adds_dummy_prefix, plain_added_tokens
+from splice.completion.kv_format import KVFormat, PackedKV, pack, unpack
 from splice.completion.pie import DocumentKV, apply_plan, encode_full, select_refresh
 from splice.completion.pie_plan import ReuseMethod, plan_reuse
 from splice.completion.token_edits import TextEdit, TokenizedText, diff_tokens, retokenize, tokenize
@@ -173,12 +174,14 @@ class KVManager:
         reuse_method: ReuseMethod,
         policy: DriftPolicy,
         keep_tokens: bool = True,
+        kv_format: KVFormat = "float",
     ) -> None:
         self.model = model
+        self.kv_format = kv_format
         self.tokenizer = tokenizer
         self.reuse_method = reuse_method
         self.policy = policy
-        self.caches: DocumentCacheStore[DocumentKV] = DocumentCacheStore(budget_bytes)
+        self.caches: DocumentCacheStore[DocumentKV | PackedKV] = DocumentCacheStore(budget_bytes)
         self._tokens: OrderedDict[DocumentKey, DocumentTokens] = OrderedDict()
         self._encoding: set[DocumentKey] = set()  # documents an encoding is in flight for
         self._closed: set[DocumentKey] = set()  # of those, the ones closed meanwhile
@@ -224,7 +227,8 @@ class KVManager:
             method = "prefix"  # re-rotation impossible for this RoPE type (logged at start-up)
         with self._lock:
             self._encoding.add(document)
-            old = self.caches.get(document)
+            stored = self.caches.get(document)
+        old = unpack(stored) if stored is not None else None
         try:
             doc, stats = self._encode(ids, old, method)
         finally:
@@ -233,9 +237,20 @@ class KVManager:
                 closed = document in self._closed
                 self._closed.discard(document)
         if not closed:  # a document closed meanwhile gets its answer, and nothing is kept
-            with self._lock:
-                self.caches.put(document, doc)
+            self.store(document, doc)
         return doc, stats
+
+    def store(self, document: DocumentKey, doc: DocumentKV) -> None:
+        """Keep `doc` as `document`'s cache (packed in the manager's format; LRU within budget)."""
+        packed = pack(doc, self.kv_format)
+        with self._lock:
+            self.caches.put(document, packed)
+
+    def peek(self, document: DocumentKey) -> DocumentKV | None:
+        """`document`'s cache as the next completion would reuse it (unpacked), or None."""
+        with self._lock:
+            stored = self.caches.get(document)
+        return unpack(stored) if stored is not None else None
 
     def _encode(
         self, ids: list[int], old: DocumentKV | None, method: ReuseMethod

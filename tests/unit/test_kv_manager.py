@@ -189,7 +189,7 @@ def test_forced_full_reencode_equals_full_recomputation_exactly() -> None:
     for step, inp in enumerate(_edited_inputs()):
         got = forced.complete(inp, params, document=key)
         want = reference.complete(inp, params, document=key)
-        doc, ref = forced.kv.caches.get(key), reference.kv.caches.get(key)
+        doc, ref = forced.kv.peek(key), reference.kv.peek(key)
         assert doc is not None and ref is not None and doc.ids == ref.ids
         assert doc.logits is not None and ref.logits is not None
         assert torch.equal(doc.logits, ref.logits)  # the same computation: bit for bit
@@ -211,11 +211,11 @@ def test_probe_cost_and_refreshed_tokens_are_counted() -> None:
     inputs = _edited_inputs()
     plain.complete(inputs[0], params, document=key)
     probed.complete(inputs[0], params, document=key)
-    before = probed.kv.caches.get(key)
+    before = probed.kv.peek(key)
     assert before is not None
     base = plain.complete(inputs[1], params, document=key)
     got = probed.complete(inputs[1], params, document=key)
-    after = probed.kv.caches.get(key)
+    after = probed.kv.peek(key)
     assert after is not None
     assert not got.forced_full_encode and got.refreshed_prompt_tokens > 0
     first = next(i for i, (a, b) in enumerate(zip(before.ids, after.ids, strict=False)) if a != b)
