@@ -141,11 +141,12 @@ class Editor:
         if edit.end > edit.start or len(edit.text) > PASTE_CHARS:  # a selection replaced, or a paste
             rng = {"start": position(text, edit.start), "end": position(text, edit.end)}
             doc.version += 1
-            change = {"range": rng, "text": edit.text if len(edit.text) > PASTE_CHARS else ""}
+            pasted = edit.text if len(edit.text) > PASTE_CHARS else ""
+            change = {"range": rng, "text": pasted}
             await self.send({"type": "change", "uri": doc.uri, "version": doc.version, "changes": [change]})
             self.totals.edits += 1
-            text = text[: edit.start] + change["text"] + text[edit.end :]
-            typed = "" if change["text"] else edit.text
+            text = text[: edit.start] + pasted + text[edit.end :]
+            typed = "" if pasted else edit.text
         else:
             typed = edit.text
         for k, char in enumerate(typed):
