@@ -24,14 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from splice.bench.server import free_port
+from splice.bench.server import free_port, wait_healthy
 
 HAPROXY_CONFIG = """\
 global
@@ -66,26 +64,6 @@ backend replicas
 def haproxy_config(port: int, replicas: list[tuple[str, int]]) -> str:
     servers = "\n".join(f"    server {name} 127.0.0.1:{p}" for name, p in replicas)
     return HAPROXY_CONFIG.format(port=port, servers=servers)
-
-
-def wait_healthy(
-    url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text()[-4000:] if log is not None else ""
-            raise RuntimeError(f"{url}: process exited with {proc.returncode}:\n{tail}")
-        try:
-            with urllib.request.urlopen(f"{url}/v1/health", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            tail = log.read_text()[-4000:] if log is not None else ""
-            raise RuntimeError(f"{url} did not answer in {timeout} s:\n{tail}")
-        time.sleep(0.1)
 
 
 @dataclass

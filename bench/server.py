@@ -22,6 +22,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_healthy(
+    url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None
+) -> None:
+    """Wait until `url`/v1/health answers 200; RuntimeError with the log's tail if `proc` exits
+    or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-4000:] if log is not None else ""
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{url}/v1/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            tail = log.read_text()[-4000:] if log is not None else ""
+            raise RuntimeError(f"{url} did not answer in {timeout} s:\n{tail}")
+        time.sleep(0.1)
+
+
 @contextmanager
 def running_server(
     model: str, *, env: dict[str, str] | None = None, device: str = "cpu", startup_timeout: float = 300.0
@@ -44,23 +66,7 @@ def running_server(
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {proc.returncode}:\n{Path(log.name).read_text()[-4000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{url}/v1/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"server did not start in {startup_timeout} s:\n{Path(log.name).read_text()[-4000:]}"
-                )
-            time.sleep(0.2)
+        wait_healthy(url, startup_timeout, proc, Path(log.name))
         yield url
     finally:
         proc.terminate()

@@ -15,17 +15,15 @@ from typing import Any
 
 import pytest
 import redis
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
+from unit.test_engine import make_engine
 
 from splice.assistant.app import create_app
 from splice.assistant.redis_state import RedisDocumentStore, scoped
 from splice.assistant.settings import Settings
-from splice.completion.engine import CompletionEngine, EngineConfig
-from splice.completion.models import LoadedModel, ModelSpec
-from splice_testkit.tiny import build_model, build_tokenizer
+from splice.completion.engine import CompletionEngine
 
 A = {"Authorization": "Bearer key-a"}
 B = {"Authorization": "Bearer key-b"}
@@ -37,12 +35,7 @@ SOURCES = {
 
 @pytest.fixture(scope="module")
 def engine() -> CompletionEngine:
-    tokenizer = build_tokenizer("plain")
-    model = build_model(tokenizer, "llama", max_position_embeddings=1024)
-    loaded = LoadedModel(
-        model, tokenizer, "tiny-llama", ModelSpec("dir", "tiny"), torch.device("cpu"), torch.float32, 1024
-    )
-    return CompletionEngine(loaded, EngineConfig())
+    return make_engine(context=1024)
 
 
 @pytest.fixture(scope="module", params=["memory", "redis"])
@@ -72,6 +65,9 @@ def server(
         yield client, repo
         if request.param == "redis":  # the suite ran on Redis indeed: documents, events, registry
             r = redis.Redis.from_url(os.environ["SPLICE_TEST_REDIS_URL"], decode_responses=True)
+            deadline = time.monotonic() + 10  # the last connections' releases may be in flight
+            while r.keys(prefix + "doc:*") and time.monotonic() < deadline:
+                time.sleep(0.05)
             kinds = {key[len(prefix) :].split(":")[0] for key in r.keys(prefix + "*")}
             r.close()
             assert {"events", "repositories", "repository-status"} <= kinds, kinds
