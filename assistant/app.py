@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request, Response, WebSocket
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse
 from pydantic import BaseModel
 
 from splice.assistant.auth import ApiKeys
@@ -21,9 +21,11 @@ from splice.assistant.errors import ApiError, install_error_handlers
 from splice.assistant.events import EventStore, InMemoryEventStore, new_event
 from splice.assistant.metrics import Metrics
 from splice.assistant.middleware import BodySizeLimit, RequestMetrics
+from splice.assistant.openapi import body_doc, install_openapi
 from splice.assistant.repositories import RegistryStore, RepositoryRegistry, parse_roots
 from splice.assistant.schemas import (
     CompletionRequest,
+    CompletionResponse,
     EventRequest,
     EventResponse,
     Health,
@@ -89,12 +91,6 @@ def parse_body(raw: bytes, model: type[M]) -> M:
     if not isinstance(obj, dict):
         raise ApiError(422, "invalid_json", f"expected a JSON object, got {type(obj).__name__}")
     return model.model_validate(obj)
-
-
-def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    schema.pop("$defs", None)
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 PLAYGROUND_HINT = "the playground is not built: run `cd editor-plugin && npm ci && npm run build`"
@@ -171,8 +167,30 @@ def create_app(
     app = FastAPI(title="Splice", version=__version__, lifespan=lifespan)
     app.state.splice = state
     install_error_handlers(app)
+    install_openapi(
+        app, [CompletionRequest, CompletionResponse, EventRequest, RepositoryRequest, SearchRequest]
+    )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
+
+    completions_doc = {
+        **body_doc(CompletionRequest),
+        "responses": {
+            "200": {
+                "description": "The completion; with `stream: true`, server-sent events of partial ones",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/CompletionResponse"}},
+                    "text/event-stream": {  # each event's data: a JSON CompletionResponse, then [DONE]
+                        "schema": {
+                            "type": "object",
+                            "required": ["data"],
+                            "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                        }
+                    },
+                },
+            }
+        },
+    }
 
     @app.get("/v1/health", response_model=Health)
     async def health(state: StateDep) -> Health:
@@ -187,7 +205,7 @@ def create_app(
             adapter=loaded.adapter_name,
         )
 
-    @app.post("/v1/completions", openapi_extra=_body_doc(CompletionRequest), response_model=None)
+    @app.post("/v1/completions", openapi_extra=completions_doc, response_model=None)
     async def completions(request: Request, state: StateDep) -> Response:
         tenant = state.tenant(request)
         req = parse_body(await request.body(), CompletionRequest)
@@ -195,7 +213,7 @@ def create_app(
             return await state.completions.stream(req, request, tenant)
         return await state.completions.complete(req, request, tenant)
 
-    @app.post("/v1/events", openapi_extra=_body_doc(EventRequest), response_model=EventResponse)
+    @app.post("/v1/events", openapi_extra=body_doc(EventRequest), response_model=EventResponse)
     async def events_route(request: Request, state: StateDep) -> EventResponse:
         tenant = state.tenant(request)
         ev = parse_body(await request.body(), EventRequest)
@@ -249,7 +267,7 @@ def create_app(
             raise ApiError(404, "unknown_document", str(exc)) from exc
         return {"uri": doc.uri, "version": doc.version, "languageId": doc.language_id, "text": doc.text}
 
-    @app.post("/v1/repositories", openapi_extra=_body_doc(RepositoryRequest), status_code=202)
+    @app.post("/v1/repositories", openapi_extra=body_doc(RepositoryRequest), status_code=202)
     async def register_repository(request: Request, state: StateDep) -> dict[str, Any]:
         tenant = state.tenant(request)
         req = parse_body(await request.body(), RepositoryRequest)
@@ -267,7 +285,7 @@ def create_app(
         tenant = state.tenant(request)
         return (await asyncio.to_thread(state.repositories.get, tenant, repo_id)).as_dict()
 
-    @app.post("/v1/search", openapi_extra=_body_doc(SearchRequest))
+    @app.post("/v1/search", openapi_extra=body_doc(SearchRequest))
     async def search(request: Request, state: StateDep) -> dict[str, Any]:
         tenant = state.tenant(request)
         req = parse_body(await request.body(), SearchRequest)
@@ -311,7 +329,7 @@ def create_app(
             raise ApiError(404, "not_found", f"no such playground file: {path}")
         return FileResponse(target)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_route(state: StateDep) -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -7,7 +7,7 @@ strict: `"max_tokens": "10"` is a 422, not a silent conversion.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -48,8 +48,20 @@ class DebugOptions(BaseModel):
     )
 
 
+def exactly_one(a: str, a_type: str, b: str, b_type: str) -> dict[str, Any]:
+    """JSON Schema for "`a` or `b`, not both" where null means absent (the validators' rule)."""
+    return {
+        "anyOf": [
+            {"required": [a], "properties": {a: {"type": a_type}, b: {"type": "null"}}},
+            {"required": [b], "properties": {b: {"type": b_type}, a: {"type": "null"}}},
+        ]
+    }
+
+
 class CompletionRequest(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(
+        strict=True, extra="ignore", json_schema_extra=exactly_one("segments", "object", "prompt", "string")
+    )
 
     model: str | None = Field(None, description="Must name the served model when given")
     # Tabby style
@@ -67,12 +79,20 @@ class CompletionRequest(BaseModel):
     debug_options: DebugOptions | None = None
     stream: bool = False
     stop: str | list[str] | None = None
-    n: int = Field(1, description="Only 1 is supported")
-    echo: bool = False
+    n: int = Field(1, description="Only 1 is supported", json_schema_extra={"enum": [1]})
+    echo: bool = Field(False, description="Not supported", json_schema_extra={"enum": [False]})
     # shared
-    max_tokens: int | None = Field(None, description="Tokens to generate, 1..max_tokens_limit")
-    temperature: float | None = Field(None, description="0 (default) is greedy; up to 2")
-    top_p: float | None = Field(None, description="Nucleus sampling mass, (0, 1]")
+    max_tokens: int | None = Field(
+        None, description="Tokens to generate, 1..max_tokens_limit", json_schema_extra={"minimum": 1}
+    )
+    temperature: float | None = Field(
+        None, description="0 (default) is greedy; up to 2", json_schema_extra={"minimum": 0, "maximum": 2}
+    )
+    top_p: float | None = Field(
+        None,
+        description="Nucleus sampling mass, (0, 1]",
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": 1},
+    )
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     early_exit: Literal["off", "on"] | None = Field(
         None, description="Splice: early exit for this request (default: the server's SPLICE_EARLY_EXIT)"
@@ -212,12 +232,20 @@ class CompletionResponse(BaseModel):
 class RepositoryRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    path: str = Field(..., min_length=1, max_length=4096, description="Absolute path on the server")
+    path: str = Field(
+        ...,
+        min_length=1,
+        max_length=4096,
+        description="Absolute path on the server",
+        json_schema_extra={"pattern": "^/"},
+    )
     languages: list[str] | None = Field(None, description="Index only these languages (default: all)")
 
 
 class SearchRequest(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(
+        strict=True, extra="ignore", json_schema_extra=exactly_one("query", "string", "prefix", "string")
+    )
 
     repository: str = Field(..., min_length=1, max_length=256)
     query: str | None = Field(None, max_length=10_000, description="Free text: BM25 over identifier tokens")

@@ -257,10 +257,15 @@ def _sample(logits: torch.Tensor, params: GenerationParams, generator: torch.Gen
     """Greedy at temperature 0, else temperature + nucleus sampling. logits: [V] fp32."""
     if generator is None:
         return int(torch.argmax(logits).item())
-    probs = torch.softmax(logits / params.temperature, dim=-1)
+    # Shift before scaling: the largest logit becomes exactly 0 and a tiny temperature sends the
+    # others to -inf (a near-greedy distribution) instead of overflowing to inf - inf = nan. A
+    # temperature below fp32's range rounds to 0: then the top logits' 0/0 is nan, and means 0.
+    scaled = (logits - logits.max()) / params.temperature
+    probs = torch.softmax(torch.where(torch.isnan(scaled), 0.0, scaled), dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
+        keep[0] = True  # the top token always (a top_p below fp32's range rounds to 0)
         sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
         choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
         return int(order[choice].item())

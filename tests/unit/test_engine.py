@@ -107,6 +107,21 @@ def test_seeded_sampling_is_reproducible() -> None:
     assert len(others) > 1, "different seeds should sample different text"
 
 
+def test_a_tiny_temperature_or_top_p_samples_the_greedy_text() -> None:
+    """Found by schemathesis: temperature 6e-77 overflowed logits / t to inf and softmax to nan (a 500).
+    So was top_p 1e-300 (it rounds to 0 in fp32 and kept no token). As t -> 0 or top_p -> 0 sampling
+    becomes argmax, so it must pick greedy decoding's tokens."""
+    engine = make_engine(token_healing=False)
+    greedy = engine.complete(PROMPTS[2], GenerationParams(max_tokens=30))
+    for t in (5.9e-77, 1e-30, 1e-8):
+        cold = engine.complete(PROMPTS[2], GenerationParams(max_tokens=30, temperature=t, seed=7))
+        assert cold.raw == greedy.raw, t
+    for p in (1e-300, 1e-8):  # nucleus sampling keeps at least the top token
+        params = GenerationParams(max_tokens=30, temperature=1.0, top_p=p, seed=7)
+        narrow = engine.complete(PROMPTS[2], params)
+        assert narrow.raw == greedy.raw, p
+
+
 def test_stop_sequence_cuts_raw_text() -> None:
     engine = make_engine()
     inp = CompletionInput("x = 1\n", "")
