@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from splice.bench.edits import edit_similarity, load_steps
+from splice.bench.edits import load_steps
 from splice.completion.document_cache import DocumentKey
 from splice.completion.drafting import DraftConfig
 from splice.completion.early_exit import ExitThresholds
@@ -57,6 +57,7 @@ from splice.completion.engine import (
     GenerationParams,
 )
 from splice.completion.models import LoadedModel
+from splice.training.gate import edit_similarity
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from splice.completion.models import LoadedModel, load_model, parse_spec
 from splice.completion.pie import encode_full
 from splice.completion.pie_plan import REUSE_METHODS, ReuseMethod
 from splice.completion.token_edits import diff_tokens
+from splice.training.gate import edit_similarity
 
 HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
@@ -180,18 +181,6 @@ def load_steps(
                     count += len(take)
             if limit is not None and count >= limit:
                 return
-
-
-def edit_similarity(a: str, b: str) -> float:
-    if not a and not b:
-        return 1.0
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return 1.0 - prev[-1] / max(len(a), len(b))
 
 
 @dataclass

@@ -12,6 +12,7 @@ import tomllib
 
 from splice.training.fim import SPAN_KINDS
 
+METHODS = ("lora", "sara")
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TOKEN_TRAINING = ("trainable_tokens", "modules_to_save")
 
@@ -39,6 +40,11 @@ class FinetuneConfig:
     repo_per_repository: int = 200  # most tasks drawn from one repository
     repo_exclude: tuple[str, ...] = ()  # repositories (corpus sources) an evaluation uses
     init_adapter: str = ""  # start from this exported adapter's weights (a second training stage)
+    # adaptation method: lora (peft) or sara (training/sara.py: sparse smallest-magnitude weights,
+    # LoRA-r's parameter count per matrix, nuclear-norm penalty, progressive re-selection)
+    method: str = "lora"
+    sara_nuclear_weight: float = 1e-4
+    sara_reselect_at: tuple[float, ...] = (0.5,)
     # LoRA
     lora_r: int = 8
     lora_alpha: int = 16
@@ -74,6 +80,13 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         self.target_modules = tuple(self.target_modules)
         self.repo_exclude = tuple(self.repo_exclude)
+        self.sara_reselect_at = tuple(self.sara_reselect_at)
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if any(not 0.0 < f < 1.0 for f in self.sara_reselect_at):
+            raise ValueError(f"sara_reselect_at fractions must be in (0, 1), got {self.sara_reselect_at}")
+        if self.sara_nuclear_weight < 0:
+            raise ValueError(f"sara_nuclear_weight must be >= 0, got {self.sara_nuclear_weight}")
         if not 0.0 <= self.repo_context < 1.0:
             raise ValueError(f"repo_context must be in [0, 1), got {self.repo_context}")
         if self.repo_context and self.repo_context_tokens < 16:
@@ -106,6 +119,7 @@ class FinetuneConfig:
         data = asdict(self)
         data["target_modules"] = list(self.target_modules)
         data["repo_exclude"] = list(self.repo_exclude)
+        data["sara_reselect_at"] = list(self.sara_reselect_at)
         return data
 
     def save(self, path: Path) -> None:

@@ -261,7 +261,8 @@ def repository_dataset(
     if not current:
         raise RepoDataError(f"{root} has no source files the index would read")
     history = commits(root)
-    held, taken, cutoff = split_by_time(history, set(current), heldout_commits, heldout_min_files)
+    min_files = min(heldout_min_files, max(1, len(current) // 5))  # a small repository keeps most to train
+    held, taken, cutoff = split_by_time(history, set(current), heldout_commits, min_files)
     if len(held) >= len(current):
         raise RepoDataError(f"{root}: every file would be held out; the repository is too small")
     data = RepoDataset(

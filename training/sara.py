@@ -149,13 +149,14 @@ class Sara:
         return state
 
     @torch.no_grad()
-    def load_state_dict(self, state: dict[str, torch.Tensor], step: int, max_steps: int) -> None:
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for name, d in self.deltas.items():
             d.values.copy_(state[f"{name}.values"])
             d.index.copy_(state[f"{name}.index"])
             d.frozen_index = state[f"{name}.frozen_index"].to(d.index.device)
             d.frozen_values = state[f"{name}.frozen_values"].to(d.index.device)
-        self._done = {f for f in self.config.reselect_at if step >= int(f * max_steps)}
+        phases = len(next(iter(self.deltas.values())).frozen_index) // next(iter(self.deltas.values())).budget
+        self._done = set(sorted(self.config.reselect_at)[:phases])
 
     def export(self) -> dict[str, torch.Tensor]:
         """`<module>.index` (int64, flat) and `<module>.values` (fp32) of every ΔW, plus its shape."""

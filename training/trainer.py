@@ -45,6 +45,7 @@ from splice.training.config import FinetuneConfig
 from splice.training.data import FimStream, batches, load_texts
 from splice.training.fim import IGNORE, add_fim_tokens
 from splice.training.repo_context import RepoSample
+from splice.training.sara import Sara, SaraConfig
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,12 @@ class Job:
     template: FimTemplate
     added_tokens: list[int]
     hlp_head: HorizonHead | None
+    sara: Sara | None = None  # method "sara": the model is the plain model with sparse updates
+
+    @property
+    def inner(self) -> Any:
+        """The transformers model that runs (peft's base model, with LoRA layers injected)."""
+        return self.model if self.sara is not None else self.model.get_base_model()
 
 
 def prepare_model(config: FinetuneConfig, loaded: LoadedModel | None = None) -> Job:
@@ -161,6 +168,20 @@ def prepare_model(config: FinetuneConfig, loaded: LoadedModel | None = None) -> 
             parse_spec(config.model), device=device_name, dtype=training_dtype(config, device)
         )
     template, added = add_fim_tokens(loaded.tokenizer, loaded.model, config.fim_template)
+    hidden = int(loaded.model.config.hidden_size)
+    head = HorizonHead(hidden).to(loaded.device) if config.hlp else None
+    if config.method == "sara":
+        if added:
+            raise TrainingError(
+                "method sara adapts a model that has its FIM tokens (serve-ready); this one lacks them"
+            )
+        sara_config = SaraConfig(
+            rank_equivalent=config.lora_r,
+            nuclear_weight=config.sara_nuclear_weight,
+            reselect_at=config.sara_reselect_at,
+        )
+        sara = Sara(loaded.model, tuple(config.target_modules), sara_config, seed=config.seed)
+        return Job(config, loaded, loaded.model, template, added, head, sara)
     extra: dict[str, Any] = {}
     if added and config.token_training == "trainable_tokens":
         extra["trainable_token_indices"] = added
@@ -175,8 +196,6 @@ def prepare_model(config: FinetuneConfig, loaded: LoadedModel | None = None) -> 
         **extra,
     )
     model = get_peft_model(loaded.model, lora)
-    hidden = int(loaded.model.config.hidden_size)
-    head = HorizonHead(hidden).to(loaded.device) if config.hlp else None
     return Job(config, loaded, model, template, added, head)
 
 
@@ -185,7 +204,7 @@ def compute_loss(job: Job, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
     device = job.loaded.device
     ids = batch["input_ids"].to(device)  # [B, S]
     labels = batch["labels"].to(device)  # [B, S]
-    inner = job.model.get_base_model()
+    inner = job.inner
     hidden = inner.model(input_ids=ids, use_cache=False).last_hidden_state  # [B, S, H]
     targets = labels[:, 1:]  # position p predicts token p + 1
     mask = targets != IGNORE  # [B, S-1]
@@ -196,6 +215,8 @@ def compute_loss(job: Job, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
     logits = inner.lm_head(hidden[:, :-1][mask]).float()  # [N, V]
     lm_loss = F.cross_entropy(logits, targets[mask])
     loss = lm_loss
+    if job.sara is not None and job.sara.config.nuclear_weight > 0:
+        loss = loss + job.sara.regularizer()
     if job.hlp_head is not None:
         horizon = batch["horizon"].to(device)  # [B, S]
         where = horizon >= 0
@@ -228,6 +249,8 @@ def make_optimizer(job: Job) -> tuple[torch.optim.Optimizer, torch.optim.lr_sche
 def adapter_state(job: Job) -> dict[str, torch.Tensor]:
     """The adapter's own weights. Not the base embedding, which peft would include because the
     vocabulary grew, and one copy of a delta shared by a tied embedding and head."""
+    if job.sara is not None:
+        return job.sara.state_dict()
     from peft import get_peft_model_state_dict
 
     state = get_peft_model_state_dict(job.model, save_embedding_layers=False)
@@ -242,6 +265,9 @@ def adapter_state(job: Job) -> dict[str, torch.Tensor]:
 
 
 def load_adapter_state(job: Job, path: Path) -> None:
+    if job.sara is not None:
+        job.sara.load_state_dict(load_file(str(path)))
+        return
     from peft import set_peft_model_state_dict
 
     result = set_peft_model_state_dict(job.model, load_file(str(path)))
@@ -311,7 +337,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 _RESUME_MUST_MATCH = (
     "model", "fim_template", "seq_len", "fim_rate", "spm_rate", "span", "loss_on", "lora_r", "lora_alpha",
-    "target_modules", "token_training", "batch_size", "grad_accum", "seed", "hlp", "data",
+    "target_modules", "token_training", "batch_size", "grad_accum", "seed", "hlp", "data", "method",
 )  # fmt: skip
 
 
@@ -450,6 +476,8 @@ def train(
             optimizer.step()
             scheduler.step()
             state.step += 1
+            if job.sara is not None and job.sara.after_step(state.step, cfg.max_steps, optimizer):
+                log_line({"event": "sara_reselect", "step": state.step})
             steps_this_run += 1
             state.tokens += step_tokens
             state.label_tokens += step_labels

@@ -5,63 +5,18 @@ history samples are FIM samples of real program states."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from splice.training.lintseq import apply_unified_diff
 from splice.training.repo_data import RepoDataError, commits, history_edits, repository_dataset
-
-SECRET = "AKIA" + "Q" * 16  # an AWS access key id shape
-
-
-def _git(root: Path, *args: str, when: int = 0) -> None:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.com",
-        "GIT_AUTHOR_DATE": f"{1_700_000_000 + when} +0000",
-        "GIT_COMMITTER_DATE": f"{1_700_000_000 + when} +0000",
-    }
-    subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, env=env)
-
-
-def _commit(root: Path, files: dict[str, str], when: int, message: str = "change") -> None:
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    _git(root, "add", "-A")
-    _git(root, "commit", "-q", "-m", message, when=when)
+from splice_testkit.gitrepo import SECRET, commit, team_repository
 
 
 @pytest.fixture()
 def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "team"
-    root.mkdir()
-    _git(root, "init", "-q", "-b", "main")
-    _commit(root, {
-        "pkg/core.py": "def add(a, b):\n    return a + b\n",
-        "pkg/util.py": "import os\n\n\ndef home():\n    return os.environ.get('HOME', '')\n",
-        "pkg/config.py": f"AWS_KEY = '{SECRET}'\n",
-        "vendor/lib.py": "def vendored():\n    return 1\n",
-        "docs/conf.py": "project = 'team'\n",
-    }, when=0)  # fmt: skip
-    for i in range(1, 6):  # older history on core.py and util.py
-        _commit(root, {
-            "pkg/core.py": "def add(a, b):\n    return a + b\n" + "".join(
-                f"\n\ndef f{k}(x):\n    return x * {k}\n" for k in range(i)
-            ),
-        }, when=100 * i)  # fmt: skip
-    _commit(
-        root, {"pkg/util.py": "import os\n\n\ndef home():\n    return os.path.expanduser('~')\n"}, when=1000
-    )
-    test = "from pkg.core import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n"
-    _commit(root, {"tests/test_core.py": test}, when=2000)
-    return root
+    return team_repository(tmp_path / "team")
 
 
 def test_newest_commits_files_are_held_out_and_never_trained_on(repo: Path) -> None:
@@ -105,8 +60,8 @@ def test_history_samples_are_insertions_in_the_commits_file(repo: Path) -> None:
 
 
 def test_huge_commits_are_skipped(repo: Path) -> None:
-    _commit(repo, {f"gen/m{i}.py": f"X{i} = {i}\n" for i in range(30)}, when=3000)
-    _commit(repo, {"docs/conf.py": "project = 'team-b'\n"}, when=4000)
+    commit(repo, {f"gen/m{i}.py": f"X{i} = {i}\n" for i in range(30)}, when=3000)
+    commit(repo, {"docs/conf.py": "project = 'team-b'\n"}, when=4000)
     data = repository_dataset(repo, heldout_commits=1, heldout_min_files=1, max_commit_files=20)
     assert data.skipped.get("history_huge_commit", 0) >= 1
     assert not any(s.path.startswith("gen/") for s in data.history)
