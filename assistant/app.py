@@ -14,11 +14,21 @@ from fastapi import Depends, FastAPI, Query, Request, Response, WebSocket
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse
 from pydantic import BaseModel
 
+from splice.assistant.adapter_registry import AdapterRegistry
 from splice.assistant.auth import ApiKeys
 from splice.assistant.completions import CompletionService
 from splice.assistant.documents import DocumentStore, InMemoryDocumentStore, UnknownDocument
 from splice.assistant.errors import ApiError, install_error_handlers
 from splice.assistant.events import EventStore, InMemoryEventStore, new_event
+from splice.assistant.finetune_jobs import (
+    FINAL,
+    FineTuneJob,
+    InlineRunner,
+    JobStore,
+    MemoryJobStore,
+    RedisJobStore,
+    new_job_id,
+)
 from splice.assistant.metrics import Metrics
 from splice.assistant.middleware import BodySizeLimit, RequestMetrics
 from splice.assistant.openapi import body_doc, install_openapi
@@ -28,6 +38,7 @@ from splice.assistant.schemas import (
     CompletionResponse,
     EventRequest,
     EventResponse,
+    FineTuneRequest,
     Health,
     RepositoryRequest,
     SearchRequest,
@@ -53,6 +64,9 @@ class AppState:
     documents: DocumentStore
     keys: ApiKeys
     repositories: RepositoryRegistry
+    adapters: AdapterRegistry
+    jobs: JobStore
+    enqueue: Callable[[str], None]
 
     def tenant(self, request: Request) -> str:
         return self.keys.tenant(request.headers.get("authorization"))
@@ -132,6 +146,18 @@ def create_app(
     metrics = Metrics()
     closers: list[Callable[[], Awaitable[None]]] = []
     registry_store: RegistryStore | None = None
+    adapters = AdapterRegistry(settings.home)
+    jobs: JobStore
+    enqueue: Callable[[str], None]
+    if settings.redis_url:
+        redis_jobs = RedisJobStore(settings.redis_url, settings.redis_prefix)
+        jobs, enqueue = redis_jobs, redis_jobs.enqueue  # `splice worker` processes run them
+        closers.append(lambda: asyncio.to_thread(redis_jobs.close))
+    else:
+        memory_jobs = MemoryJobStore()
+        inline = InlineRunner(memory_jobs, settings, adapters)
+        jobs, enqueue = memory_jobs, inline.enqueue
+        closers.append(lambda: asyncio.to_thread(inline.close))
     if settings.redis_url:
         from splice.assistant import redis_state
 
@@ -152,8 +178,12 @@ def create_app(
         ),
         keys=ApiKeys(settings.api_keys),
         repositories=make_registry(settings, engine, registry_store),
+        adapters=adapters,
+        jobs=jobs,
+        enqueue=enqueue,
     )
     state.completions.registry = state.repositories
+    state.completions.adapters = adapters
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -168,7 +198,15 @@ def create_app(
     app.state.splice = state
     install_error_handlers(app)
     install_openapi(
-        app, [CompletionRequest, CompletionResponse, EventRequest, RepositoryRequest, SearchRequest]
+        app,
+        [
+            CompletionRequest,
+            CompletionResponse,
+            EventRequest,
+            FineTuneRequest,
+            RepositoryRequest,
+            SearchRequest,
+        ],
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
@@ -284,6 +322,63 @@ def create_app(
     async def repository(repo_id: str, request: Request, state: StateDep) -> dict[str, Any]:
         tenant = state.tenant(request)
         return (await asyncio.to_thread(state.repositories.get, tenant, repo_id)).as_dict()
+
+    @app.post("/v1/fine-tunes", openapi_extra=body_doc(FineTuneRequest), status_code=202)
+    async def create_fine_tune(request: Request, state: StateDep) -> dict[str, Any]:
+        """Train an adapter on one of your repositories; the gate decides whether it serves you."""
+        tenant = state.tenant(request)
+        req = parse_body(await request.body(), FineTuneRequest)
+        limit = state.settings.finetune_max_steps_limit
+        if req.max_steps > limit:
+            raise ApiError(422, "invalid_request", f"max_steps: at most {limit} on this server")
+        repo = await asyncio.to_thread(state.repositories.get, tenant, req.repository)
+        if not (repo.root / ".git").exists():
+            raise ApiError(422, "not_a_git_checkout", f"repository {req.repository!r} is not a git checkout")
+        job = FineTuneJob(
+            id=new_job_id(),
+            tenant=tenant,
+            repository=req.repository,
+            repo_path=str(repo.root),
+            method=req.method,
+            max_steps=req.max_steps,
+            time_limit_s=req.time_limit_s,
+            lintseq=req.lintseq,
+            history=req.history,
+        )
+        await asyncio.to_thread(state.jobs.create, job)
+        await asyncio.to_thread(state.enqueue, job.id)
+        return job.public()
+
+    async def _own_job(state: AppState, tenant: str, job_id: str) -> FineTuneJob:
+        job = await asyncio.to_thread(state.jobs.get, job_id)
+        if job is None or job.tenant != tenant:
+            raise ApiError(404, "unknown_fine_tune", f"no fine-tune job {job_id!r}")
+        return job
+
+    @app.get("/v1/fine-tunes")
+    async def list_fine_tunes(request: Request, state: StateDep) -> dict[str, Any]:
+        tenant = state.tenant(request)
+        return {"fine_tunes": [j.public() for j in await asyncio.to_thread(state.jobs.list, tenant)]}
+
+    @app.get("/v1/fine-tunes/{job_id}")
+    async def get_fine_tune(job_id: str, request: Request, state: StateDep) -> dict[str, Any]:
+        return (await _own_job(state, state.tenant(request), job_id)).public()
+
+    @app.delete("/v1/fine-tunes/{job_id}")
+    async def cancel_fine_tune(job_id: str, request: Request, state: StateDep) -> dict[str, Any]:
+        job = await _own_job(state, state.tenant(request), job_id)
+        if job.state in FINAL:
+            raise ApiError(409, "already_finished", f"fine-tune job {job_id!r} is {job.state}")
+        updated = await asyncio.to_thread(state.jobs.update, job_id, cancel_requested=True)
+        return (updated or job).public()
+
+    @app.get("/v1/adapters")
+    async def list_adapters(request: Request, state: StateDep) -> dict[str, Any]:
+        """Your fine-tuned adapters; `current` serves your completions."""
+        tenant = state.tenant(request)
+        current = await asyncio.to_thread(state.adapters.current, tenant)
+        records = await asyncio.to_thread(state.adapters.list, tenant)
+        return {"current": current.id if current else None, "adapters": [r.public() for r in records]}
 
     @app.post("/v1/search", openapi_extra=body_doc(SearchRequest))
     async def search(request: Request, state: StateDep) -> dict[str, Any]:

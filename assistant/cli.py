@@ -100,6 +100,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from splice.assistant.finetune_jobs import run_worker
+    from splice.assistant.redis_state import RedisUnavailable, ping
+
+    settings = _settings(args)
+    if not settings.redis_url:
+        raise CliError(
+            "splice worker takes fine-tune jobs from Redis: give --redis URL (or SPLICE_REDIS_URL)", 2
+        )
+    try:
+        ping(settings.redis_url).close()
+    except RedisUnavailable as exc:
+        raise CliError(str(exc), 2) from exc
+    _progress(f"worker: fine-tune jobs from {settings.redis_url} (prefix {settings.redis_prefix!r})")
+    run_worker(settings, consumer=args.name, claim_idle_s=args.claim_idle_s, once=args.once)
+    return 0
+
+
 def cursor_offset(text: str, line: int, col: int) -> int:
     """Character offset of 1-based (line, col); col may be one past the line's end."""
     lines = text.split("\n")
@@ -289,6 +307,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model_flags(serve)
     serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser(
+        "worker",
+        help="run fine-tune jobs from Redis",
+        description="Take fine-tune jobs (POST /v1/fine-tunes) from Redis and run them: data, training, "
+        "gate, adapter registration. A job whose worker died is resumed from its last checkpoint.",
+    )
+    worker.add_argument("--redis", dest="redis_url", metavar="URL", help="env SPLICE_REDIS_URL")
+    worker.add_argument("--name", help="consumer name in the Redis group (default: host + random)")
+    worker.add_argument(
+        "--claim-idle-s", type=float, default=60.0, help="take over a job another worker left this long ago"
+    )
+    worker.add_argument("--once", action="store_true", help="exit after one job")
+    model_flags(worker)
+    worker.set_defaults(func=cmd_worker)
 
     complete = sub.add_parser(
         "complete",

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -18,6 +19,7 @@ from typing import Any
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from splice.assistant.adapter_registry import AdapterRegistry
 from splice.assistant.errors import ApiError
 from splice.assistant.metrics import Metrics
 from splice.assistant.repositories import RepositoryRegistry
@@ -32,11 +34,14 @@ from splice.assistant.schemas import (
     Usage,
 )
 from splice.assistant.settings import Settings
+from splice.completion.deltas import DeltaError
 from splice.completion.document_cache import DocumentKey
 from splice.completion.early_exit import ExitThresholds
 from splice.completion.engine import CompletionEngine, CompletionInput, CompletionResult, GenerationParams
 from splice.completion.scheduler import Event, Finished, QueueFull, Request, StepScheduler, TextDelta
 from splice.retrieval.context import Snippet
+
+log = logging.getLogger(__name__)
 
 DISCONNECT_POLL_S = 0.05
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
@@ -51,6 +56,7 @@ class CompletionService:
         self.metrics = metrics
         self.settings = settings
         self.registry: RepositoryRegistry | None = None  # set by the app when retrieval is on
+        self.adapters: AdapterRegistry | None = None  # set by the app: tenants' fine-tuned adapters
         self._evictions_seen = 0
         metrics.document_budget.set(engine.kv.caches.budget_bytes)
 
@@ -63,6 +69,22 @@ class CompletionService:
             return None
         name = req.document or (req.segments.filepath if req.segments else None) or "(unnamed)"
         return DocumentKey(tenant=tenant, document=name, model=self.engine.loaded.model_id)
+
+    def adapter_for(self, tenant: str) -> str | None:
+        """The name under which `engine.deltas` applies `tenant`'s current adapter (loaded on first
+        use; a newly registered one is seen on the next request), or None for the base model."""
+        if self.adapters is None:
+            return None
+        record = self.adapters.current(tenant)
+        if record is None:
+            return None
+        if record.name not in self.engine.deltas.loaded:
+            try:
+                self.engine.deltas.add(record.name, record.folder)
+            except (DeltaError, OSError) as exc:
+                log.warning("tenant %s: adapter %s not served: %s", tenant, record.id, exc)
+                return None
+        return record.name
 
     def max_tokens_limit(self) -> int:
         """The largest max_tokens a request may ask for (settings, and room in the context)."""
@@ -210,6 +232,7 @@ class CompletionService:
         queue_ms: float,
         req: CompletionRequest | None = None,
         snippets: list[Snippet] | None = None,
+        adapter: str | None = None,
     ) -> CompletionResponse:
         t = result.timings
         debug = None
@@ -235,6 +258,7 @@ class CompletionService:
             id=cid,
             created=int(time.time()),
             model=self.engine.loaded.model_id,
+            adapter=public_adapter(adapter),
             choices=[Choice(index=0, text=result.text, finish_reason=result.finish_reason)],
             usage=Usage(
                 prompt_tokens=result.prompt_tokens,
@@ -264,9 +288,15 @@ class CompletionService:
     ) -> tuple[Request, list[Snippet]]:
         inp, params = self.to_job(req)
         inp, snippets = await self._with_context(req, inp, tenant)
+        adapter = self.adapter_for(tenant)
         document = self.document_key(req, tenant)
+        if document is not None:  # caches are per adapter: a switch never reuses another's KV
+            document = dataclasses.replace(document, adapter=adapter)
         audit = not stream and bool(req.debug_options and req.debug_options.compare_full)
-        return Request(inp, params, document=document, tenant=tenant, stream=stream, audit=audit), snippets
+        request = Request(
+            inp, params, document=document, tenant=tenant, adapter=adapter, stream=stream, audit=audit
+        )
+        return request, snippets
 
     async def complete(self, req: CompletionRequest, http: HttpRequest, tenant: str = "default") -> Response:
         request, snippets = await self.request(req, tenant, stream=False)
@@ -277,7 +307,7 @@ class CompletionService:
             watcher.cancel()
         if request.cancelled.is_set():  # only the disconnect watcher cancels a REST request
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        body = self._response(_new_id(), finished.result, finished.queue_ms, req, snippets)
+        body = self._response(_new_id(), finished.result, finished.queue_ms, req, snippets, request.adapter)
         return JSONResponse(_dump(body))
 
     async def stream(self, req: CompletionRequest, http: HttpRequest, tenant: str = "default") -> Response:
@@ -305,7 +335,9 @@ class CompletionService:
                             yield _sse(_chunk(cid, self.engine.loaded.model_id, event.text, None))
                         elif isinstance(event, Finished):
                             result = event.result
-                            final = _dump(self._response(cid, result, event.queue_ms, req, snippets))
+                            final = _dump(
+                                self._response(cid, result, event.queue_ms, req, snippets, request.adapter)
+                            )
                             end = {"index": 0, "text": "", "finish_reason": result.finish_reason}
                             final["choices"] = [end]
                             yield _sse(final)
@@ -322,6 +354,11 @@ class CompletionService:
                 self.scheduler.cancel(request)
                 return
             await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+def public_adapter(name: str | None) -> str | None:
+    """A served adapter's id as its tenant knows it (`engine.deltas` names are tenant/id)."""
+    return None if name is None else name.split("/", 1)[-1]
 
 
 def _dump(response: CompletionResponse) -> dict[str, object]:

@@ -105,9 +105,14 @@ def tenant_index_dir(root: Path, home: Path, tenant: str) -> Path:
     base = default_index_dir(root, home)
     if tenant == DEFAULT_TENANT:
         return base
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", tenant)[:48]
     digest = hashlib.sha1(tenant.encode()).hexdigest()[:8]
-    return home / "indexes" / "tenants" / f"{safe}-{digest}" / f"{base.name}-{digest}"
+    return home / "indexes" / "tenants" / tenant_dir_name(tenant) / f"{base.name}-{digest}"
+
+
+def tenant_dir_name(tenant: str) -> str:
+    """A folder name for `tenant`'s files: readable, and distinct for distinct tenants."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", tenant)[:48]
+    return f"{safe}-{hashlib.sha1(tenant.encode()).hexdigest()[:8]}"
 
 
 def registered_repositories(home: Path) -> list[dict[str, Any]]:

@@ -223,6 +223,9 @@ class CompletionResponse(BaseModel):
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
+    adapter: str | None = Field(
+        None, description="Splice: the tenant's fine-tuned adapter that served it, if any"
+    )
     choices: list[Choice]
     usage: Usage
     timings: TimingInfo
@@ -286,3 +289,21 @@ class Health(BaseModel):
     fim_template: str
     adapter: str | None = None  # name of the LoRA adapter merged into the model, if any
     context_window: int
+
+
+class FineTuneRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    repository: str = Field(..., min_length=1, max_length=256, description="Id of one of your repositories")
+    method: Literal["lora", "sara"] = Field("lora", description="LoRA, or SaRA (sparse low-rank adaptation)")
+    max_steps: int = Field(
+        200, ge=1, description="Training steps (up to the server's finetune_max_steps_limit)"
+    )
+    time_limit_s: float | None = Field(
+        None,
+        gt=0,
+        le=7 * 86400,
+        description="Training budget: at the limit, the gate runs",
+    )
+    lintseq: bool = Field(True, description="Mix in LintSeq synthetic edit sequences")
+    history: bool = Field(True, description="Mix in edits from the repository's git history")

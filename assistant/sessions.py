@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -25,7 +26,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from splice.assistant.completions import CompletionService
+from splice.assistant.completions import CompletionService, public_adapter
 from splice.assistant.documents import (
     Change,
     DocumentError,
@@ -458,9 +459,17 @@ class EditorSession:
                 inp, _ = await self.completions.add_context(inp, self.tenant, job.uri)
                 if job.cancelled.is_set():  # replaced while its context was read
                     raise _Replaced
+                adapter = self.completions.adapter_for(self.tenant)
+                if key is not None:  # caches are per adapter: a switch never reuses another's KV
+                    key = dataclasses.replace(key, adapter=adapter)
                 # latest wins, also against a request of this document that is already queued
                 job.request = Request(
-                    inp, params, document=key, tenant=self.tenant, latest_wins=(id(self), job.uri)
+                    inp,
+                    params,
+                    document=key,
+                    tenant=self.tenant,
+                    adapter=adapter,
+                    latest_wins=(id(self), job.uri),
                 )
                 finished = await self.completions.run(job.request)
             except ApiError as exc:
@@ -481,6 +490,7 @@ class EditorSession:
                     if result.text
                     else [],
                     "finishReason": result.finish_reason,
+                    "adapter": public_adapter(job.request.adapter),
                     "usage": {
                         "prompt_tokens": result.prompt_tokens,
                         "completion_tokens": result.completion_tokens,

@@ -4,7 +4,7 @@ and a `.env` file; the CLI overrides individual fields."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -167,6 +167,29 @@ class Settings(BaseSettings):
         512, ge=0, description="Prompt tokens for repository context (snippets); 0 turns retrieval off"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+    # fine-tune jobs (POST /v1/fine-tunes, `splice worker`, `splice finetune --repo`)
+    finetune_batch_size: int = Field(4, ge=1, le=256, description="Fine-tune jobs: rows per step")
+    finetune_seq_len: int = Field(512, ge=64, le=8192, description="Fine-tune jobs: tokens per row")
+    finetune_gate_tasks: int = Field(
+        60, ge=1, le=5000, description="Fine-tune jobs: held-out lines the gate scores"
+    )
+    finetune_heldout_commits: int = Field(
+        20, ge=1, le=10_000, description="Fine-tune jobs: the newest commits whose files are held out"
+    )
+    finetune_lr: float | None = Field(
+        None, gt=0, description="Fine-tune jobs: learning rate (default per method)"
+    )
+    finetune_max_steps_limit: int = Field(5000, ge=1, description="The largest max_steps a job may ask for")
+
+    def finetune_overrides(self) -> dict[str, Any]:
+        """TeamJobSpec's fields that these settings fix for every job."""
+        return {
+            "batch_size": self.finetune_batch_size,
+            "seq_len": self.finetune_seq_len,
+            "gate_tasks": self.finetune_gate_tasks,
+            "heldout_commits": self.finetune_heldout_commits,
+            "lr": self.finetune_lr,
+        }
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(

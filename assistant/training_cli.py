@@ -127,7 +127,99 @@ def _finetune_config(args: argparse.Namespace) -> Any:
     return config
 
 
+def cmd_finetune_repo(args: argparse.Namespace) -> int:
+    """`splice finetune --repo PATH`: the fine-tune job of the service, in this process."""
+    from splice.assistant.adapter_registry import AdapterRegistry
+    from splice.assistant.settings import Settings
+    from splice.completion.models import ModelLoadError
+    from splice.training.repo_data import RepoDataError
+    from splice.training.team import TeamJobSpec, run_team_job
+    from splice.training.trainer import TrainingError
+
+    settings = Settings.model_validate({})
+    repo = Path(args.repo).expanduser().resolve()
+    out = Path(args.out) if args.out else settings.home / "finetune" / f"{repo.name}-{args.method or 'lora'}"
+    if args.restart:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+    try:
+        spec = TeamJobSpec(
+            repo=str(repo),
+            out=str(out),
+            model=args.model or settings.model,
+            base_adapter=args.base_adapter if args.base_adapter is not None else settings.adapter,
+            method=args.method or "lora",
+            max_steps=args.max_steps or 200,
+            time_limit_s=args.time_limit_s,
+            lr=args.lr,
+            lora_r=args.lora_r or 8,
+            batch_size=args.batch_size or settings.finetune_batch_size,
+            seq_len=args.seq_len or settings.finetune_seq_len,
+            use_lintseq=args.lintseq,
+            use_history=args.history,
+            edit_rate=args.edit_rate,
+            gate_tasks=args.gate_tasks or settings.finetune_gate_tasks,
+            heldout_commits=args.heldout_commits or settings.finetune_heldout_commits,
+            seed=args.seed or 0,
+            device=args.device or settings.device,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from exc
+    bar = _progress_bar("finetune", "step", args.quiet)
+    phase = {"name": ""}
+
+    def progress(p: dict[str, Any]) -> None:
+        if p["phase"] != phase["name"]:
+            phase["name"] = p["phase"]
+            bar.reset(total=p.get("max_steps") or p.get("total"))
+            bar.set_description(f"finetune {p['phase']}")
+        if p["phase"] == "train":
+            bar.update(int(p["step"]) - bar.n)
+            bar.set_postfix(loss=f"{float(p['loss']):.3f}", refresh=False)
+        elif "done" in p:
+            bar.update(int(p["done"]) - bar.n)
+
+    try:
+        report = run_team_job(spec, progress=progress)
+    except (RepoDataError, TrainingError, ModelLoadError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        bar.close()
+    if report["state"] != "trained":
+        print(f"stopped at step {report['step']}; run the same command again to resume", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(report, indent=2))
+    gate, data, training = report["gate"], report["data"], report["training"]
+    print(
+        f"repository {report['repository']}: {data['train_files']} training files, {data['heldout_files']} "
+        f"held out (newest {spec.heldout_commits} commits); {data['lintseq_samples']} LintSeq and "
+        f"{data['history_samples']} history samples"
+    )
+    title = f"held-out gate ({gate['tasks']} lines)"
+    print(f"{title:34} {'before':>8} {'after':>8} {'p-value':>8}")
+    rows = (("next-line exact match", "exact_match"), ("edit similarity", "edit_similarity"))
+    for label, key in (*rows, ("FIM middle loss", "middle_loss")):
+        row = gate[key]
+        print(f"{label:34} {row['before']:8.4f} {row['after']:8.4f} {row['p_value']:8.4f}")
+    print(
+        f"{report['method']}: {training['steps']} steps in {training['train_seconds']:.0f} s, "
+        f"{training['trained_parameters']:,} trained parameters; adapter in {report['adapter']}"
+    )
+    if not gate["beats_current"]:
+        print("the adapter does not beat the current model on the gate: not registered")
+        return 4
+    if args.tenant:
+        registry = AdapterRegistry(settings.home)
+        record = registry.register(args.tenant, Path(report["adapter"]), f"{repo.name}-{spec.method}")
+        print(f"registered as tenant {args.tenant!r}'s adapter {record.id}")
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
+    if args.repo:
+        return cmd_finetune_repo(args)
     from splice.completion.models import ModelLoadError
     from splice.training.export import export_adapter
     from splice.training.repo_context import corpus_repo_samples
@@ -396,6 +488,22 @@ def add_training_commands(sub: Any, eval_sub: Any) -> None:
         "--config (JSON or TOML, the fields of FinetuneConfig) and flags, flags winning. "
         "Runs on one CPU or GPU.",
     )
+    finetune.add_argument(
+        "--repo",
+        metavar="PATH",
+        help="fine-tune on this git checkout (a team's repository): FIM, LintSeq and git-history samples, "
+        "newest commits' files held out, gate before/after; the flags below that apply are honoured",
+    )
+    finetune.add_argument(
+        "--tenant", help="--repo: register the adapter for this tenant if it passes the gate"
+    )
+    finetune.add_argument("--base-adapter", help="--repo: the served base adapter (default: SPLICE_ADAPTER)")
+    finetune.add_argument("--lintseq", action=argparse.BooleanOptionalAction, default=True, help="--repo")
+    finetune.add_argument("--history", action=argparse.BooleanOptionalAction, default=True, help="--repo")
+    finetune.add_argument("--edit-rate", type=float, default=0.3, help="--repo: share of edit samples")
+    finetune.add_argument("--gate-tasks", type=int, help="--repo: held-out lines the gate scores")
+    finetune.add_argument("--heldout-commits", type=int, help="--repo: newest commits held out")
+    finetune.add_argument("--json", action="store_true", help="--repo: print the report as JSON")
     finetune.add_argument("--config", help="JSON or TOML file of FinetuneConfig fields")
     finetune.add_argument("--name", help="adapter name in its model card (default: the --out folder's name)")
     finetune.add_argument("--restart", action="store_true", help="ignore existing checkpoints in --out")

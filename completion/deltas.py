@@ -1,9 +1,9 @@
 """Per-request weight deltas: a tenant's fine-tuned adapter applied to the shared base model
 without merging it and without reloading anything.
 
-`DeltaRouter.install(model)` wraps the model's target linear layers once (`DeltaLinear`); each
-keeps the base layer and, per adapter name, either a LoRA pair (`A` [r, in], `B` [out, r], scale:
-`y += scale * (x Aᵀ) Bᵀ`) or a sparse matrix (SaRA's ΔW as a sparse COO matrix: `y += x ΔWᵀ`, O(nnz) per token).
+`DeltaRouter.add(name, folder)` wraps the adapter's linear layers once (`DeltaLinear`); each keeps
+the base layer and, per adapter name, either a LoRA pair (`A` [r, in], `B` [out, r], scale:
+`y += scale * (x Aᵀ) Bᵀ`) or SaRA's sparse ΔW (COO: `y += x ΔWᵀ`, O(nnz) per token).
 `router.use(name)` selects the adapter the next forwards apply (None: the base model alone); the
 step scheduler sets it around every step of a request, so one worker thread serves requests of
 different tenants with different adapters in turn. Until an adapter is added nothing is wrapped,
@@ -30,6 +30,11 @@ from torch import nn
 
 DELTA_META = "splice-adapter.json"
 DELTA_WEIGHTS = "delta.safetensors"
+
+
+def served_id(loaded: Any) -> str:
+    """What a delta adapter must have been trained on: the model and its merged base adapter."""
+    return f"{loaded.model_id}+{loaded.adapter_name}" if loaded.adapter_name else str(loaded.model_id)
 
 
 class DeltaError(ValueError):

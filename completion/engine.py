@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 from transformers import DynamicCache
 
+from splice.completion.deltas import DeltaRouter, served_id
 from splice.completion.document_cache import DocumentKey
 from splice.completion.drafting import DraftConfig
 from splice.completion.drift import next_token_drift
@@ -222,6 +223,8 @@ class CompletionEngine:
         self.config = config or EngineConfig()
         self.model = loaded.model
         self.runner = ModelRunner(loaded.model)  # every forward pass of this engine goes through it
+        # tenants' fine-tuned adapters, applied per request (nothing is wrapped until one is added)
+        self.deltas = DeltaRouter(loaded.model, served_id(loaded))
         self.tokenizer = loaded.tokenizer
         self.template: FimTemplate = resolve_template(self.tokenizer, self.config.fim_template)
         self.fim_mode = self.config.fim_mode

@@ -44,6 +44,7 @@ class Request:
     params: GenerationParams
     document: DocumentKey | None = None  # the document cache to reuse (None: encode the whole prompt)
     tenant: str = "default"
+    adapter: str | None = None  # the tenant's adapter (`engine.deltas` name) its forwards apply
     stream: bool = False  # emit TextDelta events while decoding
     audit: bool = False  # also compute what a full recompute gives (CompletionResult.audit; costly)
     latest_wins: Hashable | None = None  # a newer request with the same key cancels this one
@@ -241,13 +242,14 @@ class StepScheduler:
             self._post(entry, TextDelta(text))
 
         try:
-            entry.generation = self.engine.start(
-                request.input,
-                request.params,
-                document=request.document,
-                on_text=on_text if request.stream else None,
-                audit=request.audit,
-            )
+            with self.engine.deltas.use(request.adapter):
+                entry.generation = self.engine.start(
+                    request.input,
+                    request.params,
+                    document=request.document,
+                    on_text=on_text if request.stream else None,
+                    audit=request.audit,
+                )
         except Exception as exc:  # bad input the engine found (ValueError) or a real failure
             self._remove(entry)
             if request.cancelled.is_set():  # nobody waits for this answer any more
@@ -263,7 +265,8 @@ class StepScheduler:
                 generation.cancel()
                 done = True
             else:
-                done = generation.step()
+                with self.engine.deltas.use(entry.request.adapter):
+                    done = generation.step()
             if not done:
                 return
             result = generation.result()

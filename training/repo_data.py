@@ -255,9 +255,9 @@ def repository_dataset(
         raise RepoDataError(f"{root} is not a git checkout (no .git)")
     current: dict[str, str] = {}
     for source in walk(root, WalkConfig(max_file_bytes=max_file_bytes)):
-        data = (root / source.path).read_bytes()
-        if check_content(data, max_file_bytes) is None:
-            current[source.path] = data.decode("utf-8")
+        raw = (root / source.path).read_bytes()
+        if check_content(raw, max_file_bytes) is None:
+            current[source.path] = raw.decode("utf-8")
     if not current:
         raise RepoDataError(f"{root} has no source files the index would read")
     history = commits(root)

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from splice.completion.adapters import load_served_model
-from splice.completion.deltas import DELTA_META, DELTA_WEIGHTS, DeltaRouter
+from splice.completion.deltas import DELTA_META, DELTA_WEIGHTS, DeltaRouter, served_id
 from splice.completion.engine import CompletionEngine, EngineConfig
 from splice.completion.models import LoadedModel, parse_spec
 from splice.training.config import METHODS, FinetuneConfig
@@ -48,7 +48,7 @@ class TeamJobSpec:
     base_adapter: str | None = "default"  # the served base adapter (merged), as `splice serve --adapter`
     method: str = "lora"
     max_steps: int = 200
-    time_limit_s: float | None = None
+    time_limit_s: float | None = None  # a training budget: at the limit, training ends and the gate runs
     lr: float | None = None  # None: 5e-4 for LoRA, 2e-4 for SaRA
     lora_r: int = 8
     batch_size: int = 4
@@ -61,7 +61,7 @@ class TeamJobSpec:
     seed: int = 0
     current_adapter: str | None = None  # folder of the tenant's current adapter: the gate's "before"
     device: str = "auto"
-    data_limits: dict[str, int] = field(default_factory=dict)
+    data_limits: dict[str, Any] = field(default_factory=dict)  # repository_dataset's keyword arguments
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -70,11 +70,6 @@ class TeamJobSpec:
             raise ValueError(f"max_steps must be in 1..100000, got {self.max_steps}")
         if not 0.0 <= self.edit_rate < 1.0:
             raise ValueError(f"edit_rate must be in [0, 1), got {self.edit_rate}")
-
-
-def served_id(loaded: LoadedModel) -> str:
-    """What a delta adapter must have been trained on: the model and its merged base adapter."""
-    return f"{loaded.model_id}+{loaded.adapter_name}" if loaded.adapter_name else loaded.model_id
 
 
 def _load(spec: TeamJobSpec) -> LoadedModel:
@@ -171,7 +166,7 @@ def run_team_job(
         time_limit_s=spec.time_limit_s,
         repo_context=spec.edit_rate if (data.lintseq or data.history) else 0.0,
         eval_every=max(10, spec.max_steps // 4),
-        save_every=max(1, min(25, spec.max_steps // 4)),
+        save_every=max(1, min(25, spec.max_steps // 10)),  # a killed job loses at most a tenth
         eval_rows=8,
         seed=spec.seed,
         token_training="trainable_tokens",
@@ -193,7 +188,8 @@ def run_team_job(
         show_progress=show_progress,
         repo_samples=data.lintseq + data.history,
     )
-    if state.step < config.max_steps:  # time limit or signal: a checkpoint is saved, resume continues
+    out_of_budget = spec.time_limit_s is not None and state.train_seconds >= spec.time_limit_s - 1.0
+    if state.step < config.max_steps and not out_of_budget:  # a signal: the checkpoint is saved
         return {"state": "interrupted", "step": state.step}
     job.model.eval()
     after = _scores(CompletionEngine(job.loaded, EngineConfig()), tasks, "gate_after", report_progress)

@@ -31,7 +31,7 @@ def commit(root: Path, files: dict[str, str], when: int, message: str = "change"
     git(root, "commit", "-q", "-m", message, when=when)
 
 
-def team_repository(root: Path, functions: int = 5) -> Path:
+def team_repository(root: Path, functions: int = 5, newest_module: int = 0) -> Path:
     """pkg/core.py grows one function per commit; the newest commits change pkg/util.py and add
     tests/test_core.py; pkg/config.py holds a secret and vendor/ is vendored."""
     root.mkdir(parents=True)
@@ -51,4 +51,7 @@ def team_repository(root: Path, functions: int = 5) -> Path:
     )
     test = "from pkg.core import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n"
     commit(root, {"tests/test_core.py": test}, when=2000)
+    if newest_module:  # a newest file written like core.py: what a fine-tune should learn to complete
+        body = "".join(f"\n\ndef g{k}(x):\n    return x * {k}\n" for k in range(newest_module))
+        commit(root, {"pkg/more.py": "def add(a, b):\n    return a + b\n" + body}, when=3000)
     return root

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from splice.completion.deltas import DeltaError, DeltaRouter
+from splice.completion.deltas import DeltaError, DeltaRouter, served_id
 from splice.completion.models import load_model, parse_spec
-from splice.training.team import Cancelled, TeamJobSpec, run_team_job, served_id
+from splice.training.team import Cancelled, TeamJobSpec, run_team_job
 from splice_testkit.gitrepo import team_repository
 from splice_testkit.tiny import save_model_dir
 
