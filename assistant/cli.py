@@ -454,6 +454,10 @@ def main(argv: list[str] | None = None) -> int:
         from splice.bench.cluster import main as cluster_main
 
         return cluster_main(argv[2:])
+    if argv[:2] == ["bench", "finetune"]:  # fine-tuning variants side by side (see bench/finetune.py)
+        from splice.bench.finetune import main as finetune_main
+
+        return finetune_main(argv[2:])
     if argv[:2] == ["bench", "load"]:  # editors typing against a server (see bench/load.py)
         from splice.bench.load import main as load_main
 

@@ -60,9 +60,14 @@ def edit_similarity(a: str, b: str) -> float:
     return 1.0 - prev[-1] / max(len(a), len(b))
 
 
-def gate_tasks(files: dict[str, str], *, per_file: int = 4, limit: int = 80, seed: int = 0) -> list[GateTask]:
-    """Up to `per_file` lines from each file, `limit` in all, the same for the same files and seed."""
+def gate_tasks(
+    files: dict[str, str], *, per_file: int | None = None, limit: int = 80, seed: int = 0
+) -> list[GateTask]:
+    """Up to `per_file` lines from each file (default: enough for `limit` over the files, at least
+    4), `limit` in all, the same for the same files and seed."""
     rng = random.Random(seed)
+    if per_file is None:
+        per_file = max(4, -(-limit // max(len(files), 1)))
     tasks: list[GateTask] = []
     for path in sorted(files):
         lines = files[path].splitlines(keepends=True)
