@@ -66,10 +66,10 @@ def table(reports: list[dict[str, Any]]) -> str:
         em, es, loss = g["exact_match"], g["edit_similarity"], g["middle_loss"]
         step_s = t["train_seconds"] / max(t["steps"], 1)
         cost = f"{t['steps']:5d} {t['trained_parameters']:9,d} {step_s:7.2f} {t['peak_rss_mb']:7.0f}"
-        quality = (
-            f"{em['before']:.3f}→{em['after']:.3f}   {es['before']:.3f}→{es['after']:.3f}   {es['p_value']:6.3f}"
-        )
-        lossed = f"{loss['before']:.3f}→{loss['after']:.3f}   {loss['p_value']:7.3f} {g['beats_current']!s:>5}"
+        quality = f"{em['before']:.3f}→{em['after']:.3f}   {es['before']:.3f}→{es['after']:.3f}"
+        quality += f"   {es['p_value']:6.3f}"
+        lossed = f"{loss['before']:.3f}→{loss['after']:.3f}   {loss['p_value']:7.3f}"
+        lossed += f" {g['beats_current']!s:>5}"
         lines.append(f"{r['variant']:16} {cost} | {quality} | {lossed}")
     if reports:
         g = reports[0]["gate"]
