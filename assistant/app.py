@@ -21,6 +21,7 @@ from splice.assistant.documents import DocumentStore, InMemoryDocumentStore, Unk
 from splice.assistant.errors import ApiError, install_error_handlers
 from splice.assistant.events import EventStore, InMemoryEventStore, new_event
 from splice.assistant.finetune_jobs import (
+    ACCEPTED,
     FINAL,
     FineTuneJob,
     InlineRunner,
@@ -255,8 +256,13 @@ def create_app(
     async def events_route(request: Request, state: StateDep) -> EventResponse:
         tenant = state.tenant(request)
         ev = parse_body(await request.body(), EventRequest)
+        accepted = (
+            state.completions.served.accepted(tenant, ev.completion_id) if ev.type == "select" else None
+        )
         await state.events.record(
-            new_event(ev.type, ev.completion_id, ev.choice_index, ev.elapsed_ms, tenant=tenant)
+            new_event(
+                ev.type, ev.completion_id, ev.choice_index, ev.elapsed_ms, tenant=tenant, accepted=accepted
+            )
         )
         state.metrics.events.labels(type=ev.type).inc()
         return EventResponse()
@@ -276,6 +282,7 @@ def create_app(
                     "choice_index": e.choice_index,
                     "elapsed_ms": e.elapsed_ms,
                     "at": e.at,
+                    "accepted": e.accepted is not None,  # its text is kept as training data
                 }
                 for e in recent
             ]
@@ -345,6 +352,12 @@ def create_app(
             lintseq=req.lintseq,
             history=req.history,
         )
+        accepted = [e.accepted for e in await state.events.recent(tenant, 10_000) if e.accepted]
+        if accepted:  # the tenant's accepted completions become training data of this job
+            folder = state.settings.home / "jobs" / job.id
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+            lines = "".join(json.dumps(a) + "\n" for a in accepted)
+            await asyncio.to_thread((folder / ACCEPTED).write_text, lines)
         await asyncio.to_thread(state.jobs.create, job)
         await asyncio.to_thread(state.enqueue, job.id)
         return job.public()

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from splice.assistant.adapter_registry import AdapterRegistry
 from splice.assistant.errors import ApiError
+from splice.assistant.events import ServedCompletions
 from splice.assistant.metrics import Metrics
 from splice.assistant.repositories import RepositoryRegistry
 from splice.assistant.schemas import (
@@ -57,6 +58,7 @@ class CompletionService:
         self.settings = settings
         self.registry: RepositoryRegistry | None = None  # set by the app when retrieval is on
         self.adapters: AdapterRegistry | None = None  # set by the app: tenants' fine-tuned adapters
+        self.served = ServedCompletions()  # what a `select` event accepted, for fine-tuning data
         self._evictions_seen = 0
         metrics.document_budget.set(engine.kv.caches.budget_bytes)
 
@@ -307,7 +309,9 @@ class CompletionService:
             watcher.cancel()
         if request.cancelled.is_set():  # only the disconnect watcher cancels a REST request
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        body = self._response(_new_id(), finished.result, finished.queue_ms, req, snippets, request.adapter)
+        cid = _new_id()
+        self._remember(tenant, cid, req, request, finished.result)
+        body = self._response(cid, finished.result, finished.queue_ms, req, snippets, request.adapter)
         return JSONResponse(_dump(body))
 
     async def stream(self, req: CompletionRequest, http: HttpRequest, tenant: str = "default") -> Response:
@@ -335,6 +339,7 @@ class CompletionService:
                             yield _sse(_chunk(cid, self.engine.loaded.model_id, event.text, None))
                         elif isinstance(event, Finished):
                             result = event.result
+                            self._remember(tenant, cid, req, request, result)
                             final = _dump(
                                 self._response(cid, result, event.queue_ms, req, snippets, request.adapter)
                             )
@@ -347,6 +352,12 @@ class CompletionService:
 
         headers = {"Cache-Control": "no-cache"}
         return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
+    def _remember(
+        self, tenant: str, cid: str, req: CompletionRequest, request: Request, result: CompletionResult
+    ) -> None:
+        filepath = req.document or (req.segments.filepath if req.segments else None)
+        self.served.remember(tenant, cid, filepath, request.input.prefix, request.input.suffix, result.text)
 
     async def _watch_disconnect(self, http: HttpRequest, request: Request) -> None:
         while not request.cancelled.is_set():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +20,9 @@ class CompletionEvent:
     elapsed_ms: int | None
     tenant: str
     at: float
+    # on `select`: what was accepted, in the document it was accepted in (training data for the
+    # tenant's fine-tunes): {filepath, prefix, suffix, text}
+    accepted: dict[str, str] | None = None
 
 
 class EventStore(Protocol):
@@ -52,6 +55,45 @@ class InMemoryEventStore:
 
 
 def new_event(
-    type_: str, completion_id: str, choice_index: int, elapsed_ms: int | None, tenant: str
+    type_: str,
+    completion_id: str,
+    choice_index: int,
+    elapsed_ms: int | None,
+    tenant: str,
+    accepted: dict[str, str] | None = None,
 ) -> CompletionEvent:
-    return CompletionEvent(type_, completion_id, choice_index, elapsed_ms, tenant, time.time())
+    return CompletionEvent(type_, completion_id, choice_index, elapsed_ms, tenant, time.time(), accepted)
+
+
+class ServedCompletions:
+    """The last `capacity` completions served, per (tenant, completion id), with the document around
+    them, so that a `select` event can record what was accepted where. Bounded, in memory: a
+    select for a completion served by another replica or long ago records no text."""
+
+    PREFIX_CHARS = 6000
+    SUFFIX_CHARS = 3000
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._served: OrderedDict[tuple[str, str], dict[str, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, tenant: str, completion_id: str, filepath: str | None, prefix: str, suffix: str,
+                 text: str) -> None:  # fmt: skip
+        if not text or not filepath:
+            return
+        entry = {
+            "filepath": filepath,
+            "prefix": prefix[-self.PREFIX_CHARS :],
+            "suffix": suffix[: self.SUFFIX_CHARS],
+            "text": text,
+        }
+        with self._lock:
+            self._served[(tenant, completion_id)] = entry
+            self._served.move_to_end((tenant, completion_id))
+            while len(self._served) > self.capacity:
+                self._served.popitem(last=False)
+
+    def accepted(self, tenant: str, completion_id: str) -> dict[str, str] | None:
+        with self._lock:
+            return self._served.get((tenant, completion_id))

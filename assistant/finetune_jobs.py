@@ -36,6 +36,7 @@ from splice.assistant.settings import Settings
 log = logging.getLogger(__name__)
 
 FINAL = ("succeeded", "rejected", "failed", "cancelled")
+ACCEPTED = "accepted.jsonl"  # in the job's folder: the tenant's accepted completions when it was created
 
 
 def _now() -> str:
@@ -59,6 +60,7 @@ class FineTuneJob:
     loss: float | None = None
     eta_s: float | None = None
     gate: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None  # what it trained on: files, held-out files, sample counts
     adapter: str | None = None
     error: str | None = None
     cancel_requested: bool = False
@@ -243,13 +245,14 @@ def execute(
         use_lintseq=job.lintseq,
         use_history=job.history,
         current_adapter=str(current.folder) if current is not None else None,
+        accepted=str(out / ACCEPTED),
         device=settings.device,
         **settings.finetune_overrides(),
     )
     try:
         report = run_team_job(spec, progress=progress, should_stop=should_stop)
     except Cancelled:
-        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(out / "train", ignore_errors=True)
         return store.update(job_id, state="cancelled", phase="")
     except Exception as exc:  # a job's failure is the job's state, never the worker's death
         log.exception("fine-tune job %s failed", job_id)
@@ -258,11 +261,13 @@ def execute(
         return store.update(job_id, state="queued", phase="interrupted")
     gate = report["gate"]
     if not gate["beats_current"]:
-        return store.update(job_id, state="rejected", phase="", gate=gate, eta_s=0.0)
+        return store.update(job_id, state="rejected", phase="", gate=gate, data=report["data"], eta_s=0.0)
     record = adapters.register(
         job.tenant, Path(report["adapter"]), label=f"{Path(job.repo_path).name}-{job.method}"
     )
-    return store.update(job_id, state="succeeded", phase="", gate=gate, adapter=record.id, eta_s=0.0)
+    return store.update(
+        job_id, state="succeeded", phase="", gate=gate, data=report["data"], adapter=record.id, eta_s=0.0
+    )
 
 
 class InlineRunner:

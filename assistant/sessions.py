@@ -478,6 +478,9 @@ class EditorSession:
             result = finished.result
             if result.finish_reason == "cancelled" or job.cancelled.is_set():
                 raise _Replaced
+            self.completions.served.remember(
+                self.tenant, str(job.request_id), job.uri, inp.prefix, inp.suffix, result.text
+            )
             where = {"line": position.line, "character": position.character}
             t = result.timings
             await self.send(

@@ -26,6 +26,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from splice.retrieval.files import WalkConfig, check_content, check_path, walk
 from splice.retrieval.languages import language_for_path
@@ -63,6 +64,7 @@ class RepoDataset:
     lintseq: list[RepoSample] = field(default_factory=list)
     history: list[RepoSample] = field(default_factory=list)
     history_edits: int = 0
+    accepted: list[RepoSample] = field(default_factory=list)  # completions the team accepted
     skipped: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, object]:
@@ -75,6 +77,7 @@ class RepoDataset:
             "lintseq_samples": len(self.lintseq),
             "history_edits": self.history_edits,
             "history_samples": len(self.history),
+            "accepted_samples": len(self.accepted),
             "skipped": dict(self.skipped),
         }
 
@@ -234,6 +237,34 @@ def history_edits(
     return edits
 
 
+def accepted_samples(records: list[dict[str, str]], root: Path, allowed: set[str]) -> list[RepoSample]:
+    """Accepted completions (`select` events' {filepath, prefix, suffix, text}) in the `allowed`
+    files (the training files: not held out, not refused by the index): prefix, accepted text as
+    the middle, suffix."""
+    samples = []
+    for record in records:
+        rel = repository_path(record.get("filepath", ""), root)
+        if rel is None or rel not in allowed or not record.get("text", "").strip():
+            continue
+        samples.append(RepoSample("", rel, "", record["prefix"], record["text"], record["suffix"]))
+    return samples
+
+
+def repository_path(filepath: str, root: Path) -> str | None:
+    """`filepath` (a file:// uri, an absolute path, or a path relative to the repository) as a
+    POSIX path relative to `root`, if it names a file inside it."""
+    if filepath.startswith("file://"):
+        filepath = unquote(urlparse(filepath).path)
+    path = Path(filepath)
+    try:
+        rel = path.resolve().relative_to(root.resolve()) if path.is_absolute() else path
+    except ValueError:
+        return None
+    if ".." in rel.parts or not (root / rel).is_file():
+        return None
+    return rel.as_posix()
+
+
 def repository_dataset(
     root: Path,
     *,
@@ -248,6 +279,7 @@ def repository_dataset(
     seed: int = 0,
     use_lintseq: bool = True,
     use_history: bool = True,
+    accepted: list[dict[str, str]] | None = None,
     progress: Progress | None = None,
 ) -> RepoDataset:
     root = root.resolve()
@@ -289,5 +321,6 @@ def repository_dataset(
             sample = _insertion_sample(edit.path, edit.before, edit.after)
             if sample is not None:
                 data.history.append(sample)
+    data.accepted = accepted_samples(accepted or [], root, set(data.train_files))
     log.info("repository data: %s", data.summary())
     return data

@@ -60,6 +60,7 @@ class TeamJobSpec:
     heldout_commits: int = 20
     seed: int = 0
     current_adapter: str | None = None  # folder of the tenant's current adapter: the gate's "before"
+    accepted: str | None = None  # JSON lines of accepted completions ({filepath, prefix, suffix, text})
     device: str = "auto"
     data_limits: dict[str, Any] = field(default_factory=dict)  # repository_dataset's keyword arguments
 
@@ -128,6 +129,7 @@ def run_team_job(
         seed=spec.seed,
         use_lintseq=spec.use_lintseq,
         use_history=spec.use_history,
+        accepted=_read_jsonl(Path(spec.accepted)) if spec.accepted else None,
         **spec.data_limits,
     )
     tasks = gate_tasks(data.heldout_files, limit=spec.gate_tasks, seed=spec.seed)
@@ -164,7 +166,7 @@ def run_team_job(
         max_steps=spec.max_steps,
         warmup_steps=min(20, max(1, spec.max_steps // 10)),
         time_limit_s=spec.time_limit_s,
-        repo_context=spec.edit_rate if (data.lintseq or data.history) else 0.0,
+        repo_context=spec.edit_rate if (data.lintseq or data.history or data.accepted) else 0.0,
         eval_every=max(10, spec.max_steps // 4),
         save_every=max(1, min(25, spec.max_steps // 10)),  # a killed job loses at most a tenth
         eval_rows=8,
@@ -186,7 +188,7 @@ def run_team_job(
         list(data.heldout_files.values()),
         on_step=on_step,
         show_progress=show_progress,
-        repo_samples=data.lintseq + data.history,
+        repo_samples=data.lintseq + data.history + data.accepted,
     )
     out_of_budget = spec.time_limit_s is not None and state.train_seconds >= spec.time_limit_s - 1.0
     if state.step < config.max_steps and not out_of_budget:  # a signal: the checkpoint is saved
@@ -222,6 +224,12 @@ def run_team_job(
     }
     export_delta(job, out / "adapter", meta)
     return {"state": "trained", "adapter": str(out / "adapter"), **meta}
+
+
+def _read_jsonl(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _peak_rss_mb() -> float:

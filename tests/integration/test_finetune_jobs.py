@@ -128,6 +128,22 @@ def test_a_job_registers_the_tenants_adapter_and_only_that_tenant_uses_it(
 ) -> None:
     repo = client.post("/v1/repositories", json={"path": str(roots / "team-repo")}, headers=A).json()["id"]
     assert _ws_completion(client, A)["adapter"] is None
+    # an accepted completion in one of the repository's files becomes training data
+    core = roots / "team-repo" / "pkg" / "core.py"
+    served = client.post(
+        "/v1/completions",
+        json={"prompt": "def f1(x):\n    ", "max_tokens": 4, "document": str(core)},
+        headers=A,
+    ).json()
+    assert (
+        client.post(
+            "/v1/events", json={"type": "select", "completion_id": served["id"]}, headers=A
+        ).status_code
+        == 200
+    )
+    assert client.get("/v1/events", headers=A).json()["events"][-1]["accepted"] is (
+        served["choices"][0]["text"] != ""
+    )
     job = client.post("/v1/fine-tunes", json={"repository": repo, "max_steps": 40}, headers=A)
     assert job.status_code == 202, job.json()
     job_id = job.json()["id"]
@@ -136,6 +152,7 @@ def test_a_job_registers_the_tenants_adapter_and_only_that_tenant_uses_it(
     done = _wait(lambda: client.get(f"/v1/fine-tunes/{job_id}", headers=A).json(),
                  _finished)  # fmt: skip
     assert done["state"] == "succeeded", done["gate"]
+    assert done["data"]["accepted_samples"] == 1
     gate = done["gate"]
     assert gate["beats_current"] and gate["middle_loss"]["after"] < gate["middle_loss"]["before"]
     adapters = client.get("/v1/adapters", headers=A).json()

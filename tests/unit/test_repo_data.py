@@ -70,3 +70,22 @@ def test_huge_commits_are_skipped(repo: Path) -> None:
 def test_not_a_checkout_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RepoDataError, match="not a git checkout"):
         repository_dataset(tmp_path)
+
+
+def test_accepted_completions_in_the_repository_become_samples(repo: Path) -> None:
+    core = repo / "pkg" / "core.py"
+    records = [
+        {"filepath": core.as_uri(), "prefix": "def add(a, b):\n    ", "suffix": "\n", "text": "return a + b"},
+        {"filepath": "pkg/core.py", "prefix": "x = ", "suffix": "", "text": "1"},
+        {"filepath": "/elsewhere/core.py", "prefix": "", "suffix": "", "text": "outside"},  # not in the repo
+        {"filepath": "../team/pkg/core.py", "prefix": "", "suffix": "", "text": "climbs out"},
+        {"filepath": "tests/test_core.py", "prefix": "", "suffix": "", "text": "held out"},
+        {"filepath": "pkg/config.py", "prefix": "", "suffix": "", "text": "a secret file"},
+    ]
+    data = repository_dataset(repo, heldout_commits=1, heldout_min_files=1, accepted=records)
+    assert "tests/test_core.py" in data.heldout_files
+    assert [(s.path, s.middle) for s in data.accepted] == [
+        ("pkg/core.py", "return a + b"),
+        ("pkg/core.py", "1"),
+    ]
+    assert data.summary()["accepted_samples"] == 2
