@@ -117,9 +117,8 @@ def score(
         )
         result = engine.complete(inp, GenerationParams(max_tokens=max_tokens))
         got = first_line(result.text).strip()
-        scores.append(
-            TaskScore(got == task.target, edit_similarity(got, task.target), middle_loss(engine, task))
-        )
+        loss = middle_loss(engine, task, max_tokens=engine.config.max_prompt_tokens or 1536)
+        scores.append(TaskScore(got == task.target, edit_similarity(got, task.target), loss))
         if progress is not None:
             progress(n + 1, len(tasks))
     return scores

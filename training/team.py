@@ -57,6 +57,7 @@ class TeamJobSpec:
     use_history: bool = True
     edit_rate: float = 0.3  # fraction of samples drawn from LintSeq + history (when there are any)
     gate_tasks: int = 60
+    gate_context_tokens: int = 1024  # the gate's prompts (and loss windows): the last this many tokens
     heldout_commits: int = 20
     seed: int = 0
     current_adapter: str | None = None  # folder of the tenant's current adapter: the gate's "before"
@@ -75,6 +76,11 @@ class TeamJobSpec:
 
 def _load(spec: TeamJobSpec) -> LoadedModel:
     return load_served_model(parse_spec(spec.model), spec.base_adapter, device=spec.device, dtype="float32")
+
+
+def _gate_config(spec: TeamJobSpec) -> EngineConfig:
+    """Completions as served, with the prompt cut to `gate_context_tokens` (the gate's cost)."""
+    return EngineConfig(max_prompt_tokens=spec.gate_context_tokens)
 
 
 def _scores(
@@ -137,7 +143,7 @@ def run_team_job(
         raise ValueError("the held-out files have no lines to evaluate on")
     loaded = _load(spec)
     base_id = served_id(loaded)
-    engine = CompletionEngine(loaded, EngineConfig())
+    engine = CompletionEngine(loaded, _gate_config(spec))
     before_path = out / "gate-before.json"
     if before_path.is_file():
         before = [TaskScore(**s) for s in json.loads(before_path.read_text())]
@@ -149,7 +155,7 @@ def run_team_job(
                 before = _scores(engine, tasks, "gate_before", report_progress)
             # the router's wrappers stay; training needs plain linear layers: load again
             loaded = _load(spec)
-            engine = CompletionEngine(loaded, EngineConfig())
+            engine = CompletionEngine(loaded, _gate_config(spec))
         else:
             before = _scores(engine, tasks, "gate_before", report_progress)
         before_path.write_text(json.dumps([asdict(s) for s in before]))
@@ -194,7 +200,7 @@ def run_team_job(
     if state.step < config.max_steps and not out_of_budget:  # a signal: the checkpoint is saved
         return {"state": "interrupted", "step": state.step}
     job.model.eval()
-    after = _scores(CompletionEngine(job.loaded, EngineConfig()), tasks, "gate_after", report_progress)
+    after = _scores(CompletionEngine(job.loaded, _gate_config(spec)), tasks, "gate_after", report_progress)
     gate = paired_report(before, after)
     trained = (
         job.sara.trained_parameters()
