@@ -39,6 +39,10 @@ def run_variant(
         cmd += ["--time-limit-s", str(args.time_limit_s)]
     if mix == "no-edits":
         cmd += ["--no-lintseq", "--no-history"]
+    done = out / "adapter" / "splice-adapter.json"
+    if args.reuse and done.is_file():  # this variant finished in an earlier run of the bench
+        report = json.loads(done.read_text())
+        return {**report, "variant": variant, "bench_wall_s": report.get("wall_seconds")}
     out.mkdir(parents=True, exist_ok=True)
     if before is not None and before.is_file():
         shutil.copy(before, out / "gate-before.json")
@@ -87,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gate-tasks", type=int, default=80)
     parser.add_argument("--out", type=Path, default=Path("finetune-bench"))
     parser.add_argument("--json", type=Path, help="write every report here")
+    parser.add_argument(
+        "--reuse", action="store_true", help="take the variants already finished in --out as they are"
+    )
     args = parser.parse_args(argv)
     repo = args.repo.expanduser().resolve()
     if not (repo / ".git").exists():
