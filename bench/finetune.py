@@ -41,8 +41,8 @@ def run_variant(
         cmd += ["--no-lintseq", "--no-history"]
     done = out / "adapter" / "splice-adapter.json"
     if args.reuse and done.is_file():  # this variant finished in an earlier run of the bench
-        report = json.loads(done.read_text())
-        return {**report, "variant": variant, "bench_wall_s": report.get("wall_seconds")}
+        finished: dict[str, Any] = json.loads(done.read_text())
+        return {**finished, "variant": variant, "bench_wall_s": finished.get("wall_seconds")}
     out.mkdir(parents=True, exist_ok=True)
     if before is not None and before.is_file():
         shutil.copy(before, out / "gate-before.json")
