@@ -449,6 +449,8 @@ def train(
     )
     bar = _progress(cfg.max_steps, state.step, show_progress and ranks.is_main)
     log_line = (lambda record: _log_line(out, record)) if ranks.is_main else (lambda record: None)
+    if checkpoint is not None:
+        log_line({"event": "resume", "step": state.step, "checkpoint": checkpoint.name})
     started = time.perf_counter()
     base_seconds = state.train_seconds
     steps_this_run = 0
