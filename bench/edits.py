@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import re
 import statistics
 import sys
 import time
@@ -43,8 +42,7 @@ from splice.completion.pie import encode_full
 from splice.completion.pie_plan import REUSE_METHODS, ReuseMethod
 from splice.completion.token_edits import diff_tokens
 from splice.training.gate import edit_similarity
-
-HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+from splice.training.lintseq import HUNK, apply_unified_diff
 
 # edit-line: complete the step's first added line (the edit sits right before the cursor).
 # next-line: complete the first non-blank line `lines_after` lines below the step's last change
@@ -61,40 +59,6 @@ class Step:
     prefix: str  # prompt text: up to the target line's indentation
     suffix: str  # the rest of the file after the target line
     target: str  # the target line, without its indentation
-
-
-def apply_unified_diff(text: str, diff: str) -> str:
-    """Apply a unified diff (one file) to `text`; ValueError if a hunk does not match."""
-    lines = text.splitlines(keepends=True)
-    out: list[str] = []
-    cursor = 0
-    body = diff.splitlines(keepends=True)
-    i = 0
-    while i < len(body):
-        m = HUNK.match(body[i])
-        i += 1
-        if not m:
-            continue
-        start = int(m.group(1)) - (0 if m.group(2) == "0" else 1)
-        out.extend(lines[cursor:start])
-        cursor = start
-        while i < len(body) and not body[i].startswith("@@"):
-            tag, content = body[i][:1], body[i][1:]
-            i += 1
-            if tag == "\\":  # "\ No newline at end of file"
-                if out and out[-1].endswith("\n"):
-                    out[-1] = out[-1][:-1]
-                continue
-            if tag in (" ", "-"):
-                if cursor >= len(lines) or lines[cursor].rstrip("\r\n") != content.rstrip("\r\n"):
-                    raise ValueError(f"hunk does not match at line {cursor + 1}")
-                if tag == " ":
-                    out.append(lines[cursor])
-                cursor += 1
-            elif tag == "+":
-                out.append(content)
-    out.extend(lines[cursor:])
-    return "".join(out)
 
 
 def _new_file_lines(diff: str) -> Iterator[tuple[str, str, int]]:

@@ -19,6 +19,7 @@ import ast
 import difflib
 import itertools
 import random
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from pyflakes import messages as pyflakes_messages
 
 from splice.retrieval.chunking import LANGUAGES, parser_for
 
+HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 Opcode = Literal["replace", "delete", "insert", "equal"]
 Linter = Callable[[list[str]], set[int]]  # lines -> 0-based indexes of flagged lines
 
@@ -209,38 +211,36 @@ def edit_sequence(text: str, language: str, rng: random.Random, path: str = "fil
     return steps
 
 
-def apply_unified_diff(before: str, diff: str) -> str:
-    """Apply a unified diff made by `unified_diff` to `before` (strict: context must match)."""
-    src = before.splitlines(keepends=True)
+def apply_unified_diff(text: str, diff: str) -> str:
+    """Apply a unified diff (one file: `unified_diff`'s, or a real history's) to `text`; ValueError
+    if a hunk does not match."""
+    lines = text.splitlines(keepends=True)
     out: list[str] = []
-    pos = 0
-    lines = diff.splitlines(keepends=True)
+    cursor = 0
+    body = diff.splitlines(keepends=True)
     i = 0
-    while i < len(lines) and not lines[i].startswith("@@"):
+    while i < len(body):
+        m = HUNK.match(body[i])
         i += 1
-    while i < len(lines):
-        header = lines[i]
-        old_start = int(header.split()[1][1:].split(",")[0])
-        old_len_part = header.split()[1][1:].split(",")
-        old_len = int(old_len_part[1]) if len(old_len_part) > 1 else 1
-        start = old_start - 1 if old_len > 0 else old_start
-        out.extend(src[pos:start])
-        pos = start
-        i += 1
-        while i < len(lines) and not lines[i].startswith("@@"):
-            line = lines[i]
-            tag, body = line[0], line[1:]
-            if line.startswith("\\"):
-                i += 1
+        if not m:
+            continue
+        start = int(m.group(1)) - (0 if m.group(2) == "0" else 1)
+        out.extend(lines[cursor:start])
+        cursor = start
+        while i < len(body) and not body[i].startswith("@@"):
+            tag, content = body[i][:1], body[i][1:]
+            i += 1
+            if tag == "\\":  # "\ No newline at end of file"
+                if out and out[-1].endswith("\n"):
+                    out[-1] = out[-1][:-1]
                 continue
             if tag in (" ", "-"):
-                if pos >= len(src) or src[pos] != body:
-                    raise ValueError(f"diff context does not match at line {pos + 1}")
+                if cursor >= len(lines) or lines[cursor].rstrip("\r\n") != content.rstrip("\r\n"):
+                    raise ValueError(f"hunk does not match at line {cursor + 1}")
                 if tag == " ":
-                    out.append(body)
-                pos += 1
+                    out.append(lines[cursor])
+                cursor += 1
             elif tag == "+":
-                out.append(body)
-            i += 1
-    out.extend(src[pos:])
+                out.append(content)
+    out.extend(lines[cursor:])
     return "".join(out)
