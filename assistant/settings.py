@@ -173,6 +173,16 @@ class Settings(BaseSettings):
     finetune_gate_tasks: int = Field(
         60, ge=1, le=5000, description="Fine-tune jobs: held-out lines the gate scores"
     )
+    finetune_gate_test_tasks: int = Field(
+        12,
+        ge=0,
+        le=1000,
+        description="Fine-tune jobs: masked lines of tested held-out functions the gate checks by running "
+        "the repository's tests in the sandbox (0: off)",
+    )
+    finetune_gate_test_python: str | None = Field(
+        None, description="Fine-tune jobs: the Python that runs a repository's tests (default: this one)"
+    )
     finetune_heldout_commits: int = Field(
         20, ge=1, le=10_000, description="Fine-tune jobs: the newest commits whose files are held out"
     )
@@ -187,6 +197,8 @@ class Settings(BaseSettings):
             "batch_size": self.finetune_batch_size,
             "seq_len": self.finetune_seq_len,
             "gate_tasks": self.finetune_gate_tasks,
+            "gate_test_tasks": self.finetune_gate_test_tasks,
+            "gate_test_python": self.finetune_gate_test_python,
             "heldout_commits": self.finetune_heldout_commits,
             "lr": self.finetune_lr,
         }

@@ -160,6 +160,10 @@ def cmd_finetune_repo(args: argparse.Namespace) -> int:
             use_history=args.history,
             edit_rate=args.edit_rate,
             gate_tasks=args.gate_tasks or settings.finetune_gate_tasks,
+            gate_test_tasks=settings.finetune_gate_test_tasks
+            if args.gate_test_tasks is None
+            else args.gate_test_tasks,
+            gate_test_python=args.gate_test_python or settings.finetune_gate_test_python,
             heldout_commits=args.heldout_commits or settings.finetune_heldout_commits,
             seed=args.seed or 0,
             device=args.device or settings.device,
@@ -203,6 +207,12 @@ def cmd_finetune_repo(args: argparse.Namespace) -> int:
     for label, key in (*rows, ("FIM middle loss", "middle_loss")):
         row = gate[key]
         print(f"{label:34} {row['before']:8.4f} {row['after']:8.4f} {row['p_value']:8.4f}")
+    if "tests_pass_rate" in gate:
+        row = gate["tests_pass_rate"]
+        label = f"tests pass ({row['tasks']} masked lines)"
+        print(f"{label:34} {row['before']:8.4f} {row['after']:8.4f} {row['p_value']:8.4f}")
+    else:
+        print("tests pass rate: no held-out function has tests that run here (see --gate-test-python)")
     print(
         f"{report['method']}: {training['steps']} steps in {training['train_seconds']:.0f} s, "
         f"{training['trained_parameters']:,} trained parameters; adapter in {report['adapter']}"
@@ -502,6 +512,14 @@ def add_training_commands(sub: Any, eval_sub: Any) -> None:
     finetune.add_argument("--history", action=argparse.BooleanOptionalAction, default=True, help="--repo")
     finetune.add_argument("--edit-rate", type=float, default=0.3, help="--repo: share of edit samples")
     finetune.add_argument("--gate-tasks", type=int, help="--repo: held-out lines the gate scores")
+    finetune.add_argument(
+        "--gate-test-tasks",
+        type=int,
+        help="--repo: masked lines of tested held-out functions checked by the repository's tests (0: off)",
+    )
+    finetune.add_argument(
+        "--gate-test-python", help="--repo: the Python that runs the repository's tests (its virtualenv's)"
+    )
     finetune.add_argument("--heldout-commits", type=int, help="--repo: newest commits held out")
     finetune.add_argument("--json", action="store_true", help="--repo: print the report as JSON")
     finetune.add_argument("--config", help="JSON or TOML file of FinetuneConfig fields")

@@ -2,7 +2,8 @@
 
 Each variant runs `splice finetune --repo REPO --json` in its own process (so that peak memory is
 its own) with the same held-out split, gate tasks, seed and training budget, and the table shows
-the gate's before/after numbers (held-out files of the newest commits), with paired p-values,
+the gate's before/after numbers (held-out files of the newest commits; next-line match, FIM loss,
+and the pass rate of the repository's tests on masked lines of tested functions), with paired p-values,
 plus trained parameters, step time and peak RSS. The gate's "before" scores are computed once per
 repository and reused by every variant (same tasks, same served model).
 
@@ -34,7 +35,10 @@ def run_variant(
         sys.executable, "-m", "splice.assistant.cli", "finetune", "--repo", str(repo), "--out", str(out),
         "--method", method, "--max-steps", str(args.max_steps), "--json", "--quiet",
         "--heldout-commits", str(args.heldout_commits), "--gate-tasks", str(args.gate_tasks),
+        "--gate-test-tasks", str(args.gate_test_tasks),
     ]  # fmt: skip
+    if args.gate_test_python:
+        cmd += ["--gate-test-python", args.gate_test_python]
     if args.time_limit_s:
         cmd += ["--time-limit-s", str(args.time_limit_s)]
     if mix == "no-edits":
@@ -44,8 +48,10 @@ def run_variant(
         finished: dict[str, Any] = json.loads(done.read_text())
         return {**finished, "variant": variant, "bench_wall_s": finished.get("wall_seconds")}
     out.mkdir(parents=True, exist_ok=True)
-    if before is not None and before.is_file():
-        shutil.copy(before, out / "gate-before.json")
+    if before is not None:  # the first variant's gate tasks and "before" scores
+        for name in ("gate-before.json", "gate-tested.json"):
+            if (before / name).is_file():
+                shutil.copy(before / name, out / name)
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)
     wall = time.perf_counter() - started
@@ -62,7 +68,8 @@ def run_variant(
 def table(reports: list[dict[str, Any]]) -> str:
     head = (
         f"{'variant':16} {'steps':>5} {'params':>9} {'s/step':>7} {'RSS MB':>7} | "
-        f"{'EM b→a':>13} {'ES b→a':>13} {'p(ES)':>6} | {'loss b→a':>13} {'p(loss)':>7} {'beats':>5}"
+        f"{'EM b→a':>13} {'ES b→a':>13} {'p(ES)':>6} | {'loss b→a':>13} {'p(loss)':>7} | "
+        f"{'tests b→a':>13} {'p':>6} {'beats':>5}"
     )
     lines = [head, "-" * len(head)]
     for r in reports:
@@ -72,12 +79,21 @@ def table(reports: list[dict[str, Any]]) -> str:
         cost = f"{t['steps']:5d} {t['trained_parameters']:9,d} {step_s:7.2f} {t['peak_rss_mb']:7.0f}"
         quality = f"{em['before']:.3f}→{em['after']:.3f}   {es['before']:.3f}→{es['after']:.3f}"
         quality += f"   {es['p_value']:6.3f}"
-        lossed = f"{loss['before']:.3f}→{loss['after']:.3f}   {loss['p_value']:7.3f}"
+        lossed = f"{loss['before']:.3f}→{loss['after']:.3f}   {loss['p_value']:7.3f} | "
+        tests = g.get("tests_pass_rate")
+        if tests:
+            lossed += f"{tests['before']:.3f}→{tests['after']:.3f}   {tests['p_value']:6.3f}"
+        else:
+            lossed += f"{'—':>13} {'':6}"
         lossed += f" {g['beats_current']!s:>5}"
         lines.append(f"{r['variant']:16} {cost} | {quality} | {lossed}")
     if reports:
         g = reports[0]["gate"]
-        lines.append(f"(gate: {g['tasks']} held-out lines; p-values: exact sign tests, paired by line)")
+        tested = g.get("tests_pass_rate", {}).get("tasks", 0)
+        lines.append(
+            f"(gate: {g['tasks']} held-out lines, {tested} of them masked lines of tested functions checked "
+            "by the repository's tests; p-values: exact sign/McNemar tests, paired by line)"
+        )
     return "\n".join(lines)
 
 
@@ -89,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit-s", type=float, help="training budget per variant")
     parser.add_argument("--heldout-commits", type=int, default=5)
     parser.add_argument("--gate-tasks", type=int, default=80)
+    parser.add_argument(
+        "--gate-test-tasks", type=int, default=12, help="masked lines of tested functions (0: off)"
+    )
+    parser.add_argument("--gate-test-python", help="the Python that runs the repository's tests")
     parser.add_argument("--out", type=Path, default=Path("finetune-bench"))
     parser.add_argument("--json", type=Path, help="write every report here")
     parser.add_argument(
@@ -105,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out / repo.name / variant.replace(":", "-")
         print(f"[{repo.name}] {variant} ...", file=sys.stderr, flush=True)
         reports.append(run_variant(repo, variant, out, args, before))
-        before = out / "gate-before.json"
+        before = out
         print(table(reports[-1:]), file=sys.stderr, flush=True)
     data = reports[0]["data"]
     print(

@@ -10,9 +10,12 @@ middle of that prompt (teacher forcing, the training layout).
 
 Paired tests, exact (no normal approximation, no scipy): McNemar's for exact match (the tasks one
 side gets right and the other wrong), the sign test for edit similarity and loss (ties dropped).
-An adapter *beats* the current one when its mean middle loss is lower and its mean edit
-similarity is not lower; the p-values are reported, not required (a short CPU run on a few hundred
-lines rarely reaches significance, and the report says so).
+Tasks from `masked_tests` also carry the repository's tests for their line: the completed line is
+put in place and the tests run in the sandbox; the report's `tests_pass_rate` pairs them the same
+way (McNemar). An adapter *beats* the current one when its mean middle loss is lower, its mean edit
+similarity is not lower, and (when there are tested tasks) its test pass rate is not lower; the
+p-values are reported, not required (a short CPU run on a few hundred lines rarely reaches
+significance, and the report says so).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +42,7 @@ class GateTask:
     prefix: str  # the document up to the line, plus the line's indentation
     target: str  # the rest of the line
     suffix: str  # the document after the line
+    tests: tuple[str, ...] = ()  # pytest node ids that check the line (`masked_tests`)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class TaskScore:
     exact: bool
     similarity: float
     loss: float
+    tests_passed: bool | None = None  # the task's tests with the completed line; None: no tests
 
 
 def edit_similarity(a: str, b: str) -> float:
@@ -104,21 +109,34 @@ def middle_loss(engine: CompletionEngine, task: GateTask, max_tokens: int = 1536
     return float(F.cross_entropy(logits[mask], targets[mask])) if bool(mask.any()) else 0.0
 
 
+class TestRunner(Protocol):
+    def passes(self, path: str, text: str, nodeids: tuple[str, ...]) -> bool: ...
+
+
 def score(
     engine: CompletionEngine,
     tasks: list[GateTask],
     max_tokens: int = 32,
     progress: Callable[[int, int], None] | None = None,
+    tests: TestRunner | None = None,
 ) -> list[TaskScore]:
+    """Each task's completion scored against the true line; tasks with tests also run them with
+    the completed line in place (through `tests`, which every task with tests needs)."""
     scores = []
     for n, task in enumerate(tasks):
         inp = CompletionInput(
             task.prefix, task.suffix, language=language_for_path(task.path), filepath=task.path
         )
         result = engine.complete(inp, GenerationParams(max_tokens=max_tokens))
-        got = first_line(result.text).strip()
+        line = first_line(result.text)
+        got = line.strip()
         loss = middle_loss(engine, task, max_tokens=engine.config.max_prompt_tokens or 1536)
-        scores.append(TaskScore(got == task.target, edit_similarity(got, task.target), loss))
+        passed = None
+        if task.tests:
+            if tests is None:
+                raise ValueError(f"{task.path}:{task.line + 1} has tests and no test runner was given")
+            passed = tests.passes(task.path, task.prefix + line.rstrip() + "\n" + task.suffix, task.tests)
+        scores.append(TaskScore(got == task.target, edit_similarity(got, task.target), loss, passed))
         if progress is not None:
             progress(n + 1, len(tasks))
     return scores
@@ -170,9 +188,26 @@ def paired_report(before: list[TaskScore], after: list[TaskScore]) -> dict[str, 
             **sign(loss_diff),
         },
     }
+    tested = [
+        (b.tests_passed, a.tests_passed)
+        for b, a in zip(before, after, strict=True)
+        if b.tests_passed is not None and a.tests_passed is not None
+    ]
+    if tested:
+        t_gained = sum((not b) and a for b, a in tested)
+        t_lost = sum(b and not a for b, a in tested)
+        report["tests_pass_rate"] = {
+            "tasks": len(tested),
+            "before": round(sum(b for b, _ in tested) / len(tested), 4),
+            "after": round(sum(a for _, a in tested) / len(tested), 4),
+            "gained": t_gained,
+            "lost": t_lost,
+            "p_value": round(_binomial_two_sided(min(t_gained, t_lost), t_gained + t_lost), 4),
+        }
     beats = (
         report["middle_loss"]["after"] < report["middle_loss"]["before"]
         and report["edit_similarity"]["after"] >= report["edit_similarity"]["before"]
+        and (not tested or report["tests_pass_rate"]["after"] >= report["tests_pass_rate"]["before"])
     )
     report["beats_current"] = beats
     return report

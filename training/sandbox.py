@@ -95,7 +95,7 @@ class RunResult:
         return self.status == "passed"
 
 
-def _world_executable(path: str) -> bool:
+def world_executable(path: str) -> bool:
     """Whether a user with no special rights can run `path` (every directory on the way searchable)."""
     real = Path(os.path.realpath(path))
     try:
@@ -108,10 +108,10 @@ def _world_executable(path: str) -> bool:
 
 def sandbox_interpreter(as_nobody: bool) -> str:
     """This interpreter, or, when `nobody` cannot run it (a Python under /root), the system's python3."""
-    if not as_nobody or _world_executable(sys.executable):
+    if not as_nobody or world_executable(sys.executable):
         return sys.executable
     for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if _world_executable(candidate):
+        if world_executable(candidate):
             return candidate
     return ""
 
@@ -178,11 +178,18 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def run_program(source: str, limits: SandboxLimits | None = None) -> RunResult:
-    """Execute `source` as a Python program under `limits`; passed means exit status 0 in time."""
+def run_program(
+    source: str, limits: SandboxLimits | None = None, *, interpreter: str | None = None
+) -> RunResult:
+    """Execute `source` as a Python program under `limits`; passed means exit status 0 in time.
+    `interpreter`: another Python to run it with (a repository's own virtualenv); it must be one
+    that `nobody` can run when the harness is root and drops privileges."""
     limits = limits or SandboxLimits()
     as_nobody = limits.drop_privileges and os.geteuid() == 0
-    interpreter = sandbox_interpreter(as_nobody)
+    if interpreter is None:
+        interpreter = sandbox_interpreter(as_nobody)
+    elif as_nobody and not world_executable(interpreter):
+        raise ValueError(f"the sandbox runs as nobody, who cannot run {interpreter}")
     if not interpreter:  # no interpreter nobody may run: stay root (no process limit; the group kill remains)
         as_nobody, interpreter = False, sys.executable
     uid = _NOBODY if as_nobody else os.getuid()

@@ -28,6 +28,7 @@ from splice.completion.engine import CompletionEngine, EngineConfig
 from splice.completion.models import LoadedModel, parse_spec
 from splice.training.config import METHODS, FinetuneConfig
 from splice.training.gate import GateTask, TaskScore, gate_tasks, paired_report, score
+from splice.training.masked_tests import RepoTestRunner, masked_line_tasks
 from splice.training.repo_data import RepoDataset, repository_dataset
 from splice.training.trainer import Job, TrainState, prepare_model, train
 
@@ -57,6 +58,8 @@ class TeamJobSpec:
     use_history: bool = True
     edit_rate: float = 0.3  # fraction of samples drawn from LintSeq + history (when there are any)
     gate_tasks: int = 60
+    gate_test_tasks: int = 12  # masked lines of tested functions, checked by the repository's tests
+    gate_test_python: str | None = None  # the interpreter for those tests (default: this one)
     gate_context_tokens: int = 1024  # the gate's prompts (and loss windows): the last this many tokens
     heldout_commits: int = 20
     seed: int = 0
@@ -70,6 +73,8 @@ class TeamJobSpec:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not 1 <= self.max_steps <= 100_000:
             raise ValueError(f"max_steps must be in 1..100000, got {self.max_steps}")
+        if not 0 <= self.gate_test_tasks <= 1000:
+            raise ValueError(f"gate_test_tasks must be in 0..1000, got {self.gate_test_tasks}")
         if not 0.0 <= self.edit_rate < 1.0:
             raise ValueError(f"edit_rate must be in [0, 1), got {self.edit_rate}")
 
@@ -84,12 +89,41 @@ def _gate_config(spec: TeamJobSpec) -> EngineConfig:
 
 
 def _scores(
-    engine: CompletionEngine, tasks: list[GateTask], phase: str, progress: Progress
+    engine: CompletionEngine,
+    tasks: list[GateTask],
+    phase: str,
+    progress: Progress,
+    tests: RepoTestRunner,
 ) -> list[TaskScore]:
     def tick(done: int, total: int) -> None:
         progress({"phase": phase, "done": done, "total": total})
 
-    return score(engine, tasks, progress=tick)
+    return score(engine, tasks, progress=tick, tests=tests)
+
+
+def _tested_tasks(
+    spec: TeamJobSpec, data: RepoDataset, tests: RepoTestRunner, out: Path, progress: Progress
+) -> list[GateTask]:
+    """The masked-line tasks of tested held-out functions, found once per job (it runs the tests)."""
+    path = out / "gate-tested.json"
+    if path.is_file():
+        return [GateTask(**{**t, "tests": tuple(t["tests"])}) for t in json.loads(path.read_text())]
+    found: list[GateTask] = []
+    if spec.gate_test_tasks:
+
+        def tick(done: int, total: int) -> None:
+            progress({"phase": "gate_tests", "done": done, "total": total})
+
+        found = masked_line_tasks(
+            {**data.train_files, **data.heldout_files},
+            data.heldout_files,
+            tests,
+            limit=spec.gate_test_tasks,
+            seed=spec.seed,
+            progress=tick,
+        )
+    path.write_text(json.dumps([asdict(t) for t in found]))
+    return found
 
 
 def export_delta(job: Job, out: Path, meta: dict[str, Any]) -> Path:
@@ -138,7 +172,22 @@ def run_team_job(
         accepted=_read_jsonl(Path(spec.accepted)) if spec.accepted else None,
         **spec.data_limits,
     )
+    with RepoTestRunner(Path(spec.repo), python=spec.gate_test_python) as tests:
+        return _run(spec, data, tests, out, report_progress, should_stop, show_progress, started)
+
+
+def _run(
+    spec: TeamJobSpec,
+    data: RepoDataset,
+    tests: RepoTestRunner,
+    out: Path,
+    report_progress: Progress,
+    should_stop: Callable[[], bool] | None,
+    show_progress: bool,
+    started: float,
+) -> dict[str, Any]:
     tasks = gate_tasks(data.heldout_files, limit=spec.gate_tasks, seed=spec.seed)
+    tasks += _tested_tasks(spec, data, tests, out, report_progress)
     if not tasks:
         raise ValueError("the held-out files have no lines to evaluate on")
     loaded = _load(spec)
@@ -152,12 +201,12 @@ def run_team_job(
             router = DeltaRouter(loaded.model, base_id)
             router.add("current", Path(spec.current_adapter))
             with router.use("current"):
-                before = _scores(engine, tasks, "gate_before", report_progress)
+                before = _scores(engine, tasks, "gate_before", report_progress, tests)
             # the router's wrappers stay; training needs plain linear layers: load again
             loaded = _load(spec)
             engine = CompletionEngine(loaded, _gate_config(spec))
         else:
-            before = _scores(engine, tasks, "gate_before", report_progress)
+            before = _scores(engine, tasks, "gate_before", report_progress, tests)
         before_path.write_text(json.dumps([asdict(s) for s in before]))
 
     config = FinetuneConfig(
@@ -202,7 +251,9 @@ def run_team_job(
     if state.step < config.max_steps and not out_of_budget:  # a signal: the checkpoint is saved
         return {"state": "interrupted", "step": state.step}
     job.model.eval()
-    after = _scores(CompletionEngine(job.loaded, _gate_config(spec)), tasks, "gate_after", report_progress)
+    after = _scores(
+        CompletionEngine(job.loaded, _gate_config(spec)), tasks, "gate_after", report_progress, tests
+    )
     gate = paired_report(before, after)
     trained = (
         job.sara.trained_parameters()
