@@ -153,6 +153,7 @@ def run(
     for k in KS:
         result[f"recall@{k}"] = round(sum(1 for r in ranks if r is not None and r <= k) / n, 4)
     result["recall@budget"] = round(sum(in_budget) / n, 4)
+    result["by_directory"] = recall_by_directory(tasks, ranks)
     result["em_with"] = None
     result["em_without"] = None
     if engine is not None:
@@ -195,6 +196,26 @@ def run(
     result["file_sep"] = file_sep
     result["adapter"] = engine.loaded.adapter_name if engine is not None else None
     return result
+
+
+def top_directory(path: str) -> str:
+    """The first folder of a repository path (`tests`, `src`, `docs`, `examples`), `.` at the root."""
+    return path.split("/", 1)[0] if "/" in path else "."
+
+
+def recall_by_directory(
+    tasks: list[Task], ranks: list[int | None], k: int = 5
+) -> dict[str, dict[str, float]]:
+    """recall@k per top folder of the task's file (where the cursor is), and per top folder of the
+    defining file (where the answer is)."""
+    out: dict[str, dict[str, float]] = {}
+    for side, key in (("task", lambda t: t.path), ("defined", lambda t: t.defined_in)):
+        groups: dict[str, list[bool]] = {}
+        for task, rank in zip(tasks, ranks, strict=True):
+            groups.setdefault(f"{side}:{top_directory(key(task))}", []).append(rank is not None and rank <= k)
+        for name, hits in sorted(groups.items()):
+            out[name] = {"tasks": len(hits), f"recall@{k}": round(sum(hits) / len(hits), 4)}
+    return out
 
 
 def _cost(count: Callable[[str], int], style: RenderStyle) -> Callable[[Snippet], int]:
@@ -250,6 +271,10 @@ def print_table(result: dict[str, object]) -> None:
     keys += [k for k in ("em_only_with", "em_only_without", "em_mcnemar_p") if k in result]
     keys += ["index_files_per_s", "update_ms_p50", "update_ms_p99"]
     print(f"| {result['repo']} | " + " | ".join(f"{k}={result[k]}" for k in keys) + " |")
+    groups = result.get("by_directory")
+    if isinstance(groups, dict) and groups:
+        cells = [f"{name} {g['recall@5']:.2f} ({g['tasks']})" for name, g in groups.items()]
+        print("  recall@5 by folder: " + ", ".join(cells))
 
 
 def main(argv: list[str] | None = None) -> int:

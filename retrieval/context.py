@@ -23,6 +23,7 @@ import math
 import posixpath
 import re
 import textwrap
+import time
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -94,6 +95,9 @@ class ContextOptions:
     cooccurrence_weight: float = 0.5  # ... weighted by their BM25 score relative to the best
     cooccurrence_names: int = 12  # names found only there that are looked up
     cooccurrence_min: float = 0.5
+    module_api_names: int = 16  # a package imported whole and used (`click.x`): its most used exports
+    module_api_weight: float = 0.25  # ... weighted by their use across the repository
+    popularity_refresh_s: float = 60.0  # how stale that repository-wide count may get
 
 
 @dataclass
@@ -126,8 +130,10 @@ class _Usage:
             qualified_counts.update(_QUALIFIED.findall(line))
         for name, n in self.counts.items():
             self.bare[name] += opts.file_weight * math.log1p(n)
+        self.module_uses: Counter[str] = Counter()  # `module.x` uses in the body, per module
         for pair, n in qualified_counts.items():
             self.qualified[pair] += opts.file_weight * math.log1p(n)
+            self.module_uses[pair[0]] += n
 
     def weight(self, name: str) -> float:
         return self.bare.get(name, 0.0)
@@ -243,6 +249,7 @@ class ContextAssembler:
     def __init__(self, index: RepositoryIndex, options: ContextOptions | None = None) -> None:
         self.index = index
         self.options = options or ContextOptions()
+        self._popular: tuple[int, float, Counter[str]] | None = None  # (store version, when, counts)
 
     # -- public ---------------------------------------------------------------------------
 
@@ -383,8 +390,73 @@ class ContextAssembler:
             elif len({c.path for c in defs}) <= opts.rare_name_limit:
                 add(name, w, 0.4, defs)
 
+        # a package imported whole: the names of its public API that the repository uses most,
+        # which code that imports it is likely to use next (`import click` ... `click.echo(`);
+        # last, so that nothing above boosts them: a prior, below any evidence near the cursor
+        if opts.module_api_names:
+            self._module_api(by_local, usage, lang, add)
         ranked = sorted(found.values(), key=lambda c: -(c.prior * c.weight))[: opts.max_definitions]
         return self._group_by_file(ranked)
+
+    def _popularity(self) -> Counter[str]:
+        """Name -> how many files of the repository use it. Counted over the whole index, and
+        counted again when the index has changed and the count is older than
+        `popularity_refresh_s` (a prior need not follow every keystroke)."""
+        store = self.index.store
+        now = time.monotonic()
+        cached = self._popular
+        if cached is not None and (
+            cached[0] == store.version or now - cached[1] < self.options.popularity_refresh_s
+        ):
+            return cached[2]
+        counts: Counter[str] = Counter()
+        for path in store.paths():
+            names: set[str] = set()
+            for chunk in store.chunks_in_file(path):
+                names.update(IDENTIFIER.findall(chunk.text))
+            counts.update(names)
+        self._popular = (store.version, now, counts)
+        return counts
+
+    def _exports(self, files: Sequence[str], lang: str, depth: int = 0) -> set[str]:
+        """The public names a module's files define or import (a package `__init__` re-exports),
+        following `from .x import *` two hops."""
+        store = self.index.store
+        names: set[str] = set()
+        for f in files:
+            names.update(c.name for c in store.chunks_in_file(f) if c.name and "." not in c.qualname)
+            for imp in store.imports_of(f):
+                if imp.name == "*" and depth < 2:
+                    names |= self._exports(self.index.resolver.resolve(f, lang, imp), lang, depth + 1)
+                elif imp.name:
+                    names.add(imp.local or imp.name)
+        return {n for n in names if n and not n.startswith("_") and is_meaningful(n)}
+
+    def _module_api(
+        self,
+        by_local: dict[str, list[str]],
+        usage: _Usage,
+        lang: str,
+        add: Callable[[str, float, float, list[StoredChunk]], None],
+    ) -> None:
+        opts = self.options
+        popular = self._popularity()
+        for mod_local, files in by_local.items():
+            if not any(f.endswith("__init__.py") for f in files):
+                continue  # a package's public API (`import click`), not a sibling module's helpers
+            if not usage.module_uses[mod_local]:
+                continue  # code that has not used `module.x` yet is not about to use its API
+            # the defining file and a re-exporting `__init__` count 2: used elsewhere means more
+            exports = [n for n in self._exports(files, lang) if popular.get(n, 0) > 2]
+            if not exports:
+                continue
+            exports.sort(key=lambda n: (-popular[n], n))
+            top = math.log1p(popular[exports[0]])
+            for name in exports[: opts.module_api_names]:
+                chunks = self._resolve_name(name, files, lang)
+                if chunks:
+                    w = opts.module_api_weight * math.log1p(popular[name]) / top
+                    add(name, w, 0.6, chunks)
 
     def _group_by_file(self, ranked: list[_Candidate]) -> list[Snippet]:
         """One snippet per defining file, its definitions best first: the best few shown whole

@@ -328,6 +328,11 @@ class IndexStore:
             rows = self._db.execute("SELECT path FROM files WHERE module = ?", (module,)).fetchall()
         return [r[0] for r in rows]
 
+    @property
+    def version(self) -> int:
+        """Bumped by every write (in this process)."""
+        return self._version
+
     def paths(self) -> list[str]:
         with self._lock:
             return [r[0] for r in self._db.execute("SELECT path FROM files ORDER BY path")]

@@ -13,6 +13,7 @@ import pytest
 
 from splice.retrieval.context import (
     ContextAssembler,
+    ContextOptions,
     ContextSlots,
     RenderStyle,
     Snippet,
@@ -443,3 +444,44 @@ def test_slots_keep_at_most_max_snippets() -> None:
     slots = ContextSlots(max_snippets=2)
     chosen = slots.arrange("doc", [_snip("a"), _snip("b"), _snip("c")], 100, lambda s: 10)
     assert [s.key for s in chosen] == ["b", "a"]
+
+
+# --- a package's public API (whole-repository checkouts: tests use `pkg.name`) ---
+
+API_REPO = {
+    "pkg/__init__.py": "from .utils import echo, command, rarely_used\nfrom .core import *\n",
+    "pkg/utils.py": "def echo(message):\n    print(message)\n\n\ndef command(f):\n    return f\n\n\ndef rarely_used():\n    return 0\n",
+    "pkg/core.py": "__all__ = ['Thing']\n\n\nclass Thing:\n    def run(self):\n        return 1\n",
+    "pkg/helpers.py": "def sibling_helper():\n    return 2\n",
+    **{
+        f"examples/app{i}.py": f"import pkg\n\n\n@pkg.command\ndef main{i}():\n    pkg.echo('hi')\n    return pkg.Thing().run()\n"
+        for i in range(4)
+    },
+}
+
+
+def test_a_package_imported_whole_brings_its_most_used_api(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    write(root, API_REPO)
+    index = RepositoryIndex(root, tmp_path / "index")
+    index.build()
+    try:
+        prefix = "import pkg\n\n\ndef test_main():\n    pkg.command(print)\n    "
+        # without the names that similar code uses (examples/ use the API too): this source alone
+        alone = {"cooccurrence_weight": 0.0, "cooccurrence_names": 0}
+        on = ContextAssembler(index, ContextOptions(**alone))
+        with_api = _defs(on.candidates("tests/test_app.py", prefix, "", "python")[:5])
+        assert (
+            "pkg/utils.py:echo" in with_api and "pkg/core.py:Thing" in with_api
+        )  # via `from .core import *`
+        assert "pkg/utils.py:rarely_used" not in with_api  # exported, used nowhere else
+        off = ContextAssembler(index, ContextOptions(module_api_names=0, **alone))
+        without = _defs(off.candidates("tests/test_app.py", prefix, "", "python")[:5])
+        assert "pkg/utils.py:echo" not in without and "pkg/core.py:Thing" not in without
+        # a sibling module bound whole is not a package API; an unused package binding brings nothing
+        sibling = "from pkg import helpers\n\n\ndef f():\n    helpers.sibling_helper()\n    "
+        assert "pkg/utils.py:echo" not in _defs(on.candidates("pkg/x.py", sibling, "", "python"))
+        unused = "import pkg\n\n\ndef test_main():\n    "
+        assert "pkg/utils.py:echo" not in _defs(on.candidates("tests/t.py", unused, "", "python"))
+    finally:
+        index.close()
