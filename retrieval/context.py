@@ -24,6 +24,7 @@ import posixpath
 import re
 import textwrap
 import time
+import weakref
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -142,6 +143,11 @@ class _Usage:
         return self.counts.get(name, 0) > 0
 
 
+# per index: (store version, when counted, name -> files that use it)
+_POPULARITY: weakref.WeakKeyDictionary[RepositoryIndex, tuple[int, float, Counter[str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
 _RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 _QUALIFIED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:\.|::|->)\s*([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -249,7 +255,6 @@ class ContextAssembler:
     def __init__(self, index: RepositoryIndex, options: ContextOptions | None = None) -> None:
         self.index = index
         self.options = options or ContextOptions()
-        self._popular: tuple[int, float, Counter[str]] | None = None  # (store version, when, counts)
 
     # -- public ---------------------------------------------------------------------------
 
@@ -404,7 +409,7 @@ class ContextAssembler:
         `popularity_refresh_s` (a prior need not follow every keystroke)."""
         store = self.index.store
         now = time.monotonic()
-        cached = self._popular
+        cached = _POPULARITY.get(self.index)  # assemblers are made per request; the count is the index's
         if cached is not None and (
             cached[0] == store.version or now - cached[1] < self.options.popularity_refresh_s
         ):
@@ -415,7 +420,7 @@ class ContextAssembler:
             for chunk in store.chunks_in_file(path):
                 names.update(IDENTIFIER.findall(chunk.text))
             counts.update(names)
-        self._popular = (store.version, now, counts)
+        _POPULARITY[self.index] = (store.version, now, counts)
         return counts
 
     def _exports(self, files: Sequence[str], lang: str, depth: int = 0) -> set[str]:

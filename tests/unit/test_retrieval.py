@@ -485,3 +485,20 @@ def test_a_package_imported_whole_brings_its_most_used_api(tmp_path: Path) -> No
         assert "pkg/utils.py:echo" not in _defs(on.candidates("tests/t.py", unused, "", "python"))
     finally:
         index.close()
+
+
+def test_the_api_popularity_is_counted_once_per_index_not_per_request(tmp_path: Path) -> None:
+    from splice.retrieval import context
+
+    root = tmp_path / "repo"
+    write(root, API_REPO)
+    index = RepositoryIndex(root, tmp_path / "index")
+    index.build()
+    try:
+        prefix = "import pkg\n\n\ndef test_main():\n    pkg.command(print)\n    "
+        ContextAssembler(index).candidates("tests/test_app.py", prefix, "", "python")
+        first = context._POPULARITY[index]
+        ContextAssembler(index).candidates("tests/test_app.py", prefix, "", "python")  # a new request
+        assert context._POPULARITY[index] is first and first[2]["echo"] >= 4
+    finally:
+        index.close()
