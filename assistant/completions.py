@@ -39,13 +39,22 @@ from splice.completion.deltas import DeltaError
 from splice.completion.document_cache import DocumentKey
 from splice.completion.early_exit import ExitThresholds
 from splice.completion.engine import CompletionEngine, CompletionInput, CompletionResult, GenerationParams
+from splice.completion.fim import repository_separator
+from splice.completion.recent_edits import TenantEdits
 from splice.completion.scheduler import Event, Finished, QueueFull, Request, StepScheduler, TextDelta
-from splice.retrieval.context import Snippet
+from splice.retrieval.context import RenderStyle, Snippet, render_context
+from splice.retrieval.languages import language_for_path
 
 log = logging.getLogger(__name__)
 
 DISCONNECT_POLL_S = 0.05
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
+
+
+def display_path(uri: str) -> str:
+    """How a document is named in the recent-edits slot: its last three path components."""
+    path = uri.split("://", 1)[-1].strip("/")
+    return "/".join(path.split("/")[-3:])
 
 
 class CompletionService:
@@ -59,6 +68,8 @@ class CompletionService:
         self.registry: RepositoryRegistry | None = None  # set by the app when retrieval is on
         self.adapters: AdapterRegistry | None = None  # set by the app: tenants' fine-tuned adapters
         self.served = ServedCompletions()  # what a `select` event accepted, for fine-tuning data
+        self.edits = TenantEdits()  # what each tenant's editors just did (the recent-edits slot)
+        self.file_sep = repository_separator(engine.tokenizer, engine.template)
         self._evictions_seen = 0
         metrics.document_budget.set(engine.kv.caches.budget_bytes)
 
@@ -144,18 +155,50 @@ class CompletionService:
         disabled: bool = False,
     ) -> tuple[CompletionInput, list[Snippet]]:
         """`inp` with context from `tenant`'s repositories for its file (off the event loop: it
-        reads the index)."""
+        reads the index) and the tenant's recent edits; the edits take their share of the
+        context budget first (`edit_context_tokens`), the repository snippets the rest."""
+        edits = self.recent_edits_text(tenant) if not disabled else ""
         if self.registry is None or disabled or self.settings.context_tokens == 0:
             if repository is not None and self.registry is None:
                 raise ApiError(404, "unknown_repository", "this server has no repositories registered")
-            return inp, []
+            return self._with_edits_only(inp, edits), []
         registry = self.registry
         if repository is not None:
             await asyncio.to_thread(registry.get, tenant, repository)  # 404 before any work
+        budget = max(0, self.settings.context_tokens - (self.count_tokens(edits) if edits else 0))
         context, snippets = await asyncio.to_thread(
-            registry.context, tenant, inp.filepath, inp.prefix, inp.suffix, inp.language, document, repository
+            registry.context,
+            tenant,
+            inp.filepath,
+            inp.prefix,
+            inp.suffix,
+            inp.language,
+            document,
+            repository,
+            budget,
+            edits,
         )
+        if not context:  # no repository holds the file: the edits alone
+            return self._with_edits_only(inp, edits), snippets
         return dataclasses.replace(inp, context=context), snippets
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.engine.tokenizer.encode(text, add_special_tokens=False))
+
+    def recent_edits_text(self, tenant: str) -> str:
+        """The tenant's newest edits that fit `edit_context_tokens`, as unified diffs ('' if none)."""
+        edits = self.edits.get(tenant)
+        if edits is None or self.settings.edit_context_tokens == 0:
+            return ""
+        return edits.render(self.settings.edit_context_tokens, self.count_tokens, display_path)
+
+    def _with_edits_only(self, inp: CompletionInput, edits: str) -> CompletionInput:
+        if not edits:
+            return inp
+        language = inp.language or (language_for_path(inp.filepath) if inp.filepath else None)
+        style = RenderStyle.for_language(language, self.file_sep, self.settings.context_commented)
+        path = display_path(inp.filepath) if inp.filepath else None
+        return dataclasses.replace(inp, context=render_context([], style, path, edits))
 
     async def _with_context(
         self, req: CompletionRequest, inp: CompletionInput, tenant: str

@@ -444,9 +444,12 @@ class RepositoryRegistry:
         language: str | None,
         document: str,
         repo_id: str | None = None,
+        budget: int | None = None,
+        edits: str = "",
     ) -> tuple[str, list[Snippet]]:
-        """Rendered context from `tenant`'s repositories and its snippets for a cursor ('' and []
-        without a repository)."""
+        """Rendered context from `tenant`'s repositories and its snippets for a cursor, in
+        `budget` tokens (default: `context_tokens`), with the recent `edits` nearest the document
+        ('' and [] without a repository)."""
         where = self.locate(tenant, filepath, repo_id)
         if where is None and repo_id is not None:
             repo = self.get(tenant, repo_id)
@@ -464,7 +467,7 @@ class RepositoryRegistry:
         chosen = self.slots.arrange(
             f"{tenant}:{repo.id}:{document}",
             ranked,
-            self.context_tokens,
+            self.context_tokens if budget is None else budget,
             lambda s: self.count_tokens(render_snippet(s, style)),
         )
-        return render_context(chosen, style, rel or None), chosen
+        return render_context(chosen, style, rel or None, edits), chosen

@@ -316,6 +316,7 @@ class EditorSession:
         self._opened(msg.uri, doc.text)
 
     def _opened(self, uri: str, text: str) -> None:
+        self.completions.edits.of(self.tenant).open(uri, text)
         self.open_uris.add(uri)
         self.awaiting_open.pop(uri, None)
         self.metrics.ws_documents.set(len(self.store))
@@ -342,6 +343,7 @@ class EditorSession:
             reason = reason if reason in RESYNC_REASONS else "invalid_change"
             await self.resync(msg.uri, reason, str(exc))
             return
+        self.completions.edits.of(self.tenant).change(msg.uri, doc.text)
         registry = self.completions.registry
         if registry is not None and registry.has_repositories(self.tenant):
             # the repository index follows unsaved edits (applied before the next context)
@@ -418,6 +420,7 @@ class EditorSession:
             self._cancel(job)
         self.open_uris.discard(msg.uri)
         self.awaiting_open.pop(msg.uri, None)
+        self.completions.edits.of(self.tenant).close(msg.uri)
         with contextlib.suppress(UnknownDocument):
             await self.store.close(self.tenant, msg.uri)
         self.completions.engine.kv.close(self._cache_key(msg.uri))

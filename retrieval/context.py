@@ -669,11 +669,21 @@ def render_snippet(snippet: Snippet, style: RenderStyle) -> str:
     return f"{c} Path: {snippet.path}\n{body}\n"
 
 
-def render_context(snippets: Sequence[Snippet], style: RenderStyle, current_path: str | None = None) -> str:
-    """The text that goes before the document's prefix (empty without snippets)."""
-    if not snippets:
+EDITS_PATH = "recent_edits.diff"
+
+
+def render_context(
+    snippets: Sequence[Snippet], style: RenderStyle, current_path: str | None = None, edits: str = ""
+) -> str:
+    """The text that goes before the document's prefix (empty without snippets or edits): the
+    repository snippets, then the recent edits (unified diffs, `completion.recent_edits`) nearest
+    the document."""
+    parts = list(snippets)
+    if edits:
+        parts.append(Snippet(EDITS_PATH, EDITS_PATH, 0, 0, edits.rstrip("\n"), "edits", "", 0.0))
+    if not parts:
         return ""
-    text = "".join(render_snippet(s, style) for s in snippets)
+    text = "".join(render_snippet(s, style) for s in parts)
     if style.file_sep:
         text += f"{style.file_sep}{current_path or ''}\n"
     return text
