@@ -7,6 +7,7 @@ Errors print one clear line to stderr and exit non-zero (2 for usage errors, 1 o
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -362,13 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ws.add_argument("args", nargs=argparse.REMAINDER, help="arguments of bench/ws_latency.py (try --help)")
     for name, text in (
-        ("cluster", "replicas sharing Redis behind HAProxy, until Ctrl-C (bench/cluster.py)"),
-        ("load", "editors typing real edit histories and asking for completions (bench/load.py)"),
+        ("cluster", "replicas sharing Redis behind HAProxy, until Ctrl-C"),
+        ("load", "editors typing real edit histories and asking for completions"),
+        ("finetune", "fine-tuning methods and data mixes on a team's repository"),
+        ("edit-context", "completions with and without the recent-edits slot, paired"),
     ):
-        extra = bench_sub.add_parser(name, help=text, description=f"See bench/{name}.py.")
-        extra.add_argument(
-            "args", nargs=argparse.REMAINDER, help=f"arguments of bench/{name}.py (try --help)"
-        )
+        source = f"bench/{BENCH_MODULES[name]}.py"
+        extra = bench_sub.add_parser(name, help=f"{text} ({source})", description=f"See {source}.")
+        extra.add_argument("args", nargs=argparse.REMAINDER, help=f"arguments of {source} (try --help)")
 
     index = sub.add_parser(
         "index",
@@ -436,32 +438,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `splice bench NAME ...` -> splice.bench.<module>.main(...)
+BENCH_MODULES = {
+    "edits": "edits",
+    "decode": "decode",
+    "ws": "ws_latency",
+    "cluster": "cluster",
+    "finetune": "finetune",
+    "load": "load",
+    "edit-context": "edit_context",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:2] == ["bench", "edits"]:  # the benchmark parses its own flags (see bench/edits.py)
-        from splice.bench.edits import main as edits_main
-
-        return edits_main(argv[2:])
-    if argv[:2] == ["bench", "decode"]:  # the benchmark parses its own flags (see bench/decode.py)
-        from splice.bench.decode import main as decode_main
-
-        return decode_main(argv[2:])
-    if argv[:2] == ["bench", "ws"]:  # the benchmark parses its own flags (see bench/ws_latency.py)
-        from splice.bench.ws_latency import main as ws_main
-
-        return ws_main(argv[2:])
-    if argv[:2] == ["bench", "cluster"]:  # replicas behind HAProxy (see bench/cluster.py)
-        from splice.bench.cluster import main as cluster_main
-
-        return cluster_main(argv[2:])
-    if argv[:2] == ["bench", "finetune"]:  # fine-tuning variants side by side (see bench/finetune.py)
-        from splice.bench.finetune import main as finetune_main
-
-        return finetune_main(argv[2:])
-    if argv[:2] == ["bench", "load"]:  # editors typing against a server (see bench/load.py)
-        from splice.bench.load import main as load_main
-
-        return load_main(argv[2:])
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in BENCH_MODULES:
+        # each benchmark parses its own flags (see bench/<module>.py)
+        module = importlib.import_module(f"splice.bench.{BENCH_MODULES[argv[1]]}")
+        return int(module.main(argv[2:]))
     if argv[:2] == ["eval", "retrieval"]:  # the evaluation parses its own flags (bench/retrieval.py)
         return _run_retrieval_eval(argv[2:])
     parser = build_parser()

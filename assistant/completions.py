@@ -278,6 +278,7 @@ class CompletionService:
         req: CompletionRequest | None = None,
         snippets: list[Snippet] | None = None,
         adapter: str | None = None,
+        tenant: str = "default",
     ) -> CompletionResponse:
         t = result.timings
         debug = None
@@ -288,6 +289,7 @@ class CompletionService:
                 snippets=[SnippetOut.model_validate(s.as_dict()) for s in snippets or []]
                 if options.return_snippets
                 else [],
+                recent_edits=self.recent_edits_text(tenant) if options.return_snippets else "",
                 context_tokens=result.context_tokens,
                 full_recompute=None
                 if audit is None
@@ -354,7 +356,7 @@ class CompletionService:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         cid = _new_id()
         self._remember(tenant, cid, req, request, finished.result)
-        body = self._response(cid, finished.result, finished.queue_ms, req, snippets, request.adapter)
+        body = self._response(cid, finished.result, finished.queue_ms, req, snippets, request.adapter, tenant)
         return JSONResponse(_dump(body))
 
     async def stream(self, req: CompletionRequest, http: HttpRequest, tenant: str = "default") -> Response:
@@ -384,7 +386,9 @@ class CompletionService:
                             result = event.result
                             self._remember(tenant, cid, req, request, result)
                             final = _dump(
-                                self._response(cid, result, event.queue_ms, req, snippets, request.adapter)
+                                self._response(
+                                    cid, result, event.queue_ms, req, snippets, request.adapter, tenant
+                                )
                             )
                             end = {"index": 0, "text": "", "finish_reason": result.finish_reason}
                             final["choices"] = [end]

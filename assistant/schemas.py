@@ -37,7 +37,9 @@ class Segments(BaseModel):
 class DebugOptions(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
-    return_snippets: bool = Field(False, description="Return the repository snippets used in `debug_data`")
+    return_snippets: bool = Field(
+        False, description="Return the repository snippets and the recent edits used in `debug_data`"
+    )
     disable_retrieval_augmented_code_completion: bool = Field(
         False, description="Complete without repository context"
     )
@@ -214,6 +216,9 @@ class FullRecompute(BaseModel):
 
 class DebugData(BaseModel):
     snippets: list[SnippetOut] = Field(default_factory=list)
+    recent_edits: str = Field(
+        "", description="With return_snippets: the tenant's recent edits as the prompt's slot shows them"
+    )
     context_tokens: int = 0
     full_recompute: FullRecompute | None = None
 

@@ -164,7 +164,7 @@ class Settings(BaseSettings):
         5, ge=1, le=64, description="Most repository snippets in a prompt (the best nearest the code)"
     )
     edit_context_tokens: int = Field(
-        256,
+        0,
         ge=0,
         description="Prompt tokens for the tenant's recent edits (unified diffs, newest nearest the "
         "document), taken from the context_tokens budget first; 0 turns the slot off",
