@@ -19,6 +19,7 @@ paired per step: McNemar's exact test for exact match, the sign test for edit si
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import hashlib
 import json
@@ -41,6 +42,10 @@ from splice.training.gate import _binomial_two_sided, edit_similarity
 def split_of(history_id: str) -> str:
     """`heldout` for one history in five (by a hash of its id), `tune` for the others."""
     return "heldout" if int(hashlib.sha1(history_id.encode()).hexdigest(), 16) % 5 == 0 else "tune"
+
+
+def _same_path(path: str, _uri: str) -> str:
+    return path
 
 
 def history_paths(data: Path) -> dict[str, str]:
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             edits.change(history, step.before)  # every earlier step (those without a target too)
             if args.task == "next-line":
                 edits.change(history, step.after)  # the step itself is above the cursor
-            diff = edits.render(args.edit_tokens, count, lambda _, shown=path: shown)
+            diff = edits.render(args.edit_tokens, count, functools.partial(_same_path, path))
             if not diff:
                 skipped += 1
                 continue
