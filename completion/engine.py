@@ -140,6 +140,8 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     early_exit: bool | None = None  # None: the engine's setting
     exit_thresholds: ExitThresholds | None = None  # None: the engine's
+    # False: the raw text up to a stop (no scope end, no insertion clean-up): rewrites (next edit)
+    postprocess: bool = True
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

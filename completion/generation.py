@@ -140,12 +140,17 @@ class Generation:
         if cut is not None:
             self.raw = self.raw[:cut]
             return self._end("stop")
-        if is_finished(self.raw, self.inp.prefix, self.inp.suffix):
+        if params.postprocess and is_finished(self.raw, self.inp.prefix, self.inp.suffix):
             return self._end("scope")
         if len(self.generated) >= params.max_tokens:
             return self._end("length")
         if self.on_text is not None:
-            stable = stable_prefix(_streamable(self.raw, self.stops), self.inp.prefix, self.inp.suffix)
+            streamable = _streamable(self.raw, self.stops)
+            stable = (
+                stable_prefix(streamable, self.inp.prefix, self.inp.suffix)
+                if params.postprocess
+                else streamable
+            )
             if len(stable) > len(self.emitted) and stable.startswith(self.emitted):
                 self.on_text(stable[len(self.emitted) :])
                 self.emitted = stable
@@ -207,7 +212,9 @@ class Generation:
         timings = self.timings
         timings._decoded = max(len(self.generated) - 1, 0)
         timings.decode_ms = (time.perf_counter() - self.decode_start) * 1000.0 if self.generated else 0.0
-        text = postprocess(self.raw, self.inp.prefix, self.inp.suffix)
+        text = (
+            postprocess(self.raw, self.inp.prefix, self.inp.suffix) if self.params.postprocess else self.raw
+        )
         if self.on_text is not None:
             if text.startswith(self.emitted):
                 if len(text) > len(self.emitted):

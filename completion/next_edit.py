@@ -1,0 +1,106 @@
+"""Next-edit suggestions: rewrite a window of lines around the cursor, given what the developer
+just did, and answer with the smallest edit that turns the window into the rewrite.
+
+The prompt is the service's completion prompt with the window marked as a merge conflict, a
+layout code models have seen in every repository's history:
+
+    <recent edits, unified diffs (the context slot)>
+    ...document before the window...
+    <<<<<<< current
+    ...the window as it is...
+    =======
+    [the model writes the window as it should be: the FIM middle]
+    >>>>>>> updated
+    ...document after the window...
+
+The window's text is also the drafting source (`CompletionInput.draft_text`): most of a rewrite
+is a copy, which lookup drafting verifies many tokens at a time. The generation is raw (no
+completion post-processing) and ends at the FIM end or a conflict marker; a rewrite cut by the
+token limit, an empty one, or one equal to the window is "no change" (no edit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from splice.completion.engine import CompletionInput, GenerationParams
+
+CURRENT = "<<<<<<< current\n"
+DIVIDER = "=======\n"
+UPDATED = ">>>>>>> updated\n"
+STOPS = ("\n>>>>>>>", ">>>>>>>", "\n=======", "\n<<<<<<<")
+MAX_WINDOW_LINES = 41  # ±20
+
+
+@dataclass(frozen=True)
+class Window:
+    start_line: int  # 0-based, first line of the window
+    end_line: int  # exclusive
+    start: int  # code-point offset of the window in the document
+    end: int
+    before: str  # the document before the window
+    text: str  # the window (whole lines, with their line ends)
+    after: str  # the document after it
+
+
+@dataclass(frozen=True)
+class TextEdit:
+    start: int  # code-point offsets in the document
+    end: int
+    text: str
+
+
+def window_around(text: str, offset: int, lines_before: int = 5, lines_after: int = 5) -> Window:
+    """The whole lines from `lines_before` above the cursor's line to `lines_after` below it."""
+    if not 0 <= offset <= len(text):
+        raise ValueError(f"offset {offset} is outside the document (0..{len(text)})")
+    if lines_before < 0 or lines_after < 0 or lines_before + lines_after + 1 > MAX_WINDOW_LINES:
+        raise ValueError(f"a window is at most {MAX_WINDOW_LINES} lines (±{MAX_WINDOW_LINES // 2})")
+    starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+    if starts[-1] == len(text) and len(starts) > 1 and text:
+        starts.pop()  # a final newline does not start a line
+    line = max(i for i, s in enumerate(starts) if s <= offset) if starts else 0
+    first = max(0, line - lines_before)
+    last = min(len(starts), line + lines_after + 1)
+    start = starts[first]
+    end = starts[last] if last < len(starts) else len(text)
+    return Window(first, last, start, end, text[:start], text[start:end], text[end:])
+
+
+def rewrite_input(
+    window: Window, language: str | None, filepath: str | None, context: str = ""
+) -> CompletionInput:
+    body = window.text if window.text.endswith("\n") or not window.text else window.text + "\n"
+    return CompletionInput(
+        prefix=window.before + CURRENT + body + DIVIDER,
+        suffix=UPDATED + window.after,
+        language=language,
+        filepath=filepath,
+        context=context,
+        draft_text=body,
+    )
+
+
+def rewrite_params(window: Window, count_tokens: int, max_tokens: int | None = None) -> GenerationParams:
+    """Room for the window rewritten with some growth (`count_tokens`: the window's tokens)."""
+    budget = max_tokens if max_tokens is not None else int(count_tokens * 1.5) + 16
+    return GenerationParams(max_tokens=max(1, budget), stop=STOPS, postprocess=False)
+
+
+def minimal_edit(window: Window, rewritten: str) -> TextEdit | None:
+    """The one contiguous edit that turns the window into `rewritten` (None: no change)."""
+    old = window.text
+    new = rewritten
+    if not old.endswith("\n") and new.endswith("\n"):
+        new = new[:-1]  # the prompt added a line end the document's last line does not have
+    elif old.endswith("\n") and not new.endswith("\n"):
+        new += "\n"
+    if new == old or not new.strip():
+        return None
+    p = 0
+    while p < min(len(old), len(new)) and old[p] == new[p]:
+        p += 1
+    s = 0
+    while s < min(len(old), len(new)) - p and old[len(old) - 1 - s] == new[len(new) - 1 - s]:
+        s += 1
+    return TextEdit(window.start + p, window.start + len(old) - s, new[p : len(new) - s])
