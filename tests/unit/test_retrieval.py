@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -460,45 +461,41 @@ API_REPO = {
 }
 
 
-def test_a_package_imported_whole_brings_its_most_used_api(tmp_path: Path) -> None:
+@pytest.fixture
+def api_index(tmp_path: Path) -> Iterator[RepositoryIndex]:
     root = tmp_path / "repo"
     write(root, API_REPO)
     index = RepositoryIndex(root, tmp_path / "index")
     index.build()
-    try:
-        prefix = "import pkg\n\n\ndef test_main():\n    pkg.command(print)\n    "
-        # without the names that similar code uses (examples/ use the API too): this source alone
-        alone = {"cooccurrence_weight": 0.0, "cooccurrence_names": 0}
-        on = ContextAssembler(index, ContextOptions(**alone))
-        with_api = _defs(on.candidates("tests/test_app.py", prefix, "", "python")[:5])
-        assert (
-            "pkg/utils.py:echo" in with_api and "pkg/core.py:Thing" in with_api
-        )  # via `from .core import *`
-        assert "pkg/utils.py:rarely_used" not in with_api  # exported, used nowhere else
-        off = ContextAssembler(index, ContextOptions(module_api_names=0, **alone))
-        without = _defs(off.candidates("tests/test_app.py", prefix, "", "python")[:5])
-        assert "pkg/utils.py:echo" not in without and "pkg/core.py:Thing" not in without
-        # a sibling module bound whole is not a package API; an unused package binding brings nothing
-        sibling = "from pkg import helpers\n\n\ndef f():\n    helpers.sibling_helper()\n    "
-        assert "pkg/utils.py:echo" not in _defs(on.candidates("pkg/x.py", sibling, "", "python"))
-        unused = "import pkg\n\n\ndef test_main():\n    "
-        assert "pkg/utils.py:echo" not in _defs(on.candidates("tests/t.py", unused, "", "python"))
-    finally:
-        index.close()
+    yield index
+    index.close()
 
 
-def test_the_api_popularity_is_counted_once_per_index_not_per_request(tmp_path: Path) -> None:
+def test_a_package_imported_whole_brings_its_most_used_api(api_index: RepositoryIndex) -> None:
+    index = api_index
+    prefix = "import pkg\n\n\ndef test_main():\n    pkg.command(print)\n    "
+    # without the names that similar code uses (examples/ use the API too): this source alone
+    alone = {"cooccurrence_weight": 0.0, "cooccurrence_names": 0}
+    on = ContextAssembler(index, ContextOptions(**alone))
+    with_api = _defs(on.candidates("tests/test_app.py", prefix, "", "python")[:5])
+    assert "pkg/utils.py:echo" in with_api and "pkg/core.py:Thing" in with_api  # via `from .core import *`
+    assert "pkg/utils.py:rarely_used" not in with_api  # exported, used nowhere else
+    off = ContextAssembler(index, ContextOptions(module_api_names=0, **alone))
+    without = _defs(off.candidates("tests/test_app.py", prefix, "", "python")[:5])
+    assert "pkg/utils.py:echo" not in without and "pkg/core.py:Thing" not in without
+    # a sibling module bound whole is not a package API; an unused package binding brings nothing
+    sibling = "from pkg import helpers\n\n\ndef f():\n    helpers.sibling_helper()\n    "
+    assert "pkg/utils.py:echo" not in _defs(on.candidates("pkg/x.py", sibling, "", "python"))
+    unused = "import pkg\n\n\ndef test_main():\n    "
+    assert "pkg/utils.py:echo" not in _defs(on.candidates("tests/t.py", unused, "", "python"))
+
+
+def test_the_api_popularity_is_counted_once_per_index_not_per_request(api_index: RepositoryIndex) -> None:
     from splice.retrieval import context
 
-    root = tmp_path / "repo"
-    write(root, API_REPO)
-    index = RepositoryIndex(root, tmp_path / "index")
-    index.build()
-    try:
-        prefix = "import pkg\n\n\ndef test_main():\n    pkg.command(print)\n    "
-        ContextAssembler(index).candidates("tests/test_app.py", prefix, "", "python")
-        first = context._POPULARITY[index]
-        ContextAssembler(index).candidates("tests/test_app.py", prefix, "", "python")  # a new request
-        assert context._POPULARITY[index] is first and first[2]["echo"] >= 4
-    finally:
-        index.close()
+    index = api_index
+    prefix = "import pkg\n\n\ndef test_main():\n    pkg.command(print)\n    "
+    ContextAssembler(index).candidates("tests/test_app.py", prefix, "", "python")
+    first = context._POPULARITY[index]
+    ContextAssembler(index).candidates("tests/test_app.py", prefix, "", "python")  # a new request
+    assert context._POPULARITY[index] is first and first[2]["echo"] >= 4
