@@ -14,10 +14,11 @@ from fastapi import Depends, FastAPI, Query, Request, Response, WebSocket
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse
 from pydantic import BaseModel
 
+from splice.assistant import next_edits
 from splice.assistant.adapter_registry import AdapterRegistry
 from splice.assistant.auth import ApiKeys
-from splice.assistant.completions import CompletionService
-from splice.assistant.documents import DocumentStore, InMemoryDocumentStore, UnknownDocument
+from splice.assistant.completions import CLIENT_CLOSED_REQUEST, CompletionService
+from splice.assistant.documents import DocumentStore, InMemoryDocumentStore, Position, UnknownDocument
 from splice.assistant.errors import ApiError, install_error_handlers
 from splice.assistant.events import EventStore, InMemoryEventStore, new_event
 from splice.assistant.finetune_jobs import (
@@ -41,6 +42,7 @@ from splice.assistant.schemas import (
     EventResponse,
     FineTuneRequest,
     Health,
+    NextEditRequest,
     RepositoryRequest,
     SearchRequest,
 )
@@ -202,6 +204,7 @@ def create_app(
         app,
         [
             CompletionRequest,
+            NextEditRequest,
             CompletionResponse,
             EventRequest,
             FineTuneRequest,
@@ -251,6 +254,45 @@ def create_app(
         if req.stream:
             return await state.completions.stream(req, request, tenant)
         return await state.completions.complete(req, request, tenant)
+
+    @app.post("/v1/next-edit", openapi_extra=body_doc(NextEditRequest))
+    async def next_edit(request: Request, state: StateDep) -> dict[str, Any]:
+        """A suggested edit of the lines around `position`, following the tenant's recent edits."""
+        tenant = state.tenant(request)
+        req = parse_body(await request.body(), NextEditRequest)
+        version: int | None = None
+        language: str | None = req.language
+        if req.document is not None:
+            try:
+                doc = await state.documents.get(tenant, req.document)
+            except UnknownDocument as exc:
+                raise ApiError(404, "unknown_document", str(exc)) from exc
+            text, language, version = doc.text, language or doc.language_id, doc.version
+        else:
+            text = req.text or ""
+        position = Position(req.position.line, req.position.character)
+        window, params = next_edits.plan(
+            state.completions, text, position, req.lines_before, req.lines_after, req.max_tokens
+        )
+        job = await next_edits.prepare(
+            state.completions,
+            window,
+            params,
+            text,
+            tenant=tenant,
+            uri=req.document,
+            filepath=req.filepath,
+            language=language,
+            version=version,
+        )
+        watcher = asyncio.create_task(state.completions.watch_disconnect(request, job.request))
+        try:
+            finished = await state.completions.run(job.request)
+        finally:
+            watcher.cancel()
+        if job.request.cancelled.is_set():
+            raise ApiError(CLIENT_CLOSED_REQUEST, "cancelled", "the client closed the request")
+        return next_edits.answer(state.completions, job, finished)
 
     @app.post("/v1/events", openapi_extra=body_doc(EventRequest), response_model=EventResponse)
     async def events_route(request: Request, state: StateDep) -> EventResponse:

@@ -347,7 +347,7 @@ class CompletionService:
 
     async def complete(self, req: CompletionRequest, http: HttpRequest, tenant: str = "default") -> Response:
         request, snippets = await self.request(req, tenant, stream=False)
-        watcher = asyncio.create_task(self._watch_disconnect(http, request))
+        watcher = asyncio.create_task(self.watch_disconnect(http, request))
         try:
             finished = await self.run(request)
         finally:
@@ -364,7 +364,7 @@ class CompletionService:
         cid = _new_id()
         events = self.submit(request)
         # Until the model takes the request, nothing else notices a client that gives up.
-        watcher = asyncio.create_task(self._watch_disconnect(http, request))
+        watcher = asyncio.create_task(self.watch_disconnect(http, request))
         try:
             first = await anext(events)
         except BaseException:
@@ -406,7 +406,7 @@ class CompletionService:
         filepath = req.document or (req.segments.filepath if req.segments else None)
         self.served.remember(tenant, cid, filepath, request.input.prefix, request.input.suffix, result.text)
 
-    async def _watch_disconnect(self, http: HttpRequest, request: Request) -> None:
+    async def watch_disconnect(self, http: HttpRequest, request: Request) -> None:
         while not request.cancelled.is_set():
             if await http.is_disconnected():
                 self.scheduler.cancel(request)

@@ -78,6 +78,12 @@ class Metrics:
         self.in_progress = Gauge(
             "splice_generation_in_progress", "Generations running now (0 or 1)", registry=r
         )
+        self.next_edits = Counter(
+            "splice_next_edits",
+            "Next-edit suggestions answered, by outcome (edit, no_change)",
+            ["outcome"],
+            registry=r,
+        )
         self.events = Counter("splice_events", "Telemetry events by type", ["type"], registry=r)
         self.ws_connections = Gauge(
             "splice_editor_connections", "Open editor WebSocket connections", registry=r

@@ -157,6 +157,42 @@ class CompletionRequest(BaseModel):
         return self.prompt or "", self.suffix or ""
 
 
+class PositionBody(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    line: int = Field(ge=0, description="0-based line")
+    character: int = Field(ge=0, description="UTF-16 code units from the start of the line (LSP)")
+
+
+class NextEditRequest(BaseModel):
+    """`POST /v1/next-edit`: rewrite the lines around `position` given the tenant's recent edits."""
+
+    model_config = ConfigDict(
+        strict=True, extra="ignore", json_schema_extra=exactly_one("document", "string", "text", "string")
+    )
+
+    document: str | None = Field(
+        None, max_length=4096, description="URI of a document this tenant's editor keeps in sync"
+    )
+    text: str | None = Field(None, description="The document's text, when it is not synced")
+    filepath: str | None = Field(None, max_length=1024, description="Path of `text` in its repository")
+    language: str | None = Field(None, max_length=64)
+    position: PositionBody
+    lines_before: int = Field(5, ge=0, le=20, description="Window lines above the cursor's line")
+    lines_after: int = Field(5, ge=0, le=20, description="Window lines below it")
+    max_tokens: int | None = Field(
+        None, ge=1, description="Tokens the rewrite may take (default: 1.5× the window's, + 16)"
+    )
+
+    _text = field_validator("text")(_encodable)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> NextEditRequest:
+        if (self.document is None) == (self.text is None):
+            raise ValueError("give either `document` (a synced document's URI) or `text`, not both")
+        return self
+
+
 class Choice(BaseModel):
     index: int
     text: str

@@ -20,15 +20,18 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from splice.assistant import next_edits
 from splice.assistant.completions import CompletionService, public_adapter
 from splice.assistant.documents import (
     Change,
+    Document,
     DocumentError,
     DocumentStore,
     OutOfRange,
@@ -38,6 +41,7 @@ from splice.assistant.documents import (
 )
 from splice.assistant.errors import ApiError, describe_validation_errors
 from splice.assistant.metrics import Metrics
+from splice.assistant.next_edits import NextEditJob
 from splice.assistant.settings import Settings
 from splice.completion.document_cache import DocumentKey
 from splice.completion.engine import CompletionInput, GenerationParams
@@ -98,6 +102,17 @@ class CompleteMsg(_Msg):
     version: int | None = None
 
 
+class NextEditMsg(_Msg):
+    type: Literal["nextEdit"]
+    uri: Uri
+    position: PositionIn
+    requestId: RequestId
+    linesBefore: int = Field(default=5, ge=0, le=20)
+    linesAfter: int = Field(default=5, ge=0, le=20)
+    maxTokens: int | None = Field(default=None, ge=1)
+    version: int | None = None
+
+
 class CancelMsg(_Msg):
     type: Literal["cancel"]
     requestId: RequestId
@@ -119,10 +134,11 @@ class PingMsg(_Msg):
 
 
 Message = Annotated[
-    OpenMsg | ChangeMsg | CompleteMsg | CancelMsg | CloseMsg | GetMsg | PingMsg, Field(discriminator="type")
+    OpenMsg | ChangeMsg | CompleteMsg | NextEditMsg | CancelMsg | CloseMsg | GetMsg | PingMsg,
+    Field(discriminator="type"),
 ]
 MESSAGE = TypeAdapter(Message)
-MESSAGE_TYPES = ("open", "change", "complete", "cancel", "close", "get", "ping")
+MESSAGE_TYPES = ("open", "change", "complete", "nextEdit", "cancel", "close", "get", "ping")
 
 
 class TokenBucket:
@@ -144,6 +160,7 @@ class TokenBucket:
 class _InFlight:
     request_id: str | int
     uri: str
+    kind: str = "complete"  # or "nextEdit": one of each may run per document
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     request: Request | None = None  # once submitted to the scheduler
@@ -174,7 +191,7 @@ class EditorSession:
         self.metrics = metrics
         self.open_uris: set[str] = set()
         self.awaiting_open: dict[str, int | None] = {}  # uri -> expected version, after a resync
-        self.by_uri: dict[str, _InFlight] = {}
+        self.by_uri: dict[tuple[str, str], _InFlight] = {}  # (uri, kind)
         self.by_id: dict[str | int, _InFlight] = {}
         self.bucket = TokenBucket(settings.ws_rate_per_s, settings.ws_rate_burst)
         self._send_lock = asyncio.Lock()
@@ -246,7 +263,7 @@ class EditorSession:
                 obj, "invalid_message", describe_validation_errors(list(exc.errors())), "invalid_change"
             )
             return
-        handler = getattr(self, f"on_{msg.type}")
+        handler = getattr(self, "on_" + {"nextEdit": "next_edit"}.get(msg.type, msg.type))
         try:
             await handler(msg)
         except Exception:  # one bad message must not end the editor's session
@@ -355,11 +372,14 @@ class EditorSession:
                 lines = (first, last)
             registry.buffer_changed(self.tenant, msg.uri, doc.text, lines)
 
-    async def on_complete(self, msg: CompleteMsg) -> None:
+    async def _target(self, msg: CompleteMsg | NextEditMsg) -> tuple[Document, int] | None:
+        """The document and cursor offset a request names; None once an error was sent (a
+        document waiting for its resync, not open, at another version; a position outside it;
+        a requestId in flight)."""
         rid, uri = msg.requestId, msg.uri
         if uri in self.awaiting_open:
             await self.error("resync_pending", f"document {uri!r} waits for its full text (open)", rid, uri)
-            return
+            return None
         try:
             if uri not in self.open_uris:
                 raise UnknownDocument(f"document {uri!r} is not open")
@@ -371,17 +391,34 @@ class EditorSession:
                     rid,
                     uri,
                 )
-                return
+                return None
             offset = offset_at(doc.text, msg.position.position())
         except OutOfRange as exc:
             await self.error("out_of_range", str(exc), rid, uri)
-            return
+            return None
         except DocumentError as exc:
             await self.error(exc.code, str(exc), rid, uri)
-            return
+            return None
         if rid in self.by_id:
             await self.error("invalid_message", f"requestId {rid!r} is already in flight", rid, uri)
+            return None
+        return doc, offset
+
+    def _start(self, rid: str | int, uri: str, kind: str) -> _InFlight:
+        older = self.by_uri.get((uri, kind))
+        if older is not None:
+            self._cancel(older)  # latest wins
+        job = _InFlight(rid, uri, kind)
+        self.by_uri[(uri, kind)] = job
+        self.by_id[rid] = job
+        return job
+
+    async def on_complete(self, msg: CompleteMsg) -> None:
+        rid, uri = msg.requestId, msg.uri
+        target = await self._target(msg)
+        if target is None:
             return
+        doc, offset = target
         max_tokens = msg.maxTokens or self.settings.default_max_tokens
         limit = self.completions.max_tokens_limit()
         if max_tokens > limit:
@@ -389,12 +426,7 @@ class EditorSession:
                 "invalid_message", f"maxTokens: must be at most {limit} (got {max_tokens})", rid, uri
             )
             return
-        older = self.by_uri.get(uri)
-        if older is not None:
-            self._cancel(older)  # latest wins
-        job = _InFlight(rid, uri)
-        self.by_uri[uri] = job
-        self.by_id[rid] = job
+        job = self._start(rid, uri, "complete")
         inp = CompletionInput(
             prefix=doc.text[:offset],
             suffix=doc.text[offset:],
@@ -406,6 +438,39 @@ class EditorSession:
         key = self._cache_key(uri) if self.settings.reuse_method != "full" else None
         job.task = asyncio.create_task(self._complete(job, inp, params, key, doc.version, msg.position))
 
+    async def on_next_edit(self, msg: NextEditMsg) -> None:
+        target = await self._target(msg)
+        if target is None:
+            return
+        doc, _ = target
+        rid, uri = msg.requestId, msg.uri
+        try:
+            window, params = next_edits.plan(
+                self.completions,
+                doc.text,
+                msg.position.position(),
+                msg.linesBefore,
+                msg.linesAfter,
+                msg.maxTokens,
+            )
+        except ApiError as exc:
+            await self.error(exc.code, exc.message, rid, uri)
+            return
+        job = self._start(rid, uri, "nextEdit")
+        prepared = next_edits.prepare(
+            self.completions,
+            window,
+            params,
+            doc.text,
+            tenant=self.tenant,
+            uri=uri,
+            filepath=uri,
+            language=doc.language_id,
+            version=doc.version,
+            latest_wins=(id(self), uri, "nextEdit"),
+        )
+        job.task = asyncio.create_task(self._next_edit(job, prepared))
+
     async def on_cancel(self, msg: CancelMsg) -> None:
         job = self.by_id.get(msg.requestId)
         if job is not None:
@@ -415,9 +480,10 @@ class EditorSession:
         if msg.uri not in self.open_uris:
             await self.error("unknown_document", f"document {msg.uri!r} is not open", uri=msg.uri)
             return
-        job = self.by_uri.get(msg.uri)
-        if job is not None:
-            self._cancel(job)
+        for kind in ("complete", "nextEdit"):
+            job = self.by_uri.get((msg.uri, kind))
+            if job is not None:
+                self._cancel(job)
         self.open_uris.discard(msg.uri)
         self.awaiting_open.pop(msg.uri, None)
         self.completions.edits.of(self.tenant).close(msg.uri)
@@ -522,9 +588,46 @@ class EditorSession:
                 "cancelled", "a newer request or a cancel replaced this one", job.request_id, job.uri
             )
         finally:
-            self.by_id.pop(job.request_id, None)
-            if self.by_uri.get(job.uri) is job:
-                del self.by_uri[job.uri]
+            self._done(job)
+
+    def _done(self, job: _InFlight) -> None:
+        self.by_id.pop(job.request_id, None)
+        if self.by_uri.get((job.uri, job.kind)) is job:
+            del self.by_uri[(job.uri, job.kind)]
+
+    async def _next_edit(self, job: _InFlight, prepared: Coroutine[Any, Any, NextEditJob]) -> None:
+        try:
+            try:
+                ready = await prepared
+                if job.cancelled.is_set():
+                    raise _Replaced
+                job.request = ready.request
+                finished = await self.completions.run(ready.request)
+            except ApiError as exc:
+                await self.error(exc.code, exc.message, job.request_id, job.uri)
+                return
+            if finished.result.finish_reason == "cancelled" or job.cancelled.is_set():
+                raise _Replaced
+            body = next_edits.answer(self.completions, ready, finished)
+            await self.send(
+                {
+                    "type": "nextEditResult",
+                    "requestId": job.request_id,
+                    "uri": job.uri,
+                    "version": ready.version,
+                    "window": body["window"],
+                    "edits": body["edits"],
+                    "finishReason": body["finish_reason"],
+                    "usage": body["usage"],
+                    "timings": body["timings"],
+                }
+            )
+        except _Replaced:
+            await self.error(
+                "cancelled", "a newer request or a cancel replaced this one", job.request_id, job.uri
+            )
+        finally:
+            self._done(job)
 
     def _cache_key(self, uri: str) -> DocumentKey:
         return DocumentKey(self.tenant, uri, self.completions.engine.loaded.model_id)
