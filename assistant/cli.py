@@ -367,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("load", "editors typing real edit histories and asking for completions"),
         ("finetune", "fine-tuning methods and data mixes on a team's repository"),
         ("edit-context", "completions with and without the recent-edits slot, paired"),
+        ("next-edit", "next-edit suggestions against the next real step, on held-out histories"),
     ):
         source = f"bench/{BENCH_MODULES[name]}.py"
         extra = bench_sub.add_parser(name, help=f"{text} ({source})", description=f"See {source}.")
@@ -447,6 +448,7 @@ BENCH_MODULES = {
     "finetune": "finetune",
     "load": "load",
     "edit-context": "edit_context",
+    "next-edit": "next_edit",
 }
 
 

@@ -227,6 +227,36 @@ def cmd_finetune_repo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edit_samples(config: Any, job: Any, train_texts: list[str]) -> list[Any]:
+    """Next-edit and edit-context samples (`training.edit_samples`) for `config.edit_samples`."""
+    from splice.completion.fim import repository_separator
+    from splice.retrieval.context import RenderStyle
+    from splice.training.edit_samples import edit_samples
+
+    tokenizer = job.loaded.tokenizer
+    histories = Path(config.edit_histories) if config.edit_histories else None
+    if histories is not None and not histories.is_file():
+        raise CliError(f"edit_histories: {histories} does not exist", 2)
+    style = RenderStyle.for_language("python", repository_separator(tokenizer, job.template))
+    samples, stats = edit_samples(
+        histories,
+        [(f"corpus/{i}.py", text) for i, text in enumerate(train_texts)],
+        style,
+        lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
+        seed=config.seed,
+        lintseq_files=config.edit_lintseq_files,
+    )
+    print(
+        f"finetune: {len(samples):,} edit samples ({config.edit_samples:.0%} of the samples): "
+        f"{stats['history_samples']:,} from {stats['histories']} edit histories (tune split), "
+        f"{stats['lintseq_samples']:,} from LintSeq sequences of {stats['lintseq_files']} corpus files",
+        file=sys.stderr,
+    )
+    if not samples:
+        raise CliError("edit_samples is set but no edit sample could be made", 2)
+    return samples
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     if args.repo:
         return cmd_finetune_repo(args)
@@ -279,6 +309,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                 f"({config.repo_context:.0%} of the samples; repositories excluded: {excluded})",
                 file=sys.stderr,
             )
+        if config.edit_samples:
+            repo_samples += _edit_samples(config, job, train_texts)
         state = train(job, train_texts, heldout, show_progress=not args.quiet, repo_samples=repo_samples)
     except (TrainingError, ModelLoadError, ValueError) as exc:
         raise CliError(str(exc)) from exc

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gzip
-import hashlib
 import json
 import statistics
 import sys
@@ -36,12 +35,8 @@ from splice.completion.engine import CompletionEngine, CompletionInput, EngineCo
 from splice.completion.fim import repository_separator
 from splice.completion.recent_edits import RecentEdits
 from splice.retrieval.context import RenderStyle, render_context
+from splice.training.edit_samples import split_of
 from splice.training.gate import _binomial_two_sided, edit_similarity
-
-
-def split_of(history_id: str) -> str:
-    """`heldout` for one history in five (by a hash of its id), `tune` for the others."""
-    return "heldout" if int(hashlib.sha1(history_id.encode()).hexdigest(), 16) % 5 == 0 else "tune"
 
 
 def _same_path(path: str, _uri: str) -> str:

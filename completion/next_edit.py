@@ -15,8 +15,9 @@ layout code models have seen in every repository's history:
 
 The window's text is also the drafting source (`CompletionInput.draft_text`): most of a rewrite
 is a copy, which lookup drafting verifies many tokens at a time. The generation is raw (no
-completion post-processing) and ends at the FIM end or a conflict marker; a rewrite cut by the
-token limit, an empty one, or one equal to the window is "no change" (no edit).
+completion post-processing) and ends at the FIM end, a conflict marker or the first line after
+the window; a rewrite cut by the token limit, an empty one, or one equal to the window is "no
+change" (no edit).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ DIVIDER = "=======\n"
 UPDATED = ">>>>>>> updated\n"
 STOPS = ("\n>>>>>>>", ">>>>>>>", "\n=======", "\n<<<<<<<")
 MAX_WINDOW_LINES = 41  # ±20
+MIN_RUN_ON_LINE = 8  # shorter lines after the window (`else:`, `)`) may well be in a rewrite
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,13 @@ def rewrite_input(
 
 
 def rewrite_params(window: Window, count_tokens: int, max_tokens: int | None = None) -> GenerationParams:
-    """Room for the window rewritten with some growth (`count_tokens`: the window's tokens)."""
+    """Room for the window rewritten with some growth (`count_tokens`: the window's tokens). A
+    rewrite that runs on into the first line after the window (a model that copies past the
+    conflict's end instead of closing it) stops there."""
     budget = max_tokens if max_tokens is not None else int(count_tokens * 1.5) + 16
-    return GenerationParams(max_tokens=max(1, budget), stop=STOPS, postprocess=False)
+    following = next((line for line in window.after.split("\n") if line.strip()), "")
+    stops = STOPS + (("\n" + following,) if len(following.strip()) >= MIN_RUN_ON_LINE else ())
+    return GenerationParams(max_tokens=max(1, budget), stop=stops, postprocess=False)
 
 
 def minimal_edit(window: Window, rewritten: str) -> TextEdit | None:

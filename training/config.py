@@ -39,6 +39,12 @@ class FinetuneConfig:
     repo_context_tokens: int = 384  # the context's budget in a sample
     repo_per_repository: int = 200  # most tasks drawn from one repository
     repo_exclude: tuple[str, ...] = ()  # repositories (corpus sources) an evaluation uses
+    # edit-aware prompts (splice.training.edit_samples): this fraction of the samples are next-edit
+    # rewrites and FIM lines under a recent-edits slot, from the `tune` split of `edit_histories`
+    # (real edit histories, .jsonl.gz) and LintSeq sequences of `edit_lintseq_files` corpus files
+    edit_samples: float = 0.0
+    edit_histories: str = ""
+    edit_lintseq_files: int = 200
     init_adapter: str = ""  # start from this exported adapter's weights (a second training stage)
     # adaptation method: lora (peft) or sara (training/sara.py: sparse smallest-magnitude weights,
     # LoRA-r's parameter count per matrix, nuclear-norm penalty, progressive re-selection)
@@ -89,6 +95,12 @@ class FinetuneConfig:
             raise ValueError(f"sara_nuclear_weight must be >= 0, got {self.sara_nuclear_weight}")
         if not 0.0 <= self.repo_context < 1.0:
             raise ValueError(f"repo_context must be in [0, 1), got {self.repo_context}")
+        if not 0.0 <= self.edit_samples < 1.0 or self.repo_context + self.edit_samples >= 1.0:
+            raise ValueError(
+                f"edit_samples must be in [0, 1) and, with repo_context, below 1; got {self.edit_samples}"
+            )
+        if self.edit_lintseq_files < 0:
+            raise ValueError(f"edit_lintseq_files must be >= 0, got {self.edit_lintseq_files}")
         if self.repo_context and self.repo_context_tokens < 16:
             raise ValueError(f"repo_context_tokens must be at least 16, got {self.repo_context_tokens}")
         if self.span not in SPAN_KINDS:

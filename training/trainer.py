@@ -378,7 +378,7 @@ def make_stream(
         seed=seed,
         shuffle=shuffle,
         repo_samples=repo_samples,
-        repo_rate=cfg.repo_context if repo_samples else 0.0,
+        repo_rate=cfg.repo_context + cfg.edit_samples if repo_samples else 0.0,
     )
 
 
@@ -410,7 +410,8 @@ def train(
 ) -> TrainState:
     """Run (or continue) the job until `max_steps`, the time limit, a signal, or `stop_after` steps.
 
-    `repo_samples` (`build_repo_samples`) are mixed in at the rate `config.repo_context`; a new
+    `repo_samples` (`build_repo_samples`, and `edit_samples.edit_samples`) are mixed in at the
+    rate `config.repo_context + config.edit_samples`; a new
     run starts from `config.init_adapter`'s weights when it is set."""
     cfg = job.config
     ranks = _current()
@@ -424,9 +425,10 @@ def train(
         log.info("resuming from %s (step %d)", checkpoint, state.step)
     elif cfg.init_adapter:
         load_initial_adapter(job, Path(cfg.init_adapter))
-    if cfg.repo_context and not repo_samples:
+    if (cfg.repo_context or cfg.edit_samples) and not repo_samples:
         raise TrainingError(
-            "repo_context is set but there are no repository samples (see build_repo_samples)"
+            "repo_context or edit_samples is set but there are no such samples "
+            "(see build_repo_samples, edit_samples.edit_samples)"
         )
     rows = make_stream(job, train_texts, cfg.seed, repo_samples=repo_samples).rows()
     stream: Iterator[dict[str, torch.Tensor]] = batches(rows, cfg.batch_size)

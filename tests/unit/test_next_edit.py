@@ -7,6 +7,7 @@ import pytest
 from splice.completion.next_edit import (
     CURRENT,
     DIVIDER,
+    STOPS,
     UPDATED,
     minimal_edit,
     rewrite_input,
@@ -63,6 +64,11 @@ def test_the_prompt_marks_the_window_as_a_merge_conflict() -> None:
     assert rewrite_params(w, 10).postprocess is False
     assert rewrite_params(w, 10).max_tokens == 31
     assert rewrite_params(w, 10, max_tokens=4).max_tokens == 4
+    # a copy that runs on past the window stops at the first (long enough) line after it
+    run_on = window_around("x = 1\n\n    return total\n", 0, 0, 0)
+    assert rewrite_params(run_on, 4).stop == (*STOPS, "\n    return total")
+    short = window_around("a = 1\n\n)\n", 0, 0, 0)
+    assert rewrite_params(short, 4).stop == STOPS
     last = window_around("a\nb", 3, 1, 0)  # no line end at the end: the prompt adds one
     assert rewrite_input(last, None, None).prefix.endswith("a\nb\n" + DIVIDER)
 
