@@ -13,6 +13,7 @@ import {
   restBaseUrl,
   SpliceClient,
   TelemetryReporter,
+  type EditItem,
   type LogLevel,
   type StatusKind,
   type TextChange,
@@ -28,7 +29,11 @@ interface Settings {
   enabledLanguages: string[];
   debounceMs: number;
   maxTokens: number;
+  nextEdit: boolean;
 }
+
+const NEXT_EDIT_PAUSE_MS = 700; // after the last edit, before a next-edit suggestion is asked for
+const NEXT_EDIT_CONTEXT = "splice.nextEditVisible";
 
 function readSettings(): Settings {
   const config = vscode.workspace.getConfiguration("splice");
@@ -38,6 +43,7 @@ function readSettings(): Settings {
     enabledLanguages: config.get<string[]>("enabledLanguages", ["*"]),
     debounceMs: config.get<number>("debounceMs", 150),
     maxTokens: config.get<number>("maxTokens", 64),
+    nextEdit: config.get<boolean>("nextEdit.enabled", false),
   };
 }
 
@@ -66,6 +72,17 @@ class SpliceExtension implements vscode.Disposable {
   private readonly statusBar = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
   private readonly shown = new Map<string, Shown>();
   private readonly disposables: vscode.Disposable[] = [];
+  private readonly nextEditOld = vscode.window.createTextEditorDecorationType({
+    textDecoration: "line-through",
+    backgroundColor: new vscode.ThemeColor("diffEditor.removedTextBackground"),
+  });
+  private readonly nextEditNew = vscode.window.createTextEditorDecorationType({
+    after: { color: new vscode.ThemeColor("editorGhostText.foreground"), fontStyle: "italic" },
+  });
+  private nextEditTimer: ReturnType<typeof setTimeout> | null = null;
+  private nextEditAbort: AbortController | null = null;
+  /** The suggestion shown, for the editor and document version it was made for. */
+  private nextEditShown: { editor: vscode.TextEditor; edit: EditItem; version: number; uri: string } | null = null;
 
   constructor(
     private readonly context: vscode.ExtensionContext,
@@ -94,6 +111,10 @@ class SpliceExtension implements vscode.Disposable {
       vscode.commands.registerCommand("splice.toggle", () => this.toggle()),
       vscode.commands.registerCommand("splice.showLog", () => this.output.show()),
       vscode.commands.registerCommand("splice.compareWithServer", () => this.compareWithServer()),
+      this.nextEditOld,
+      this.nextEditNew,
+      vscode.commands.registerCommand("splice.acceptNextEdit", () => this.acceptNextEdit()),
+      vscode.commands.registerCommand("splice.dismissNextEdit", () => this.dismissNextEdit()),
       vscode.commands.registerCommand("splice.accepted", (requestId: string, index: number) =>
         this.accepted(requestId, index),
       ),
@@ -144,6 +165,63 @@ class SpliceExtension implements vscode.Disposable {
     } finally {
       subscription.dispose();
     }
+  }
+
+  // -- next-edit suggestions (splice.nextEdit.enabled) -------------------------------------------
+
+  /** After an edit in the active editor and a pause, ask for the edit that should follow. */
+  private scheduleNextEdit(document: vscode.TextDocument): void {
+    this.dismissNextEdit();
+    if (this.nextEditTimer !== null) clearTimeout(this.nextEditTimer);
+    this.nextEditTimer = null;
+    const editor = vscode.window.activeTextEditor;
+    if (!this.enabled || !this.settings.nextEdit || !editor || editor.document !== document) return;
+    this.nextEditTimer = setTimeout(() => void this.requestNextEdit(editor), NEXT_EDIT_PAUSE_MS);
+  }
+
+  private async requestNextEdit(editor: vscode.TextEditor): Promise<void> {
+    const client = this.client;
+    const uri = editor.document.uri.toString();
+    if (!client || !client.isOpen(uri)) return;
+    this.nextEditAbort?.abort();
+    const abort = new AbortController();
+    this.nextEditAbort = abort;
+    const cursor = editor.selection.active;
+    try {
+      const result = await client.nextEdit(uri, { line: cursor.line, character: cursor.character }, {}, abort.signal);
+      const edit = result.edits[0];
+      if (!edit || abort.signal.aborted) return;
+      this.nextEditShown = { editor, edit, version: result.version, uri };
+      const range = toRange(edit.range);
+      const shown = edit.text.replaceAll("\n", "⏎") || "(delete)";
+      editor.setDecorations(this.nextEditOld, [range]);
+      editor.setDecorations(this.nextEditNew, [
+        { range: new vscode.Range(range.end.line, range.end.character, range.end.line, range.end.character), renderOptions: { after: { contentText: ` ${shown}  ⇥ Tab` } } },
+      ]);
+      void vscode.commands.executeCommand("setContext", NEXT_EDIT_CONTEXT, true);
+    } catch (err) {
+      if (!isCancelled(err)) this.log("warn", `next edit for ${uri} failed: ${(err as Error).message}`);
+    }
+  }
+
+  private async acceptNextEdit(): Promise<void> {
+    const shown = this.nextEditShown;
+    if (!shown) return;
+    this.dismissNextEdit();
+    // The edit reaches the server as the ordinary change it makes (onDidChangeTextDocument).
+    const applied = await shown.editor.edit((builder) => builder.replace(toRange(shown.edit.range), shown.edit.text));
+    if (!applied) this.log("warn", `next edit for ${shown.uri} could not be applied`);
+  }
+
+  private dismissNextEdit(): void {
+    this.nextEditAbort?.abort();
+    this.nextEditAbort = null;
+    const shown = this.nextEditShown;
+    if (!shown) return;
+    this.nextEditShown = null;
+    shown.editor.setDecorations(this.nextEditOld, []);
+    shown.editor.setDecorations(this.nextEditNew, []);
+    void vscode.commands.executeCommand("setContext", NEXT_EDIT_CONTEXT, false);
   }
 
   // -- telemetry ---------------------------------------------------------------------------------
@@ -208,6 +286,7 @@ class SpliceExtension implements vscode.Disposable {
       text: change.text,
     }));
     this.client.changeDocument(uri, changes);
+    this.scheduleNextEdit(event.document);
   }
 
   // -- settings and commands ---------------------------------------------------------------------
@@ -329,11 +408,17 @@ class SpliceExtension implements vscode.Disposable {
   }
 
   async dispose(): Promise<void> {
+    if (this.nextEditTimer !== null) clearTimeout(this.nextEditTimer);
+    this.dismissNextEdit();
     for (const uri of [...this.shown.keys()]) this.dismissShown(uri);
     for (const disposable of this.disposables) disposable.dispose();
     this.client?.dispose();
     await this.telemetry.dispose();
   }
+}
+
+function toRange(range: EditItem["range"]): vscode.Range {
+  return new vscode.Range(range.start.line, range.start.character, range.end.line, range.end.character);
 }
 
 let extension: SpliceExtension | null = null;

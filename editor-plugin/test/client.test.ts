@@ -385,6 +385,71 @@ describe("completions", () => {
   });
 });
 
+describe("next-edit suggestions", () => {
+  function suggestion(requestId: string, version: number, edits = [{ range: { start: at(1, 4), end: at(1, 4) }, text: "pass" }]) {
+    return {
+      type: "nextEditResult" as const,
+      requestId,
+      uri: URI,
+      version,
+      window: { start: at(0, 0), end: at(2, 0) },
+      edits,
+      finishReason: "stop",
+    };
+  }
+
+  it("sends nextEdit with the window options and resolves with the edits", async () => {
+    const { client, socket } = connected();
+    const promise = client.nextEdit(URI, at(1, 0), { linesBefore: 3, linesAfter: 2 });
+    const sent = socket.ofType("nextEdit")[0]!;
+    expect(sent).toEqual({
+      type: "nextEdit",
+      uri: URI,
+      position: at(1, 0),
+      requestId: sent.requestId,
+      version: 1,
+      linesBefore: 3,
+      linesAfter: 2,
+    });
+    vi.advanceTimersByTime(25);
+    socket.reply(suggestion(sent.requestId, 1));
+    const result = await promise;
+    expect(result.edits).toEqual([{ range: { start: at(1, 4), end: at(1, 4) }, text: "pass" }]);
+    expect(result.window).toEqual({ start: at(0, 0), end: at(2, 0) });
+    expect(result.latencyMs).toBe(25);
+    expect(client.status.busy).toBe(false);
+  });
+
+  it("a completion and a suggestion for one document do not cancel each other; a newer suggestion does", async () => {
+    const { client, socket } = connected();
+    const completionPromise = client.complete(URI, at(1, 0));
+    const first = client.nextEdit(URI, at(1, 0));
+    const second = client.nextEdit(URI, at(1, 0));
+    await expect(first).rejects.toBeInstanceOf(CancelledError);
+    const [, id2] = socket.ofType("nextEdit").map((m) => m.requestId);
+    socket.reply(completion(socket.ofType("complete")[0]!.requestId, 1));
+    socket.reply(suggestion(id2!, 1, []));
+    expect((await completionPromise).items).toHaveLength(1);
+    expect((await second).edits).toEqual([]);
+  });
+
+  it("drops a suggestion made for an older version and rejects on a server error", async () => {
+    const { client, socket, doc } = connected();
+    const stale = client.nextEdit(URI, at(0, 0));
+    const id = socket.ofType("nextEdit")[0]!.requestId;
+    doc.edit(client, [insert(0, 0, "#")]);
+    socket.reply(suggestion(id, 1));
+    await expect(stale).rejects.toBeInstanceOf(CancelledError);
+    const bad = client.nextEdit(URI, at(0, 0));
+    const id2 = socket.ofType("nextEdit")[1]!.requestId;
+    socket.reply({ type: "error", requestId: id2, uri: URI, code: "window_too_large", message: "too many lines" });
+    await expect(bad).rejects.toMatchObject({ code: "window_too_large" });
+    const closed = client.nextEdit(URI, at(0, 0));
+    client.closeDocument(URI);
+    await expect(closed).rejects.toBeInstanceOf(CancelledError);
+  });
+});
+
 describe("refused documents", () => {
   it("stops syncing a document the server refused until the next connection", async () => {
     const { client, doc, socket } = connected();

@@ -6,6 +6,7 @@ import {
   extensionContext,
   InlineCompletionItem,
   InlineCompletionTriggerKind,
+  MockEditor,
   Position,
   Range,
   resetState,
@@ -253,11 +254,54 @@ describe("compare with server", () => {
   it("reports where the server's copy differs and re-sends the document", async () => {
     const socket = start();
     const doc = state.documents[0]!;
-    state.activeTextEditor = { document: doc };
+    state.activeTextEditor = new MockEditor(doc);
     const done = state.commands.get("splice.compareWithServer")!() as Promise<void>;
     socket.reply({ type: "document", uri: PY, version: 1, languageId: "python", text: "def fob(n):\n" });
     await done;
     expect(state.messages.at(-1)).toMatch(/differs \(first difference at line 1, column 6; server version 1, editor version 1\)/);
     expect(socket.sent.at(-1)).toMatchObject({ type: "open", uri: PY, version: 2, text: "def fib(n):\n" });
+  });
+});
+
+describe("next-edit suggestions", () => {
+  it("are off by default: an edit asks for none", async () => {
+    const doc = documentAt(PY, "python", "def fib(n):\n");
+    state.activeTextEditor = new MockEditor(doc);
+    const socket = start([doc]);
+    state.events.change.fire({ document: doc, contentChanges: [{ range: new Range(0, 8, 0, 9), text: "k" }] });
+    await vi.advanceTimersByTimeAsync(2000);
+    expect(socket.ofType("nextEdit")).toEqual([]);
+  });
+
+  it("after an edit and a pause, show the suggested edit; Tab's command applies it, an edit dismisses it", async () => {
+    state.settings.set("splice.nextEdit.enabled", true);
+    const doc = documentAt(PY, "python", "def fib(n):\n    return n\n");
+    const editor = new MockEditor(doc, new Position(0, 9));
+    state.activeTextEditor = editor;
+    const socket = start([doc]);
+    doc.text = "def fib(k):\n    return n\n";
+    state.events.change.fire({ document: doc, contentChanges: [{ range: new Range(0, 8, 0, 9), text: "k" }] });
+    await vi.advanceTimersByTimeAsync(699);
+    expect(socket.ofType("nextEdit")).toEqual([]);
+    await vi.advanceTimersByTimeAsync(1);
+    const asked = socket.ofType("nextEdit")[0]!;
+    expect(asked).toMatchObject({ uri: PY, position: { line: 0, character: 9 }, version: 2 });
+    const range = { start: { line: 1, character: 11 }, end: { line: 1, character: 12 } };
+    socket.reply({
+      type: "nextEditResult",
+      requestId: asked.requestId,
+      uri: PY,
+      version: 2,
+      window: { start: { line: 0, character: 0 }, end: { line: 2, character: 0 } },
+      edits: [{ range, text: "k" }],
+    });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(state.contexts.get("splice.nextEditVisible")).toBe(true);
+    const shown = [...editor.decorations.values()].flat();
+    expect(shown).toHaveLength(2); // the replaced text, and the new text after it
+    await state.commands.get("splice.acceptNextEdit")!();
+    expect(editor.edits).toEqual([{ range: new Range(1, 11, 1, 12), text: "k" }]);
+    expect(state.contexts.get("splice.nextEditVisible")).toBe(false);
+    expect([...editor.decorations.values()].flat()).toEqual([]);
   });
 });

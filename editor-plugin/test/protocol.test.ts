@@ -20,12 +20,21 @@ describe("parseServerMessage", () => {
       version: 3,
     });
     expect(parseServerMessage('{"type":"pong"}')).toEqual({ type: "pong" });
+    const window = { start: { line: 0, character: 0 }, end: { line: 3, character: 0 } };
+    expect(
+      parseServerMessage(
+        JSON.stringify({ type: "nextEditResult", requestId: 4, uri: "u", version: 2, window, edits: [{ text: "y", range }] }),
+      ),
+    ).toMatchObject({ type: "nextEditResult", requestId: "4", edits: [{ text: "y" }] });
   });
 
   it("says what is wrong with a bad frame", () => {
     expect(() => parseServerMessage("{")).toThrow(ProtocolError);
     expect(() => parseServerMessage("[1]")).toThrow(/expected a JSON object/);
     expect(() => parseServerMessage('{"type":"hello"}')).toThrow(/unknown type "hello"/);
+    expect(() =>
+      parseServerMessage('{"type":"nextEditResult","requestId":"r","uri":"u","version":1,"window":{},"edits":[]}'),
+    ).toThrow(/field "window" must be a range/);
     expect(() => parseServerMessage('{"type":"resync","uri":"u","expectedVersion":"2","reason":"x"}')).toThrow(
       /"resync" message: field "expectedVersion" must be an integer or null, got "2"/,
     );

@@ -79,6 +79,26 @@ export class MockDocument {
   }
 }
 
+/** An editor showing `document`: its decorations by type and the replacements `edit` made. */
+export class MockEditor {
+  readonly decorations = new Map<object, unknown[]>();
+  readonly edits: { range: Range; text: string }[] = [];
+  selection: { active: Position };
+  constructor(
+    readonly document: MockDocument,
+    cursor = new Position(0, 0),
+  ) {
+    this.selection = { active: cursor };
+  }
+  setDecorations(type: object, ranges: unknown[]): void {
+    this.decorations.set(type, ranges);
+  }
+  async edit(build: (builder: { replace(range: Range, text: string): void }) => void): Promise<boolean> {
+    build({ replace: (range, text) => void this.edits.push({ range, text }) });
+    return true;
+  }
+}
+
 export function documentAt(uri: string, languageId: string, text: string): MockDocument {
   const scheme = uri.slice(0, uri.indexOf(":"));
   return new MockDocument({ scheme, toString: () => uri }, languageId, text);
@@ -97,7 +117,9 @@ export const state = {
   messages: [] as string[],
   log: [] as string[],
   globalState: new Map<string, unknown>(),
-  activeTextEditor: undefined as undefined | { document: MockDocument },
+  activeTextEditor: undefined as undefined | MockEditor,
+  /** `setContext` keys the extension set (`when` clauses of its keybindings). */
+  contexts: new Map<string, unknown>(),
   events: {
     open: new EventSource<MockDocument>(),
     close: new EventSource<MockDocument>(),
@@ -116,6 +138,7 @@ export function resetState(): void {
   state.log.length = 0;
   state.globalState.clear();
   state.activeTextEditor = undefined;
+  state.contexts.clear();
   state.events = {
     open: new EventSource(),
     close: new EventSource(),
@@ -157,6 +180,7 @@ export const workspace = {
 };
 
 export const window = {
+  createTextEditorDecorationType: (options: unknown) => ({ options, dispose: () => undefined }),
   createStatusBarItem: () => {
     const item = state.statusBar;
     return Object.assign(item, {
@@ -188,6 +212,9 @@ export const languages = {
 };
 
 export const commands = {
+  executeCommand: async (name: string, ...args: unknown[]) => {
+    if (name === "setContext") state.contexts.set(args[0] as string, args[1]);
+  },
   registerCommand: (name: string, run: (...args: unknown[]) => unknown) => {
     state.commands.set(name, run);
     return { dispose: () => state.commands.delete(name) };

@@ -20,6 +20,7 @@ import {
   type CompletionMessage,
   type DocumentMessage,
   type ErrorMessage,
+  type NextEditResultMessage,
   type Position,
   type ServerMessage,
   type TextChange,
@@ -119,6 +120,28 @@ export interface CompletionResult {
   latencyMs: number;
 }
 
+export interface NextEditOptions {
+  /** Window lines above and below the cursor's line (0..20 each; the server's default is 5). */
+  linesBefore?: number;
+  linesAfter?: number;
+  maxTokens?: number;
+}
+
+export interface NextEditResult {
+  requestId: string;
+  uri: string;
+  /** The document version the edits apply to (the client's current one). */
+  version: number;
+  window: NextEditResultMessage["window"];
+  /** Empty when the model suggests no change. */
+  edits: NextEditResultMessage["edits"];
+  finishReason?: string;
+  usage?: NextEditResultMessage["usage"];
+  timings?: NextEditResultMessage["timings"];
+  /** Round trip from sending `nextEdit` to receiving the answer. */
+  latencyMs: number;
+}
+
 export interface SyncReport {
   uri: string;
   inSync: boolean;
@@ -165,10 +188,13 @@ interface TrackedDocument {
   refused: SpliceError | null;
 }
 
+type RequestKind = "complete" | "nextEdit";
+
 interface PendingCompletion {
   uri: string;
+  kind: RequestKind;
   sentAt: number;
-  resolve(result: CompletionResult): void;
+  resolve(result: CompletionResult | NextEditResult): void; // by `kind`
   reject(err: Error): void;
   /** Removes the timer and the abort listener. */
   cleanup(): void;
@@ -327,8 +353,10 @@ export class SpliceClient {
 
   closeDocument(uri: string): void {
     if (!this.documents.delete(uri)) return;
-    const id = this.latestByUri.get(uri);
-    if (id !== undefined) this.settle(id)?.reject(new CancelledError(`document ${uri} was closed`));
+    for (const kind of ["complete", "nextEdit"] as const) {
+      const id = this.latestByUri.get(latestKey(kind, uri));
+      if (id !== undefined) this.settle(id)?.reject(new CancelledError(`document ${uri} was closed`));
+    }
     this.send({ type: "close", uri });
   }
 
@@ -345,22 +373,64 @@ export class SpliceClient {
     options: CompleteOptions = {},
     signal?: AbortSignal,
   ): Promise<CompletionResult> {
+    return this.request<CompletionResult>("complete", uri, signal, (requestId, version) => ({
+      type: "complete",
+      uri,
+      position,
+      requestId,
+      version,
+      ...(options.maxTokens !== undefined && { maxTokens: options.maxTokens }),
+      ...(options.temperature !== undefined && { temperature: options.temperature }),
+    }));
+  }
+
+  /**
+   * Ask for a next-edit suggestion around `position` (edits that follow from the ones just made).
+   * Superseded by a newer `nextEdit` for the same document (not by completions), cancelled by
+   * `signal`, and dropped when the document changes before the answer, as `complete` is.
+   */
+  nextEdit(
+    uri: string,
+    position: Position,
+    options: NextEditOptions = {},
+    signal?: AbortSignal,
+  ): Promise<NextEditResult> {
+    return this.request<NextEditResult>("nextEdit", uri, signal, (requestId, version) => ({
+      type: "nextEdit",
+      uri,
+      position,
+      requestId,
+      version,
+      ...(options.linesBefore !== undefined && { linesBefore: options.linesBefore }),
+      ...(options.linesAfter !== undefined && { linesAfter: options.linesAfter }),
+      ...(options.maxTokens !== undefined && { maxTokens: options.maxTokens }),
+    }));
+  }
+
+  private request<T extends CompletionResult | NextEditResult>(
+    kind: RequestKind,
+    uri: string,
+    signal: AbortSignal | undefined,
+    message: (requestId: string, version: number) => ClientMessage,
+  ): Promise<T> {
     if (signal?.aborted) return Promise.reject(new CancelledError("cancelled before it was sent"));
     const doc = this.documents.get(uri);
     if (!doc) return Promise.reject(new SpliceError("not_open", `document ${uri} is not open in the Splice client`));
     if (doc.refused) return Promise.reject(doc.refused);
     if (!this.isConnected()) return Promise.reject(this.disconnectedError());
 
-    const older = this.latestByUri.get(uri);
+    const slot = latestKey(kind, uri);
+    const older = this.latestByUri.get(slot);
     if (older !== undefined) this.settle(older)?.reject(new CancelledError("superseded by a newer request"));
 
     const requestId = `${this.idPrefix}-${++this.seq}`;
-    return new Promise<CompletionResult>((resolve, reject) => {
+    return new Promise<T>((resolve, reject) => {
       const timeoutMs = this.options.requestTimeoutMs ?? 60_000;
       const timer = setTimeout(() => {
         if (!this.settle(requestId)) return;
         this.send({ type: "cancel", requestId });
-        const err = new SpliceError("timeout", `no completion from ${this.url} within ${timeoutMs} ms`);
+        const what = kind === "complete" ? "completion" : "next-edit suggestion";
+        const err = new SpliceError("timeout", `no ${what} from ${this.url} within ${timeoutMs} ms`);
         this.setStatus({ error: { code: err.code, message: err.message } });
         reject(err);
       }, timeoutMs);
@@ -372,25 +442,18 @@ export class SpliceClient {
       signal?.addEventListener("abort", onAbort, { once: true });
       this.pending.set(requestId, {
         uri,
+        kind,
         sentAt: this.now(),
-        resolve,
+        resolve: resolve as (result: CompletionResult | NextEditResult) => void,
         reject,
         cleanup: () => {
           clearTimeout(timer);
           signal?.removeEventListener("abort", onAbort);
         },
       });
-      this.latestByUri.set(uri, requestId);
+      this.latestByUri.set(slot, requestId);
       this.setStatus({ busy: true });
-      this.send({
-        type: "complete",
-        uri,
-        position,
-        requestId,
-        version: doc.version,
-        ...(options.maxTokens !== undefined && { maxTokens: options.maxTokens }),
-        ...(options.temperature !== undefined && { temperature: options.temperature }),
-      });
+      this.send(message(requestId, doc.version));
     });
   }
 
@@ -612,6 +675,8 @@ export class SpliceClient {
     switch (message.type) {
       case "completion":
         return this.onCompletion(message);
+      case "nextEditResult":
+        return this.onNextEdit(message);
       case "error":
         return this.onError(message);
       case "resync": {
@@ -663,6 +728,30 @@ export class SpliceClient {
       ...(message.usage !== undefined && { usage: message.usage }),
       ...(message.timings !== undefined && { timings: message.timings }),
     });
+  }
+
+  private onNextEdit(message: NextEditResultMessage): void {
+    const pending = this.settle(message.requestId);
+    if (!pending) return;
+    const latencyMs = this.now() - pending.sentAt;
+    const doc = this.documents.get(message.uri);
+    if (!doc || doc.version !== message.version) {
+      pending.reject(new CancelledError(`the document changed after the request (version ${message.version})`));
+      return;
+    }
+    this.setStatus({ error: null });
+    const result: NextEditResult = {
+      requestId: message.requestId,
+      uri: message.uri,
+      version: message.version,
+      window: message.window,
+      edits: message.edits,
+      latencyMs,
+      ...(message.finishReason !== undefined && { finishReason: message.finishReason }),
+      ...(message.usage !== undefined && { usage: message.usage }),
+      ...(message.timings !== undefined && { timings: message.timings }),
+    };
+    pending.resolve(result);
   }
 
   private onError(message: ErrorMessage): void {
@@ -724,7 +813,8 @@ export class SpliceClient {
     if (!pending) return null;
     this.pending.delete(requestId);
     pending.cleanup();
-    if (this.latestByUri.get(pending.uri) === requestId) this.latestByUri.delete(pending.uri);
+    const slot = latestKey(pending.kind, pending.uri);
+    if (this.latestByUri.get(slot) === requestId) this.latestByUri.delete(slot);
     if (this.pending.size === 0) this.setStatus({ busy: false });
     return pending;
   }
@@ -754,4 +844,9 @@ export class SpliceClient {
   private log(level: LogLevel, message: string): void {
     this.options.log?.(level, message);
   }
+}
+
+/** The latest-wins slot of a request: one completion and one next-edit suggestion per document. */
+function latestKey(kind: RequestKind, uri: string): string {
+  return `${kind}\u0000${uri}`;
 }

@@ -57,6 +57,23 @@ export interface CompleteMessage {
   version?: number;
 }
 
+/**
+ * Ask for a next-edit suggestion: a rewrite of the lines around `position` that follows from the
+ * edits just made, answered with `nextEditResult`. A newer one for the same document cancels this
+ * one; asking never changes the server's copy of the document.
+ */
+export interface NextEditMessage {
+  type: "nextEdit";
+  uri: string;
+  position: Position;
+  requestId: RequestId;
+  /** Lines of the window above and below the cursor's line (0..20 each, default 5). */
+  linesBefore?: number;
+  linesAfter?: number;
+  maxTokens?: number;
+  version?: number;
+}
+
 export interface CancelMessage {
   type: "cancel";
   requestId: RequestId;
@@ -82,6 +99,7 @@ export type ClientMessage =
   | OpenMessage
   | ChangeMessage
   | CompleteMessage
+  | NextEditMessage
   | CancelMessage
   | CloseMessage
   | GetMessage
@@ -125,6 +143,26 @@ export interface CompletionMessage {
   timings?: CompletionTimings;
 }
 
+/** One replacement in the document: `range` (in the version the suggestion was made for) becomes `text`. */
+export interface EditItem {
+  range: Range;
+  text: string;
+}
+
+/** The suggestion for the document at `version`: `edits` is empty when nothing should change. */
+export interface NextEditResultMessage {
+  type: "nextEditResult";
+  requestId: RequestId;
+  uri: string;
+  version: number;
+  /** The lines that were rewritten (whole lines: character 0 to character 0). */
+  window: Range;
+  edits: EditItem[];
+  finishReason?: string;
+  usage?: CompletionUsage;
+  timings?: CompletionTimings;
+}
+
 export type ErrorCode =
   | "invalid_json"
   | "invalid_message"
@@ -140,6 +178,7 @@ export type ErrorCode =
   | "cancelled"
   | "unauthorized"
   | "out_of_range"
+  | "window_too_large"
   | "internal";
 
 export interface ErrorMessage {
@@ -182,7 +221,13 @@ export interface PongMessage {
   id?: string | number;
 }
 
-export type ServerMessage = CompletionMessage | ErrorMessage | ResyncMessage | DocumentMessage | PongMessage;
+export type ServerMessage =
+  | CompletionMessage
+  | NextEditResultMessage
+  | ErrorMessage
+  | ResyncMessage
+  | DocumentMessage
+  | PongMessage;
 
 /** An incoming frame that is not a message of this protocol; the text says what was wrong. */
 export class ProtocolError extends Error {
@@ -213,6 +258,10 @@ function isPosition(v: unknown): v is Position {
   return isObject(v) && isInt(v["line"]) && isInt(v["character"]);
 }
 
+function isRange(v: unknown): v is Range {
+  return isObject(v) && isPosition(v["start"]) && isPosition(v["end"]);
+}
+
 function isItem(v: unknown): v is CompletionItem {
   return (
     isObject(v) &&
@@ -240,6 +289,14 @@ export function parseServerMessage(raw: string): ServerMessage {
       field(obj, "items", "an array of {text, range}", (v): v is CompletionItem[] => isArray(v) && v.every(isItem));
       field(obj, "finishReason", "a string", isString, true);
       break;
+    case "nextEditResult":
+      field(obj, "requestId", "a string or integer", isId);
+      field(obj, "uri", "a string", isString);
+      field(obj, "version", "an integer", isInt);
+      field(obj, "window", "a range", isRange);
+      field(obj, "edits", "an array of {range, text}", (v): v is EditItem[] => isArray(v) && v.every(isItem));
+      field(obj, "finishReason", "a string", isString, true);
+      break;
     case "error":
       field(obj, "code", "a string", isString);
       field(obj, "message", "a string", isString);
@@ -264,6 +321,6 @@ export function parseServerMessage(raw: string): ServerMessage {
       throw new ProtocolError(`server sent a message of unknown type ${JSON.stringify(obj["type"])}`);
   }
   const message = obj as unknown as ServerMessage;
-  if (message.type === "completion") message.requestId = String(message.requestId);
+  if (message.type === "completion" || message.type === "nextEditResult") message.requestId = String(message.requestId);
   return message;
 }

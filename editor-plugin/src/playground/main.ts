@@ -29,6 +29,8 @@ import {
   TelemetryReporter,
   type ClientStatus,
   type CompletionResult,
+  type EditItem,
+  type NextEditResult,
   type TextChange,
 } from "../core/index.js";
 
@@ -40,6 +42,7 @@ declare global {
     spliceEditor: monaco.editor.IStandaloneCodeEditor;
     spliceClient: SpliceClient;
     spliceDocumentUri: string;
+    spliceNextEdit: { request(): Promise<NextEditResult | null>; shown(): EditItem | null };
   }
 }
 
@@ -100,6 +103,7 @@ client.openDocument({ uri: DOCUMENT_URI, languageId: model.getLanguageId(), getT
 // numbers versions itself: Monaco's versionId also moves on undo and redo.
 model.onDidChangeContent((event) => {
   debouncer.noteTyping();
+  nextEdits.documentChanged();
   const changes: TextChange[] = event.changes.map((change) => ({
     range: {
       start: { line: change.range.startLineNumber - 1, character: change.range.startColumn - 1 },
@@ -133,7 +137,7 @@ function describeCompletion(result: CompletionResult): string {
 
 const provider: monaco.languages.InlineCompletionsProvider<SpliceCompletions> = {
   async provideInlineCompletions(textModel, position, context, token): Promise<SpliceCompletions | undefined> {
-    if (textModel !== model) return undefined;
+    if (textModel !== model || nextEdits.shown() !== null) return undefined; // Tab is the next edit's
     const signal = cancellationSignal(token);
     if (context.triggerKind === monaco.languages.InlineCompletionTriggerKind.Automatic) {
       if (!(await debouncer.wait(signal))) return undefined;
@@ -181,6 +185,120 @@ const provider: monaco.languages.InlineCompletionsProvider<SpliceCompletions> = 
   },
 };
 monaco.languages.registerInlineCompletionsProvider("*", provider);
+
+// -- next-edit suggestions ---------------------------------------------------------------------------
+
+const NEXT_EDIT_PAUSE_MS = 700; // after the last edit, before a suggestion is asked for
+
+/**
+ * After an edit and a pause, asks the server for the edit that should follow (a rewrite of the
+ * lines around the cursor) and shows it: the replaced text struck through, the new text after it,
+ * Tab applies it (as an ordinary edit: the server gets it as a change), Esc or typing dismisses it.
+ */
+class NextEdits {
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private abort: AbortController | null = null;
+  private current: { edit: EditItem; version: number } | null = null;
+  private decorations: monaco.editor.IEditorDecorationsCollection;
+  private readonly visible: monaco.editor.IContextKey<boolean>;
+  private applying = false;
+
+  constructor(
+    private readonly editor: monaco.editor.IStandaloneCodeEditor,
+    private readonly toggle: HTMLInputElement,
+    private readonly info: HTMLElement,
+  ) {
+    this.decorations = editor.createDecorationsCollection();
+    this.visible = editor.createContextKey("spliceNextEditVisible", false);
+    editor.addCommand(monaco.KeyCode.Tab, () => this.accept(), "spliceNextEditVisible && !inlineSuggestionVisible");
+    editor.addCommand(monaco.KeyCode.Escape, () => this.dismiss(), "spliceNextEditVisible");
+    toggle.addEventListener("change", () => {
+      if (!toggle.checked) this.dismiss();
+    });
+  }
+
+  shown(): EditItem | null {
+    return this.current?.edit ?? null;
+  }
+
+  documentChanged(): void {
+    if (this.applying) return;
+    this.dismiss();
+    if (this.timer !== null) clearTimeout(this.timer);
+    if (this.toggle.checked) this.timer = setTimeout(() => void this.request(), NEXT_EDIT_PAUSE_MS);
+  }
+
+  async request(): Promise<NextEditResult | null> {
+    this.abort?.abort();
+    const abort = new AbortController();
+    this.abort = abort;
+    const position = this.editor.getPosition();
+    if (!position) return null;
+    this.info.textContent = "next edit: asking…";
+    try {
+      const result = await client.nextEdit(
+        DOCUMENT_URI,
+        { line: position.lineNumber - 1, character: position.column - 1 },
+        { linesBefore: 5, linesAfter: 5 },
+        abort.signal,
+      );
+      const edit = result.edits[0];
+      this.info.textContent = edit
+        ? `next edit in ${Math.round(result.latencyMs)} ms: Tab applies it, Esc dismisses it`
+        : `next edit: no change (${Math.round(result.latencyMs)} ms)`;
+      if (edit && this.toggle.checked) this.show(edit, result.version);
+      return result;
+    } catch (err) {
+      if (!isCancelled(err)) this.info.textContent = `next edit failed: ${(err as Error).message}`;
+      return null;
+    }
+  }
+
+  private show(edit: EditItem, version: number): void {
+    this.current = { edit, version };
+    const range = toMonacoRange(edit.range);
+    const shown = edit.text.replaceAll("\n", "⏎");
+    this.decorations.set([
+      { range, options: { inlineClassName: "splice-next-edit-old" } },
+      {
+        range: new monaco.Range(range.endLineNumber, range.endColumn, range.endLineNumber, range.endColumn),
+        options: {
+          after: { content: shown || "(delete)", inlineClassName: "splice-next-edit-new" },
+        },
+      },
+    ]);
+    this.visible.set(true);
+    this.editor.trigger("splice", "editor.action.inlineSuggest.hide", {});
+  }
+
+  private accept(): void {
+    const current = this.current;
+    if (!current) return;
+    this.dismiss();
+    this.applying = true;
+    try {
+      model.pushEditOperations([], [{ range: toMonacoRange(current.edit.range), text: current.edit.text }], () => null);
+    } finally {
+      this.applying = false;
+    }
+    this.info.textContent = "next edit applied";
+  }
+
+  dismiss(): void {
+    this.abort?.abort();
+    this.abort = null;
+    this.current = null;
+    this.decorations.clear();
+    this.visible.set(false);
+  }
+}
+
+function toMonacoRange(range: EditItem["range"]): monaco.Range {
+  return new monaco.Range(range.start.line + 1, range.start.character + 1, range.end.line + 1, range.end.character + 1);
+}
+
+const nextEdits = new NextEdits(editor, element("next-edit") as HTMLInputElement, element("next-edit-info"));
+window.spliceNextEdit = { request: () => nextEdits.request(), shown: () => nextEdits.shown() };
 
 // -- status line ---------------------------------------------------------------------------------
 
