@@ -5,6 +5,10 @@
 // Tab, and checks that the server's copy of the document (GET /v1/documents) equals the
 // editor's text and that the accept reached POST /v1/events. Writes a screenshot to
 // e2e/artifacts/playground.png and the server's log to e2e/artifacts/server.log.
+// Then the next-edit flow: it loads a small class, adds a constructor parameter by typing, waits
+// for the next-edit suggestion the pause after the edit asks for, applies it with Tab and checks
+// the editor holds exactly the suggested edit and the server's copy equals the editor's again
+// (e2e/artifacts/next-edit.png).
 //
 //   npm run e2e                                   (builds first)
 //   SPLICE_E2E_URL=http://127.0.0.1:8600 node e2e/playground.e2e.mjs
@@ -25,6 +29,18 @@ const SERVER_LOG = join(ARTIFACTS, "server.log");
 const HEALTH_TIMEOUT_MS = 300_000; // the first start converts the default model; CPU loads are slow
 const GHOST_TIMEOUT_MS = 120_000; // debounce + prefill + decode of up to 64 tokens on a CPU
 const SYNC_TIMEOUT_MS = 10_000;
+const NEXT_EDIT_SCREENSHOT = join(ARTIFACTS, "next-edit.png");
+const NEXT_EDIT_TEXT = [
+  "class User:",
+  "    def __init__(self, name, age):",
+  "        self.name = name",
+  "        self.age = age",
+  "",
+  "    def describe(self):",
+  '        return f"{self.name} ({self.age})"',
+  "",
+].join("\n");
+const NEXT_EDIT_TYPED = ", email"; // typed after `age` in the constructor's parameters
 
 class E2EFailure extends Error {}
 
@@ -214,27 +230,7 @@ async function runPlayground(base, browser) {
     }
     step(`accepted: ${JSON.stringify(after.slice(before.length).slice(0, 120))}`);
 
-    step("comparing the server's copy with the editor");
-    let last = null;
-    const synced = await poll(async () => {
-      const editorText = await page.evaluate(() => window.spliceEditor.getValue());
-      const response = await fetch(`${base}/v1/documents?uri=${encodeURIComponent(uri)}`);
-      if (!response.ok) {
-        last = `GET /v1/documents answered ${response.status}: ${(await response.text()).slice(0, 300)}`;
-        return null;
-      }
-      const doc = await response.json();
-      last = { server: doc.text, editor: editorText, version: doc.version };
-      return doc.text === editorText && doc.uri === uri ? doc : null;
-    }, SYNC_TIMEOUT_MS);
-    if (!synced) {
-      fail(
-        typeof last === "string"
-          ? last
-          : `the server's copy (version ${last?.version}) differs from the editor:\n  server: ${JSON.stringify(last?.server)}\n  editor: ${JSON.stringify(last?.editor)}`,
-      );
-    }
-    step(`server copy equals the editor text (version ${synced.version}, language ${synced.languageId})`);
+    await expectServerCopy(base, page, uri);
 
     step("checking that the accept reached POST /v1/events");
     const selected = await poll(async () => {
@@ -244,9 +240,78 @@ async function runPlayground(base, browser) {
     }, SYNC_TIMEOUT_MS);
     if (!selected) fail(`no select event was recorded by the server (splice_events_total{type="select"})\n${diagnostics()}`);
     step(selected);
+
+    await runNextEdit(base, page, uri, diagnostics);
   } finally {
     await page.close();
   }
+}
+
+async function expectServerCopy(base, page, uri) {
+  step("comparing the server's copy with the editor");
+  let last = null;
+  const synced = await poll(async () => {
+    const editorText = await page.evaluate(() => window.spliceEditor.getValue());
+    const response = await fetch(`${base}/v1/documents?uri=${encodeURIComponent(uri)}`);
+    if (!response.ok) {
+      last = `GET /v1/documents answered ${response.status}: ${(await response.text()).slice(0, 300)}`;
+      return null;
+    }
+    const doc = await response.json();
+    last = { server: doc.text, editor: editorText, version: doc.version };
+    return doc.text === editorText && doc.uri === uri ? doc : null;
+  }, SYNC_TIMEOUT_MS);
+  if (!synced) {
+    fail(
+      typeof last === "string"
+        ? last
+        : `the server's copy (version ${last?.version}) differs from the editor:\n  server: ${JSON.stringify(last?.server)}\n  editor: ${JSON.stringify(last?.editor)}`,
+    );
+  }
+  step(`server copy equals the editor text (version ${synced.version}, language ${synced.languageId})`);
+}
+
+/** Next edit: an edit, a pause, the suggestion shown, Tab applies it, the server follows. */
+async function runNextEdit(base, page, uri, diagnostics) {
+  step("next edit: loading a class and adding a constructor parameter");
+  await page.evaluate((text) => {
+    const editor = window.spliceEditor;
+    editor.getModel().setValue(text);
+    editor.setPosition({ lineNumber: 2, column: "    def __init__(self, name, age".length + 1 });
+    editor.focus();
+  }, NEXT_EDIT_TEXT);
+  await sleep(300);
+  await page.keyboard.type(NEXT_EDIT_TYPED, { delay: 40 });
+  step(`waiting for a next-edit suggestion (up to ${GHOST_TIMEOUT_MS / 1000} s)`);
+  const shown = await poll(() => page.evaluate(() => window.spliceNextEdit.shown()), GHOST_TIMEOUT_MS, 250);
+  if (!shown) {
+    const info = await page.evaluate(() => document.getElementById("next-edit-info")?.textContent);
+    fail(`no next-edit suggestion was shown within ${GHOST_TIMEOUT_MS / 1000} s (${info})\n${diagnostics()}`);
+  }
+  await page.locator(".splice-next-edit-new").first().waitFor({ state: "visible", timeout: 5_000 }).catch(() =>
+    fail(`a suggestion is held but not drawn: ${JSON.stringify(shown)}`),
+  );
+  step(`suggestion: replace ${JSON.stringify(shown.range)} with ${JSON.stringify(shown.text)}`);
+  await page.screenshot({ path: NEXT_EDIT_SCREENSHOT });
+  step(`screenshot: ${NEXT_EDIT_SCREENSHOT}`);
+  const expected = await page.evaluate((edit) => {
+    const model = window.spliceEditor.getModel();
+    const start = model.getOffsetAt({ lineNumber: edit.range.start.line + 1, column: edit.range.start.character + 1 });
+    const end = model.getOffsetAt({ lineNumber: edit.range.end.line + 1, column: edit.range.end.character + 1 });
+    const text = model.getValue();
+    return text.slice(0, start) + edit.text + text.slice(end);
+  }, shown);
+  await page.keyboard.press("Tab");
+  const after = await poll(async () => {
+    const value = await page.evaluate(() => window.spliceEditor.getValue());
+    return value === expected ? value : null;
+  }, 5_000);
+  if (after === null) {
+    const value = await page.evaluate(() => window.spliceEditor.getValue());
+    fail(`Tab did not apply the next edit.\n  expected: ${JSON.stringify(expected)}\n  editor:   ${JSON.stringify(value)}`);
+  }
+  step(`applied: the editor now reads ${JSON.stringify(after.slice(0, 200))}`);
+  await expectServerCopy(base, page, uri);
 }
 
 /** Monaco draws no tokens for a blank suggestion line, and may drop trailing spaces: compare without them. */
