@@ -25,6 +25,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ def history_paths(data: Path) -> dict[str, str]:
         return {row["id"]: row.get("path") or "file.py" for row in map(json.loads, fh)}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def load_engine(args: argparse.Namespace) -> tuple[CompletionEngine, RenderStyle, Callable[[str], int]]:
+    """The served model of `--model`/`--adapter`, the prompt's context style and a token counter."""
     from splice.completion.adapters import load_served_model
     from splice.completion.models import parse_spec
 
@@ -60,6 +62,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def count(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False))
+
+    return engine, style, count
+
+
+def history_parser(prog: str, doc: str | None, limit: int) -> argparse.ArgumentParser:
+    """The flags every edit-history benchmark takes (data, split, budgets, model, output)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, required=True, help="edit histories (.jsonl.gz)")
+    parser.add_argument("--split", choices=("heldout", "tune"), default="heldout")
+    parser.add_argument("--limit", type=int, default=limit, help=f"steps (default {limit})")
+    parser.add_argument("--edit-tokens", type=int, default=256, help="the recent-edits slot's budget")
+    parser.add_argument("--prompt-tokens", type=int, default=2048, help="prompt budget")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--adapter", default="default", help="SPLICE_ADAPTER value (default, none, a folder)")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--json", type=Path, help="write the result (with every step) here")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def check_history_args(prog: str, args: argparse.Namespace) -> bool:
+    """False (after saying why) when the shared flags are unusable."""
+    if not args.data.is_file():
+        print(f"{prog}: {args.data} does not exist", file=sys.stderr)
+        return False
+    if args.limit < 1 or args.edit_tokens < 1 or args.prompt_tokens < 64:
+        print(f"{prog}: --limit and --edit-tokens must be ≥ 1, --prompt-tokens ≥ 64", file=sys.stderr)
+        return False
+    return True
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    engine, style, count = load_engine(args)
 
     params = GenerationParams(max_tokens=args.max_tokens, stop=("\n",))
     paths = history_paths(args.data)
@@ -168,33 +205,13 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="splice bench edit-context",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--data", type=Path, required=True, help="edit histories (.jsonl.gz)")
+    prog = "splice bench edit-context"
+    parser = history_parser(prog, __doc__, 200)
     parser.add_argument("--task", choices=TASKS, default="next-line")
     parser.add_argument("--lines-after", type=int, default=20, help="next-line: distance from the edit")
-    parser.add_argument("--split", choices=("heldout", "tune"), default="heldout")
-    parser.add_argument("--limit", type=int, default=200, help="steps (default 200)")
-    parser.add_argument("--edit-tokens", type=int, default=256, help="the recent-edits slot's budget")
-    parser.add_argument("--prompt-tokens", type=int, default=2048, help="prompt budget of both arms")
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--adapter", default="default", help="SPLICE_ADAPTER value (default, none, a folder)")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--json", type=Path, help="write the result (with every step) here")
-    parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    if not args.data.is_file():
-        print(f"splice bench edit-context: {args.data} does not exist", file=sys.stderr)
-        return 2
-    if args.limit < 1 or args.edit_tokens < 1 or args.prompt_tokens < 64:
-        print(
-            "splice bench edit-context: --limit and --edit-tokens must be ≥ 1, --prompt-tokens ≥ 64",
-            file=sys.stderr,
-        )
+    if not check_history_args(prog, args):
         return 2
     result = run(args)
     print_table(result)

@@ -27,32 +27,20 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from splice.bench.edit_context import _same_path
-from splice.completion.engine import CompletionEngine, EngineConfig
-from splice.completion.fim import repository_separator
+from splice.bench.edit_context import _same_path, check_history_args, history_parser, load_engine
 from splice.completion.next_edit import minimal_edit, rewrite_input, rewrite_params, window_around
 from splice.completion.recent_edits import RecentEdits
-from splice.retrieval.context import RenderStyle, render_context
+from splice.retrieval.context import render_context
 from splice.training.edit_samples import cursor_after, history_texts, split_of, true_window
 from splice.training.gate import edit_similarity
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from splice.completion.adapters import load_served_model
-    from splice.completion.models import parse_spec
-
-    loaded = load_served_model(parse_spec(args.model), args.adapter, dtype=args.dtype)
-    engine = CompletionEngine(loaded, EngineConfig(max_prompt_tokens=args.prompt_tokens))
-    tokenizer = engine.tokenizer
-    style = RenderStyle.for_language("python", repository_separator(tokenizer, engine.template))
-
-    def count(text: str) -> int:
-        return len(tokenizer.encode(text, add_special_tokens=False))
+    engine, style, count = load_engine(args)
 
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=args.limit, desc="next-edit", disable=args.quiet)
@@ -181,32 +169,14 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="splice bench next-edit",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--data", type=Path, required=True, help="edit histories (.jsonl.gz)")
-    parser.add_argument("--split", choices=("heldout", "tune"), default="heldout")
-    parser.add_argument("--limit", type=int, default=150, help="steps (default 150)")
+    prog = "splice bench next-edit"
+    parser = history_parser(prog, __doc__, 150)
     parser.add_argument("--lines", type=int, default=5, help="window lines above and below the cursor's")
-    parser.add_argument("--edit-tokens", type=int, default=256, help="the recent-edits slot's budget")
-    parser.add_argument("--prompt-tokens", type=int, default=2048)
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--adapter", default="default", help="SPLICE_ADAPTER value (default, none, a folder)")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--json", type=Path, help="write the result (with every step) here")
-    parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    if not args.data.is_file():
-        print(f"splice bench next-edit: {args.data} does not exist", file=sys.stderr)
+    if not check_history_args(prog, args):
         return 2
-    if args.limit < 1 or args.edit_tokens < 1 or args.prompt_tokens < 64 or not 0 <= args.lines <= 20:
-        print(
-            "splice bench next-edit: --limit and --edit-tokens must be ≥ 1, --prompt-tokens ≥ 64, "
-            "--lines in 0..20",
-            file=sys.stderr,
-        )
+    if not 0 <= args.lines <= 20:
+        print(f"{prog}: --lines must be in 0..20", file=sys.stderr)
         return 2
     result = run(args)
     print_table(result)
