@@ -21,7 +21,7 @@ from splice.assistant.documents import DocumentError, Position, offset_at, posit
 from splice.assistant.errors import ApiError
 from splice.completion.document_cache import DocumentKey
 from splice.completion.engine import GenerationParams
-from splice.completion.next_edit import Window, minimal_edit, rewrite_input, rewrite_params, window_around
+from splice.completion.next_edit import Window, rewrite_input, rewrite_params, suggested_edit, window_around
 from splice.completion.scheduler import Finished, Request
 
 MAX_WINDOW_CHARS = 16_000  # a window of 41 lines longer than this is minified or data, not code
@@ -105,7 +105,7 @@ def answer(service: CompletionService, job: NextEditJob, finished: Finished) -> 
     """The suggestion as JSON: `edits` holds the minimal edit (none when the rewrite is cut by
     the token limit, empty, or equal to the window)."""
     result = finished.result
-    edit = minimal_edit(job.window, result.text) if result.finish_reason == "stop" else None
+    edit = suggested_edit(job.window, result.text, result.finish_reason)
     edits = []
     if edit is not None:
         edits.append({"range": _range(job.text, edit.start, edit.end), "text": edit.text})

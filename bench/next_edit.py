@@ -32,7 +32,7 @@ from typing import Any
 from tqdm import tqdm
 
 from splice.bench.edit_context import _same_path, check_history_args, history_parser, load_engine
-from splice.completion.next_edit import minimal_edit, rewrite_input, rewrite_params, window_around
+from splice.completion.next_edit import rewrite_input, rewrite_params, suggested_edit, window_around
 from splice.completion.recent_edits import RecentEdits
 from splice.retrieval.context import render_context
 from splice.training.edit_samples import cursor_after, history_texts, split_of, true_window
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.perf_counter()
             result = engine.complete(inp, params)
             ms = (time.perf_counter() - t0) * 1000
-            edit = minimal_edit(window, result.text) if result.finish_reason == "stop" else None
+            edit = suggested_edit(window, result.text, result.finish_reason)
             predicted = window.text
             if edit is not None:
                 s, e = edit.start - window.start, edit.end - window.start

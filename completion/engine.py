@@ -129,6 +129,9 @@ class CompletionInput:
     # Text drafting may copy from besides the prompt, never shown to the model: what the last edit
     # removed (a line deleted and typed again gets drafted whole; splice.completion.drafting).
     draft_text: str = ""
+    # False: no token healing of the prefix's last token (a prompt that ends at a line boundary
+    # the model was trained to continue from as is: the next-edit rewrite after its divider)
+    heal: bool = True
 
 
 @dataclass(frozen=True)
@@ -297,7 +300,7 @@ class CompletionEngine:
         before = encoder.stats.chars
         encoder.document(prefix + suffix)
         heal = ""
-        if self.healer is not None:
+        if self.healer is not None and inp.heal:
             healed = self.healer.split(prefix)
             if healed.prefix or self.template.is_fim:  # a prefix-only prompt must keep a token
                 prefix, heal = healed.prefix, healed.heal

@@ -9,9 +9,15 @@ layout code models have seen in every repository's history:
     <<<<<<< current
     ...the window as it is...
     =======
-    [the model writes the window as it should be: the FIM middle]
+    <the window's first line>
+    [the model writes the rest of the window as it should be: the FIM middle]
     >>>>>>> updated
     ...document after the window...
+
+The window's first line is repeated after the divider as a fixed anchor (it is not rewritten): a
+small model starts copying where the text it just read occurred before (an induction match on the
+first line), and without the anchor it does not know where the copy starts. Edits are proposed
+for the lines after it (the cursor's line is never the window's first unless the document's is).
 
 The window's text is also the drafting source (`CompletionInput.draft_text`): most of a rewrite
 is a copy, which lookup drafting verifies many tokens at a time. The generation is raw (no
@@ -44,6 +50,12 @@ class Window:
     text: str  # the window (whole lines, with their line ends)
     after: str  # the document after it
 
+    @property
+    def anchor(self) -> str:
+        """The window's first line (with its line end) when more lines follow it, else ''."""
+        end = self.text.find("\n")
+        return self.text[: end + 1] if 0 <= end < len(self.text) - 1 else ""
+
 
 @dataclass(frozen=True)
 class TextEdit:
@@ -74,12 +86,13 @@ def rewrite_input(
 ) -> CompletionInput:
     body = window.text if window.text.endswith("\n") or not window.text else window.text + "\n"
     return CompletionInput(
-        prefix=window.before + CURRENT + body + DIVIDER,
+        prefix=window.before + CURRENT + body + DIVIDER + window.anchor,
         suffix=UPDATED + window.after,
         language=language,
         filepath=filepath,
         context=context,
         draft_text=body,
+        heal=False,  # the rewrite starts after the divider's line end, as in training
     )
 
 
@@ -91,6 +104,15 @@ def rewrite_params(window: Window, count_tokens: int, max_tokens: int | None = N
     following = next((line for line in window.after.split("\n") if line.strip()), "")
     stops = STOPS + (("\n" + following,) if len(following.strip()) >= MIN_RUN_ON_LINE else ())
     return GenerationParams(max_tokens=max(1, budget), stop=stops, postprocess=False)
+
+
+def suggested_edit(window: Window, generated: str, finish_reason: str) -> TextEdit | None:
+    """The edit a generation suggests: the anchor line and the generated rest of the window,
+    as a minimal edit; none for a generation that did not end by itself (cut by the limit) or
+    that is empty (a model that closes the conflict at once means "no change", not "delete")."""
+    if finish_reason != "stop" or not generated.strip():
+        return None
+    return minimal_edit(window, window.anchor + generated)
 
 
 def minimal_edit(window: Window, rewritten: str) -> TextEdit | None:

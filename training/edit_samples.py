@@ -90,17 +90,20 @@ def _around(before: str, after: str) -> tuple[str, str]:
     return "\n".join(head[-AROUND_LINES:]), "\n".join(tail[:AROUND_LINES])
 
 
-def next_edit_sample(path: str, context: str, window: Window, truth: str) -> RepoSample:
-    """The rewrite prompt of `completion.next_edit.rewrite_input` as a training sample."""
+def next_edit_sample(path: str, context: str, window: Window, truth: str) -> RepoSample | None:
+    """The rewrite prompt of `completion.next_edit.rewrite_input` as a training sample (None when
+    the truth changes the window's anchor line, which the prompt holds fixed)."""
     body = window.text if window.text.endswith("\n") or not window.text else window.text + "\n"
     middle = truth if truth.endswith("\n") or not truth else truth + "\n"
+    if not middle.startswith(window.anchor):
+        return None
     before, after = _around(window.before, window.after)
     return RepoSample(
         repository="",
         path=path,
         context=context,
-        prefix=before + CURRENT + body + DIVIDER,
-        middle=middle,
+        prefix=before + CURRENT + body + DIVIDER + window.anchor,
+        middle=middle[len(window.anchor) :],
         suffix=UPDATED + after,
     )
 
@@ -152,9 +155,9 @@ def sequence_samples(
         if cursor is not None:
             n = rng.randint(*lines)
             window = window_around(texts[i], cursor, n, n)
-            samples.append(
-                next_edit_sample(path, context, window, true_window(window, texts[i], texts[i + 1]))
-            )
+            sample = next_edit_sample(path, context, window, true_window(window, texts[i], texts[i + 1]))
+            if sample is not None:
+                samples.append(sample)
         fim = added_line_sample(path, context, texts[i], texts[i + 1], rng)
         if fim is not None:
             samples.append(fim)

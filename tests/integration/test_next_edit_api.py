@@ -190,16 +190,17 @@ def test_a_rewrite_becomes_a_minimal_edit_in_utf16_ranges(engine: CompletionEngi
     only what changed, and its LSP characters count UTF-16 units after an astral character."""
     app = create_app(Settings(home=tmp_path), engine)
     service = app.state.splice.completions
-    text = "a = '𝄞'; b = 1\nc = 2\n"
-    window, _ = next_edits.plan(service, text, Position(0, 0), 0, 1, None)
+    text = "x = 0\na = '𝄞'; b = 1\nc = 2\n"
+    window, _ = next_edits.plan(service, text, Position(0, 0), 0, 2, None)
+    assert window.anchor == "x = 0\n"  # the model writes the window after its first line
     rewrite = "a = '𝄞'; b = 10\nc = 2\n"
     request = Request(rewrite_input(window, "python", None), GenerationParams())
     job = next_edits.NextEditJob(request, window, text, None, None)
     result = CompletionResult(rewrite, rewrite, "stop", 10, 8, 0, Timings())
     out = next_edits.answer(service, job, Finished(result, 0.0))
     assert out["edits"] == [
-        {"range": {"start": {"line": 0, "character": 15}, "end": {"line": 0, "character": 15}}, "text": "0"}
+        {"range": {"start": {"line": 1, "character": 15}, "end": {"line": 1, "character": 15}}, "text": "0"}
     ]
-    assert out["window"] == {"start": {"line": 0, "character": 0}, "end": {"line": 2, "character": 0}}
+    assert out["window"] == {"start": {"line": 0, "character": 0}, "end": {"line": 3, "character": 0}}
     cut = CompletionResult(rewrite, rewrite, "length", 10, 8, 0, Timings())
     assert next_edits.answer(service, job, Finished(cut, 0.0))["edits"] == []

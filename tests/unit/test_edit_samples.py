@@ -40,10 +40,16 @@ def test_a_next_edit_sample_is_the_served_prompt_with_the_true_window_as_middle(
     w = window_around(V1, 3, 1, 1)
     sample = next_edit_sample("geo.py", "ctx", w, true_window(w, V1, V2))
     served = rewrite_input(w, "python", "geo.py", "ctx")
-    assert sample.prefix.endswith(CURRENT + w.text + DIVIDER)
+    assert sample is not None
+    assert sample.prefix.endswith(CURRENT + w.text + DIVIDER + w.anchor)
     assert served.prefix.endswith(sample.prefix)  # the same prompt (the sample keeps fewer lines far away)
     assert sample.suffix.startswith(UPDATED)
-    assert sample.middle == "def area(w, height):\n    return w * height\n"
+    assert w.anchor == "def area(w, height):\n"
+    assert (
+        sample.middle == "    return w * height\n"
+    )  # the window after its anchor, as the next step leaves it
+    renamed_again = V1.replace("def area(w,", "def area(x,")
+    assert next_edit_sample("geo.py", "", w, true_window(w, V1, renamed_again)) is None  # the anchor changed
 
 
 def test_samples_from_a_sequence_show_the_steps_so_far() -> None:

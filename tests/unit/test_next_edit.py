@@ -12,6 +12,7 @@ from splice.completion.next_edit import (
     minimal_edit,
     rewrite_input,
     rewrite_params,
+    suggested_edit,
     window_around,
 )
 
@@ -58,7 +59,9 @@ def test_window_limits() -> None:
 def test_the_prompt_marks_the_window_as_a_merge_conflict() -> None:
     w = window_around(TEXT, TEXT.index("line 5"), 1, 1)
     inp = rewrite_input(w, "python", "a.py", context="ctx")
-    assert inp.prefix == w.before + CURRENT + w.text + DIVIDER
+    assert w.anchor == "line 4\n"  # the first line, repeated after the divider: where the copy starts
+    assert inp.prefix == w.before + CURRENT + w.text + DIVIDER + w.anchor
+    assert inp.heal is False  # the prompt ends at a line boundary, as in training
     assert inp.suffix == UPDATED + w.after
     assert inp.draft_text == w.text  # the copy the rewrite mostly is
     assert rewrite_params(w, 10).postprocess is False
@@ -70,7 +73,8 @@ def test_the_prompt_marks_the_window_as_a_merge_conflict() -> None:
     short = window_around("a = 1\n\n)\n", 0, 0, 0)
     assert rewrite_params(short, 4).stop == STOPS
     last = window_around("a\nb", 3, 1, 0)  # no line end at the end: the prompt adds one
-    assert rewrite_input(last, None, None).prefix.endswith("a\nb\n" + DIVIDER)
+    assert rewrite_input(last, None, None).prefix.endswith("a\nb\n" + DIVIDER + "a\n")
+    assert window_around("one line\n", 0, 1, 1).anchor == ""  # nothing after it to rewrite
 
 
 def test_minimal_edit_is_the_changed_span_only() -> None:
@@ -101,3 +105,13 @@ def test_minimal_edit_keeps_the_documents_last_line_end() -> None:
     edit2 = minimal_edit(w2, "a\nc")  # a rewrite that lost the last line end keeps it
     assert edit2 is not None
     assert _apply(full, edit2.start, edit2.end, edit2.text) == "a\nc\n"
+
+
+def test_a_suggestion_is_the_anchor_and_the_generated_rest() -> None:
+    w = window_around(TEXT, TEXT.index("line 5"), 1, 1)  # lines 4..6, anchor "line 4"
+    edit = suggested_edit(w, "line five\nline 6\n", "stop")
+    assert edit is not None
+    assert _apply(TEXT, edit.start, edit.end, edit.text) == TEXT.replace("line 5\n", "line five\n")
+    assert suggested_edit(w, "line five\nline 6\n", "length") is None  # cut by the limit
+    assert suggested_edit(w, "", "stop") is None  # closed at once: no change, not "delete the rest"
+    assert suggested_edit(w, "line 5\nline 6\n", "stop") is None  # the window as it is
