@@ -153,11 +153,13 @@ class CompletionService:
         document: str,
         repository: str | None = None,
         disabled: bool = False,
+        edit_tokens: int | None = None,
     ) -> tuple[CompletionInput, list[Snippet]]:
         """`inp` with context from `tenant`'s repositories for its file (off the event loop: it
         reads the index) and the tenant's recent edits; the edits take their share of the
-        context budget first (`edit_context_tokens`), the repository snippets the rest."""
-        edits = self.recent_edits_text(tenant) if not disabled else ""
+        context budget first (`edit_tokens`, default `edit_context_tokens`), the repository
+        snippets the rest."""
+        edits = self.recent_edits_text(tenant, edit_tokens) if not disabled else ""
         if self.registry is None or disabled or self.settings.context_tokens == 0:
             if repository is not None and self.registry is None:
                 raise ApiError(404, "unknown_repository", "this server has no repositories registered")
@@ -185,12 +187,14 @@ class CompletionService:
     def count_tokens(self, text: str) -> int:
         return len(self.engine.tokenizer.encode(text, add_special_tokens=False))
 
-    def recent_edits_text(self, tenant: str) -> str:
-        """The tenant's newest edits that fit `edit_context_tokens`, as unified diffs ('' if none)."""
+    def recent_edits_text(self, tenant: str, budget: int | None = None) -> str:
+        """The tenant's newest edits that fit `budget` tokens (default `edit_context_tokens`), as
+        unified diffs ('' if none)."""
         edits = self.edits.get(tenant)
-        if edits is None or self.settings.edit_context_tokens == 0:
+        budget = self.settings.edit_context_tokens if budget is None else budget
+        if edits is None or budget == 0:
             return ""
-        return edits.render(self.settings.edit_context_tokens, self.count_tokens, display_path)
+        return edits.render(budget, self.count_tokens, display_path)
 
     def _with_edits_only(self, inp: CompletionInput, edits: str) -> CompletionInput:
         if not edits:

@@ -92,7 +92,9 @@ async def prepare(
     """The scheduler request for a planned suggestion, with the tenant's context."""
     path = filepath or uri
     inp = rewrite_input(window, language, path)
-    inp, _ = await service.add_context(inp, tenant, uri or path or "(unnamed)")
+    inp, _ = await service.add_context(
+        inp, tenant, uri or path or "(unnamed)", edit_tokens=service.settings.next_edit_context_tokens
+    )
     adapter = service.adapter_for(tenant)
     key = None
     if uri is not None and service.settings.reuse_method != "full":

@@ -169,6 +169,12 @@ class Settings(BaseSettings):
         description="Prompt tokens for the tenant's recent edits (unified diffs, newest nearest the "
         "document), taken from the context_tokens budget first; 0 turns the slot off",
     )
+    next_edit_context_tokens: int = Field(
+        256,
+        ge=0,
+        description="Prompt tokens for the tenant's recent edits in next-edit prompts (what a "
+        "suggestion follows from; separate from edit_context_tokens, which is for completions)",
+    )
     context_tokens: int = Field(
         512, ge=0, description="Prompt tokens for repository context (snippets); 0 turns retrieval off"
     )

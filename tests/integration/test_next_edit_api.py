@@ -204,3 +204,28 @@ def test_a_rewrite_becomes_a_minimal_edit_in_utf16_ranges(engine: CompletionEngi
     assert out["window"] == {"start": {"line": 0, "character": 0}, "end": {"line": 3, "character": 0}}
     cut = CompletionResult(rewrite, rewrite, "length", 10, 8, 0, Timings())
     assert next_edits.answer(service, job, Finished(cut, 0.0))["edits"] == []
+
+
+def test_next_edit_prompts_carry_the_recent_edits_by_default(engine: CompletionEngine, tmp_path: Any) -> None:
+    """Completions leave the recent-edits slot off by default (SPLICE_EDIT_CONTEXT_TOKENS=0); a
+    next-edit prompt has its own budget (SPLICE_NEXT_EDIT_CONTEXT_TOKENS, 256): the edits are
+    what a suggestion follows from."""
+    settings = Settings(home=tmp_path)
+    assert settings.edit_context_tokens == 0 and settings.next_edit_context_tokens == 256
+    with TestClient(create_app(settings, engine)) as c, c.websocket_connect("/v1/documents") as ws:
+        ws.send_json({"type": "open", "uri": URI, "languageId": "python", "version": 1, "text": TEXT})
+        at = lsp_position(TEXT, TEXT.index("qty)", TEXT.index("def item_3")) + 3)
+        change = {"range": {"start": at, "end": at}, "text": ", tax"}
+        ws.send_json({"type": "change", "uri": URI, "version": 2, "changes": [change]})
+        ws.send_json({"type": "get", "uri": URI})
+        text = ws.receive_json()["text"]
+        service = c.app.state.splice.completions
+        window, params = next_edits.plan(service, text, Position(at["line"], at["character"] + 5), 2, 2, None)
+        job = c.portal.call(
+            lambda: next_edits.prepare(
+                service, window, params, text, tenant="default", uri=URI, filepath=None, language="python"
+            )
+        )
+        context = job.request.input.context  # (commented: the tiny tokenizer has no file separator)
+        assert "-def item_3(price, qty):" in context and "+def item_3(price, qty, tax):" in context
+        assert service.recent_edits_text("default") == ""  # the completions' slot stays off
