@@ -28,6 +28,7 @@ change" (no edit).
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from splice.completion.engine import CompletionInput, GenerationParams
@@ -112,7 +113,34 @@ def suggested_edit(window: Window, generated: str, finish_reason: str) -> TextEd
     that is empty (a model that closes the conflict at once means "no change", not "delete")."""
     if finish_reason != "stop" or not generated.strip():
         return None
-    return minimal_edit(window, window.anchor + generated)
+    return minimal_edit(window, keep_edges(window.text, window.anchor + generated))
+
+
+def keep_edges(old: str, new: str) -> str:
+    """`new` without the deletions a rewrite makes by stopping early or starting late: lines of
+    `old` missing at the rewrite's start or end are kept, and so are deleted blank lines (a small
+    model drops or adds blank lines while copying). Replacements, insertions and deletions of
+    code lines inside the window stand. A replacement at the end with fewer new lines than old
+    (an unfinished line completed, then the rewrite ended) keeps the old lines after it."""
+    a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
+    ops = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
+    out: list[str] = []
+    for n, (tag, i1, i2, j1, j2) in enumerate(ops):
+        edge = n == 0 or n == len(ops) - 1
+        if tag == "equal" or tag == "insert":
+            out.extend(b[j1:j2])
+        elif tag == "delete":
+            if edge or all(not line.strip() for line in a[i1:i2]):
+                out.extend(a[i1:i2])
+        elif n == len(ops) - 1 and i2 - i1 > j2 - j1:  # the rewrite ended inside this block
+            done = b[j1:j2]
+            if done and not done[-1].endswith("\n"):
+                done[-1] += "\n"  # the kept lines follow it
+            out.extend(done)
+            out.extend(a[i1 + (j2 - j1) : i2])
+        else:
+            out.extend(b[j1:j2])
+    return "".join(out)
 
 
 def minimal_edit(window: Window, rewritten: str) -> TextEdit | None:

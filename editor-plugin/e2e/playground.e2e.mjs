@@ -5,10 +5,10 @@
 // Tab, and checks that the server's copy of the document (GET /v1/documents) equals the
 // editor's text and that the accept reached POST /v1/events. Writes a screenshot to
 // e2e/artifacts/playground.png and the server's log to e2e/artifacts/server.log.
-// Then the next-edit flow: it loads a small class, adds a constructor parameter by typing, waits
-// for the next-edit suggestion the pause after the edit asks for, applies it with Tab and checks
-// the editor holds exactly the suggested edit and the server's copy equals the editor's again
-// (e2e/artifacts/next-edit.png).
+// Then the next-edit flow: it loads a small module, renames a local variable where it is assigned
+// by typing, waits for the next-edit suggestion the pause after the edit asks for, applies it with
+// Tab and checks the editor holds exactly the suggested edit and the server's copy equals the
+// editor's again (e2e/artifacts/next-edit.png).
 //
 //   npm run e2e                                   (builds first)
 //   SPLICE_E2E_URL=http://127.0.0.1:8600 node e2e/playground.e2e.mjs
@@ -31,16 +31,25 @@ const GHOST_TIMEOUT_MS = 120_000; // debounce + prefill + decode of up to 64 tok
 const SYNC_TIMEOUT_MS = 10_000;
 const NEXT_EDIT_SCREENSHOT = join(ARTIFACTS, "next-edit.png");
 const NEXT_EDIT_TEXT = [
-  "class User:",
-  "    def __init__(self, name, age):",
-  "        self.name = name",
-  "        self.age = age",
+  '"""Orders and their totals."""',
   "",
-  "    def describe(self):",
-  '        return f"{self.name} ({self.age})"',
+  "import json",
+  "",
+  "",
+  "def summarize(orders):",
+  "    count = 0",
+  "    for order in orders:",
+  "        count += 1",
+  "    print(count)",
+  "    return count",
+  "",
+  "",
+  "def save(path, orders):",
+  "    with open(path, 'w') as fh:",
+  "        json.dump(orders, fh)",
   "",
 ].join("\n");
-const NEXT_EDIT_TYPED = ", email"; // typed after `age` in the constructor's parameters
+const NEXT_EDIT_RENAME = { line: 7, column: "    count".length + 1, from: "count", to: "total" }; // 1-based, Monaco's
 
 class E2EFailure extends Error {}
 
@@ -273,15 +282,20 @@ async function expectServerCopy(base, page, uri) {
 
 /** Next edit: an edit, a pause, the suggestion shown, Tab applies it, the server follows. */
 async function runNextEdit(base, page, uri, diagnostics) {
-  step("next edit: loading a class and adding a constructor parameter");
-  await page.evaluate((text) => {
-    const editor = window.spliceEditor;
-    editor.getModel().setValue(text);
-    editor.setPosition({ lineNumber: 2, column: "    def __init__(self, name, age".length + 1 });
-    editor.focus();
-  }, NEXT_EDIT_TEXT);
+  step("next edit: loading a module and renaming a variable where it is assigned");
+  await page.evaluate(
+    ({ text, at }) => {
+      const editor = window.spliceEditor;
+      editor.getModel().setValue(text);
+      editor.setPosition({ lineNumber: at.line, column: at.column });
+      editor.focus();
+    },
+    { text: NEXT_EDIT_TEXT, at: NEXT_EDIT_RENAME },
+  );
   await sleep(300);
-  await page.keyboard.type(NEXT_EDIT_TYPED, { delay: 40 });
+  for (let i = 0; i < NEXT_EDIT_RENAME.from.length; i++) await page.keyboard.press("Backspace");
+  await page.keyboard.type(NEXT_EDIT_RENAME.to, { delay: 40 });
+  await page.keyboard.press("Escape"); // no inline completion in the way of Tab
   step(`waiting for a next-edit suggestion (up to ${GHOST_TIMEOUT_MS / 1000} s)`);
   const shown = await poll(() => page.evaluate(() => window.spliceNextEdit.shown()), GHOST_TIMEOUT_MS, 250);
   if (!shown) {

@@ -9,6 +9,7 @@ from splice.completion.next_edit import (
     DIVIDER,
     STOPS,
     UPDATED,
+    keep_edges,
     minimal_edit,
     rewrite_input,
     rewrite_params,
@@ -115,3 +116,15 @@ def test_a_suggestion_is_the_anchor_and_the_generated_rest() -> None:
     assert suggested_edit(w, "line five\nline 6\n", "length") is None  # cut by the limit
     assert suggested_edit(w, "", "stop") is None  # closed at once: no change, not "delete the rest"
     assert suggested_edit(w, "line 5\nline 6\n", "stop") is None  # the window as it is
+
+
+def test_a_rewrite_that_stops_early_or_starts_late_deletes_nothing() -> None:
+    old = "import json\n\n\ndef total(xs):\n    return sum(xs\n\n\ndef save(p):\n    pass\n"
+    # the model skipped the first lines, then completed the unfinished line and stopped
+    new = "\ndef total(xs):\n    return sum(xs)"
+    assert keep_edges(old, new) == old.replace("sum(xs\n", "sum(xs)\n")
+    # a deleted code line inside the window stands; a deleted blank line does not
+    inner = "a = 1\nb = 2\n\nc = 3\nd = 4\n"
+    assert keep_edges(inner, "a = 1\n\nc = 3\nd = 4\n") == "a = 1\n\nc = 3\nd = 4\n"
+    assert keep_edges(inner, "a = 1\nb = 2\nc = 3\nd = 4\n") == inner
+    assert keep_edges(inner, "a = 1\nb = 20\n\nc = 3\nd = 4\n") == inner.replace("b = 2\n", "b = 20\n")
