@@ -7,7 +7,8 @@ leading and trailing lines of the text before and after are cut off), and a chan
 the lines of the newest hunk of the same document is merged into it: the hunk keeps the lines as
 they were before its first keystroke and takes the lines as they are now (typing then deleting a
 word leaves no hunk at all). A change elsewhere, or in another document, starts a new hunk; the
-oldest leave when there are more than `max_hunks`.
+oldest leave when there are more than `max_hunks`. A change that rewrites (nearly) every line of a
+document is a new baseline, not an edit: its earlier hunks go and none is added.
 
 The slot is rendered oldest first, so that a new edit grows the slot at its end, nearest the
 document; when older hunks leave (the budget, `max_hunks`) the slot's start is rewritten, which
@@ -46,6 +47,15 @@ class Hunk:
 
         head = f"@@ -{self.start + 1},{len(self.old)} +{self.start + 1},{len(self.new)} @@"
         return "\n".join([head, *side("-", self.old), *side("+", self.new)]) + "\n"
+
+
+REPLACED_ALL = 0.9  # a change that rewrites this share of a document's lines replaces it
+
+
+def _replaces_all(before: list[str], after: list[str], a: int, b: int, c: int) -> bool:
+    if min(len(before), len(after)) < 4:
+        return False
+    return b - a >= REPLACED_ALL * (len(before) - 1) and c - a >= REPLACED_ALL * (len(after) - 1)
 
 
 def changed_lines(old: list[str], new: list[str]) -> tuple[int, int, int]:
@@ -107,6 +117,11 @@ class RecentEdits:
         self.open(uri, text)
         a, b, c = changed_lines(before, after)
         if b == a and c == a:
+            return
+        if _replaces_all(before, after, a, b, c):
+            # a new text, not an edit (a paste over everything, a checkout): a new baseline; its
+            # hunk would fill the slot with the file and swallow the keystrokes that follow
+            self.hunks = deque((h for h in self.hunks if h.uri != uri), maxlen=self.hunks.maxlen)
             return
         last = self.hunks[-1] if self.hunks else None
         if last is not None and last.uri == uri and a <= last.start + len(last.new) and b >= last.start:

@@ -302,9 +302,15 @@ async function runNextEdit(base, page, uri, diagnostics) {
     const info = await page.evaluate(() => document.getElementById("next-edit-info")?.textContent);
     fail(`no next-edit suggestion was shown within ${GHOST_TIMEOUT_MS / 1000} s (${info})\n${diagnostics()}`);
   }
-  await page.locator(".splice-next-edit-new").first().waitFor({ state: "visible", timeout: 5_000 }).catch(() =>
-    fail(`a suggestion is held but not drawn: ${JSON.stringify(shown)}`),
-  );
+  await page.locator(".splice-next-edit-new").first().waitFor({ state: "visible", timeout: 5_000 }).catch(async () => {
+    const drawn = await page.evaluate(() => ({
+      old: document.querySelectorAll(".splice-next-edit-old").length,
+      new: document.querySelectorAll(".splice-next-edit-new").length,
+      html: document.querySelector(".view-lines")?.innerHTML.slice(0, 3000),
+    }));
+    await page.screenshot({ path: NEXT_EDIT_SCREENSHOT });
+    fail(`a suggestion is held but not drawn: ${JSON.stringify(shown)}; drawn ${JSON.stringify(drawn)}`);
+  });
   step(`suggestion: replace ${JSON.stringify(shown.range)} with ${JSON.stringify(shown.text)}`);
   await page.screenshot({ path: NEXT_EDIT_SCREENSHOT });
   step(`screenshot: ${NEXT_EDIT_SCREENSHOT}`);

@@ -103,3 +103,22 @@ def test_one_change_far_apart_is_several_hunks() -> None:
         (3, ("line 3",), ("LINE 3",)),
         (20, ("line 20", "line 21"), ("new a", "new b", "new c")),
     ]
+
+
+def test_replacing_the_whole_text_is_a_new_baseline_not_an_edit() -> None:
+    edits = RecentEdits()
+    edits.open("a.py", BASE)
+    text = _type(edits, "a.py", BASE, BASE.index("timeout"), "t_")
+    assert len(edits.hunks) == 1
+    other = "import json\n\n\ndef summarize(orders):\n    count = 0\n    return count\n"
+    edits.change("a.py", other)  # the editor's whole text replaced (a paste, a checkout)
+    assert list(edits.hunks) == []
+    renamed = other.replace("count = 0", "total = 0")
+    edits.change("a.py", renamed)  # the next keystrokes are an edit of the new text, shown alone
+    assert [(h.old, h.new) for h in edits.hunks] == [(("    count = 0",), ("    total = 0",))]
+    assert text != renamed
+    # a small document edited on most of its lines is still an edit
+    small = RecentEdits()
+    small.open("b.py", "x = 1\ny = 2\n")
+    small.change("b.py", "x = 10\ny = 20\n")
+    assert len(small.hunks) == 1

@@ -89,6 +89,8 @@ const editor = monaco.editor.create(element("editor"), {
   fontSize: 14,
   minimap: { enabled: false },
   inlineSuggest: { enabled: true },
+  quickSuggestions: false, // Monaco's word list would compete with Splice's suggestions for Tab
+  wordBasedSuggestions: "off",
   tabSize: 4,
   insertSpaces: true,
 });
@@ -202,6 +204,7 @@ class NextEdits {
   private decorations: monaco.editor.IEditorDecorationsCollection;
   private readonly visible: monaco.editor.IContextKey<boolean>;
   private applying = false;
+  private readonly style = document.head.appendChild(document.createElement("style"));
 
   constructor(
     private readonly editor: monaco.editor.IStandaloneCodeEditor,
@@ -257,16 +260,21 @@ class NextEdits {
   private show(edit: EditItem, version: number): void {
     this.current = { edit, version };
     const range = toMonacoRange(edit.range);
-    const shown = edit.text.replaceAll("\n", "⏎");
-    this.decorations.set([
-      { range, options: { inlineClassName: "splice-next-edit-old" } },
-      {
-        range: new monaco.Range(range.endLineNumber, range.endColumn, range.endLineNumber, range.endColumn),
-        options: {
-          after: { content: shown || "(delete)", inlineClassName: "splice-next-edit-new" },
-        },
-      },
-    ]);
+    // The new text is drawn by CSS after the replaced text (an `::after` rule written for it):
+    // Monaco draws class-name decorations on any range, including the character before an insertion.
+    const shown = edit.text.replaceAll("\n", "⏎") || "(delete)";
+    this.style.textContent = `.splice-next-edit-new::after { content: ${JSON.stringify(` ${shown}  ⇥ Tab`)}; }`;
+    const decorations: monaco.editor.IModelDeltaDecoration[] = [];
+    if (!range.isEmpty()) {
+      decorations.push({ range, options: { inlineClassName: "splice-next-edit-old", afterContentClassName: "splice-next-edit-new" } });
+    } else if (range.startColumn > 1) {
+      const before = new monaco.Range(range.startLineNumber, range.startColumn - 1, range.startLineNumber, range.startColumn);
+      decorations.push({ range: before, options: { afterContentClassName: "splice-next-edit-new" } });
+    } else {
+      const first = new monaco.Range(range.startLineNumber, 1, range.startLineNumber, 2);
+      decorations.push({ range: first, options: { beforeContentClassName: "splice-next-edit-new" } });
+    }
+    this.decorations.set(decorations);
     this.visible.set(true);
     this.editor.trigger("splice", "editor.action.inlineSuggest.hide", {});
   }
