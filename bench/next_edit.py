@@ -10,7 +10,9 @@ changes of step i+1 whose old lines lie inside it, applied to it (none: "no chan
 Reported, over the steps (and separately over those where the next step changes the window):
 exact match of the predicted window with the true one, edit similarity of the two windows next
 to the "no change" baseline's (the window as it is), how often the answer is "no change", how
-often a suggested edit is exactly right, and the latency of a suggestion (p50/p90, CPU).
+often a suggested edit is exactly right, and the latency of a suggestion (p50/p90, CPU). As in
+the service, each history's steps share one document cache (PIE reuse of the KV of what did not
+change; `--no-cache` encodes every prompt in full).
 
 Histories are split by a hash of their id (`--split heldout`, one in five, for the numbers
 reported; `tune` for choosing settings), as in `splice bench edit-context`.
@@ -32,6 +34,7 @@ from typing import Any
 from tqdm import tqdm
 
 from splice.bench.edit_context import _same_path, check_history_args, history_parser, load_engine
+from splice.completion.document_cache import DocumentKey
 from splice.completion.next_edit import rewrite_input, rewrite_params, suggested_edit, window_around
 from splice.completion.recent_edits import RecentEdits
 from splice.retrieval.context import render_context
@@ -49,6 +52,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             continue
         edits = RecentEdits()
         edits.open(history, texts[0])
+        key = None if args.no_cache else DocumentKey("bench", history, engine.loaded.model_id)
         for i in range(1, len(texts) - 1):
             edits.change(history, texts[i])
             cursor = cursor_after(texts[i - 1], texts[i])
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             inp = rewrite_input(window, "python", path, context)
             params = rewrite_params(window, count(window.text))
             t0 = time.perf_counter()
-            result = engine.complete(inp, params)
+            result = engine.complete(inp, params, document=key)
             ms = (time.perf_counter() - t0) * 1000
             edit = suggested_edit(window, result.text, result.finish_reason)
             predicted = window.text
@@ -79,6 +83,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "es_copy": edit_similarity(window.text, truth),
                     "ms": ms,
                     "generated_tokens": result.completion_tokens,
+                    "encoded_prompt_tokens": result.encoded_prompt_tokens,
+                    "prompt_tokens": result.prompt_tokens,
                     "accepted_draft_tokens": result.accepted_draft_tokens,
                     "finish_reason": result.finish_reason,
                     "window": window.text,
@@ -129,6 +135,10 @@ def summarize(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
         "ms_p50": round(statistics.median(ms), 1),
         "ms_p90": round(p90, 1),
         "generated_tokens_mean": round(statistics.fmean(r["generated_tokens"] for r in rows), 1),
+        "document_cache": not args.no_cache,
+        "encoded_prompt_share": round(
+            sum(r["encoded_prompt_tokens"] for r in rows) / max(1, sum(r["prompt_tokens"] for r in rows)), 4
+        ),
         "accepted_draft_share": round(
             sum(r["accepted_draft_tokens"] for r in rows) / max(1, sum(r["generated_tokens"] for r in rows)),
             4,
@@ -164,7 +174,13 @@ def print_table(result: dict[str, Any]) -> None:
     print(
         f"latency per suggestion: p50 {result['ms_p50']:.0f} ms, p90 {result['ms_p90']:.0f} ms; "
         f"{result['generated_tokens_mean']:.0f} tokens generated on average, "
-        f"{100 * result['accepted_draft_share']:.0f}% of them from verified drafts"
+        f"{100 * result['accepted_draft_share']:.0f}% of them from verified drafts; "
+        + (
+            f"document cache on (each history's steps reuse its KV): "
+            f"{100 * result['encoded_prompt_share']:.0f}% of prompt tokens encoded"
+            if result["document_cache"]
+            else "no document cache: every prompt encoded in full"
+        )
     )
 
 
@@ -172,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     prog = "splice bench next-edit"
     parser = history_parser(prog, __doc__, 150)
     parser.add_argument("--lines", type=int, default=5, help="window lines above and below the cursor's")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="encode every prompt in full (default: a document cache per history)",
+    )
     args = parser.parse_args(argv)
     if not check_history_args(prog, args):
         return 2

@@ -37,6 +37,10 @@ def test_next_edit_bench_scores_each_step_against_the_next(tmp_path: Path, tiny_
     assert result["all"]["steps"] == 2
     assert result["window_changes"]["steps"] + result["window_stays"]["steps"] == 2
     assert "latency per suggestion" in proc.stdout
+    # one document cache per history, as in the service: the second step reuses the first's KV
+    assert result["document_cache"] is True
+    assert rows[1]["encoded_prompt_tokens"] < rows[1]["prompt_tokens"]
+    assert 0 < result["encoded_prompt_share"] < 1
 
 
 def test_edit_context_bench_pairs_with_and_without(tmp_path: Path, tiny_model_dir: Path) -> None:
