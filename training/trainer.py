@@ -427,7 +427,7 @@ def train(
         load_initial_adapter(job, Path(cfg.init_adapter))
     if (cfg.repo_context or cfg.edit_samples) and not repo_samples:
         raise TrainingError(
-            "repo_context or edit_samples is set but there are no such samples "
+            "repo_context or edit_samples is set but there are no repository samples "
             "(see build_repo_samples, edit_samples.edit_samples)"
         )
     rows = make_stream(job, train_texts, cfg.seed, repo_samples=repo_samples).rows()
