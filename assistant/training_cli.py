@@ -237,6 +237,9 @@ def _edit_samples(config: Any, job: Any, train_texts: list[str]) -> list[Any]:
     histories = Path(config.edit_histories) if config.edit_histories else None
     if histories is not None and not histories.is_file():
         raise CliError(f"edit_histories: {histories} does not exist", 2)
+    for repo in config.edit_repositories:
+        if not (Path(repo) / ".git").exists():
+            raise CliError(f"edit_repositories: {repo} is not a git checkout", 2)
     style = RenderStyle.for_language("python", repository_separator(tokenizer, job.template))
     samples, stats = edit_samples(
         histories,
@@ -245,11 +248,13 @@ def _edit_samples(config: Any, job: Any, train_texts: list[str]) -> list[Any]:
         lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
         seed=config.seed,
         lintseq_files=config.edit_lintseq_files,
+        repositories=[Path(r) for r in config.edit_repositories],
     )
     print(
         f"finetune: {len(samples):,} edit samples ({config.edit_samples:.0%} of the samples): "
         f"{stats['history_samples']:,} from {stats['histories']} edit histories (tune split), "
-        f"{stats['lintseq_samples']:,} from LintSeq sequences of {stats['lintseq_files']} corpus files",
+        f"{stats['lintseq_samples']:,} from LintSeq sequences of {stats['lintseq_files']} corpus files, "
+        f"{stats['git_samples']:,} from the git history of {stats['git_files']} repository files",
         file=sys.stderr,
     )
     if not samples:

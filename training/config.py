@@ -41,10 +41,12 @@ class FinetuneConfig:
     repo_exclude: tuple[str, ...] = ()  # repositories (corpus sources) an evaluation uses
     # edit-aware prompts (splice.training.edit_samples): this fraction of the samples are next-edit
     # rewrites and FIM lines under a recent-edits slot, from the `tune` split of `edit_histories`
-    # (real edit histories, .jsonl.gz) and LintSeq sequences of `edit_lintseq_files` corpus files
+    # (real edit histories, .jsonl.gz), LintSeq sequences of `edit_lintseq_files` corpus files and
+    # the git history of `edit_repositories` (its newest commits' files held out)
     edit_samples: float = 0.0
     edit_histories: str = ""
     edit_lintseq_files: int = 200
+    edit_repositories: tuple[str, ...] = ()  # git checkouts whose history adds edit sequences
     init_adapter: str = ""  # start from this exported adapter's weights (a second training stage)
     # adaptation method: lora (peft) or sara (training/sara.py: sparse smallest-magnitude weights,
     # LoRA-r's parameter count per matrix, nuclear-norm penalty, progressive re-selection)

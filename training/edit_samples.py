@@ -9,8 +9,10 @@ file's versions (real edit histories, LintSeq insertion sequences):
   next step leaves it: the window itself when the next step does not touch it, so "no change"
   (a copy, then the end token) is learnt as well as the edits.
 
-The benchmarks score these prompts on the `heldout` split of the edit histories
-(`split_of`); samples come from the `tune` split only.
+Sources: the `tune` split of the real edit histories (the benchmarks score the `heldout` split,
+`split_of`), LintSeq insertion sequences of corpus files, and a team repository's git history
+(`git_history_texts`: a file's versions over the commits that changed it; the newest commits and
+every file they touched are held out, as `splice finetune --repo` holds them out).
 """
 
 from __future__ import annotations
@@ -21,16 +23,56 @@ import gzip
 import hashlib
 import json
 import random
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from splice.completion.next_edit import CURRENT, DIVIDER, UPDATED, Window, window_around
 from splice.completion.recent_edits import RecentEdits
 from splice.retrieval.context import RenderStyle, render_context
+from splice.retrieval.files import check_path
 from splice.training.lintseq import LintSeqError, apply_unified_diff, edit_sequence
 from splice.training.repo_context import RepoSample
+from splice.training.repo_data import _blob, _git, commits, split_by_time
 
+MAX_FILE_CHARS = 200_000  # larger versions are generated or data, not edited code
 AROUND_LINES = 40  # document lines kept before and after the window in a sample (rows are short)
+
+
+def git_history_texts(
+    root: Path,
+    *,
+    heldout_commits: int = 20,
+    min_heldout_files: int = 8,
+    versions: int = 6,
+    max_files: int = 200,
+) -> list[tuple[str, list[str]]]:
+    """(path, texts) per Python file of the checkout at `root` changed by at least 3 commits: its
+    versions after each of the last `versions` non-merge commits that changed it, oldest first.
+    The newest `heldout_commits` commits and every file they touched are left out (the held-out
+    set of a team's fine-tune and of its gate); the most edited files come first."""
+    history = commits(root)
+    current = set(_git(root, "ls-files").splitlines())
+    held, _, cutoff = split_by_time(history, current, heldout_commits, min_heldout_files)
+    per_path: dict[str, list[str]] = defaultdict(list)
+    for commit in history:
+        if commit.time >= cutoff or len(commit.parents) != 1:
+            continue
+        for path in commit.files:
+            if path.endswith(".py") and path not in held and check_path(path) is None:
+                per_path[path].append(commit.sha)
+    found: list[tuple[str, list[str]]] = []
+    for path, shas in sorted(per_path.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        if len(found) >= max_files or len(shas) < 3:
+            break
+        texts: list[str] = []
+        for sha in shas[-versions:]:
+            text = _blob(root, sha, path)
+            if text is not None and (not texts or text != texts[-1]) and len(text) < MAX_FILE_CHARS:
+                texts.append(text)
+        if len(texts) >= 3:
+            found.append((path, texts))
+    return found
 
 
 def split_of(history_id: str) -> str:
@@ -177,12 +219,27 @@ def edit_samples(
     seed: int,
     lintseq_files: int = 200,
     max_lintseq_steps: int = 8,
+    repositories: Sequence[Path] = (),
 ) -> tuple[list[RepoSample], dict[str, int]]:
-    """Samples from the `tune` split of the edit histories and from LintSeq sequences of
-    `lintseq_files` corpus files ((path, text) pairs), with counts per source."""
+    """Samples from the `tune` split of the edit histories, from LintSeq sequences of
+    `lintseq_files` corpus files ((path, text) pairs) and from the git history of `repositories`
+    (checkouts), with counts per source."""
     rng = random.Random(f"{seed}:edit-samples")
     samples: list[RepoSample] = []
-    stats = {"history_samples": 0, "lintseq_samples": 0, "histories": 0, "lintseq_files": 0}
+    stats = {
+        "history_samples": 0,
+        "lintseq_samples": 0,
+        "git_samples": 0,
+        "histories": 0,
+        "lintseq_files": 0,
+        "git_files": 0,
+    }
+    for root in repositories:
+        for path, texts in git_history_texts(root):
+            new = sequence_samples(path, texts, rng, style, count_tokens)
+            samples += new
+            stats["git_samples"] += len(new)
+            stats["git_files"] += 1
     if histories is not None:
         for history, path, texts in history_texts(histories):
             if split_of(history) != "tune" or len(texts) < 3:

@@ -4,17 +4,21 @@ the next step leaves it, and samples whose prompts are the ones the service buil
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from splice.completion.next_edit import CURRENT, DIVIDER, UPDATED, rewrite_input, window_around
 from splice.retrieval.context import RenderStyle
 from splice.training.edit_samples import (
     added_line_sample,
     cursor_after,
+    edit_samples,
+    git_history_texts,
     next_edit_sample,
     sequence_samples,
     split_of,
     true_window,
 )
+from splice_testkit.gitrepo import team_repository
 
 V0 = "def area(width, height):\n    return width * height\n\n\ndef other():\n    pass\n"
 V1 = V0.replace("area(width,", "area(w,")
@@ -74,3 +78,19 @@ def test_the_split_is_stable_and_holds_out_about_one_in_five() -> None:
     held = [i for i in ids if split_of(i) == "heldout"]
     assert 150 < len(held) < 250
     assert [split_of(i) for i in ids] == [split_of(i) for i in ids]
+
+
+def test_git_history_gives_each_files_versions_and_holds_out_the_newest_commits(tmp_path: Path) -> None:
+    root = team_repository(tmp_path / "team", functions=5)
+    found = dict(git_history_texts(root, heldout_commits=2, min_heldout_files=1))
+    assert set(found) == {"pkg/core.py"}  # the only file changed by 3+ older commits
+    texts = found["pkg/core.py"]
+    # its versions after each non-merge, non-root commit, oldest first: one function more each time
+    assert [t.count("def f") for t in texts] == [1, 2, 3, 4, 5]
+    assert len(git_history_texts(root, heldout_commits=2, min_heldout_files=1, versions=3)[0][1]) == 3
+    # the files of the newest commits (pkg/util.py, tests/test_core.py) never appear
+    assert not any("expanduser" in t or "test_add" in t for ts in found.values() for t in ts)
+    style = RenderStyle.for_language("python", "<file_sep>")
+    samples, stats = edit_samples(None, [], style, lambda t: len(t.split()), seed=0, repositories=[root])
+    assert stats["git_files"] == 1 and stats["git_samples"] == len(samples) > 0
+    assert stats["history_samples"] == stats["lintseq_samples"] == 0
