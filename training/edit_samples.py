@@ -220,6 +220,8 @@ def edit_samples(
     lintseq_files: int = 200,
     max_lintseq_steps: int = 8,
     repositories: Sequence[Path] = (),
+    heldout_commits: int = 20,
+    min_heldout_files: int = 8,
 ) -> tuple[list[RepoSample], dict[str, int]]:
     """Samples from the `tune` split of the edit histories, from LintSeq sequences of
     `lintseq_files` corpus files ((path, text) pairs) and from the git history of `repositories`
@@ -235,7 +237,8 @@ def edit_samples(
         "git_files": 0,
     }
     for root in repositories:
-        for path, texts in git_history_texts(root):
+        held_out = {"heldout_commits": heldout_commits, "min_heldout_files": min_heldout_files}
+        for path, texts in git_history_texts(root, **held_out):
             new = sequence_samples(path, texts, rng, style, count_tokens)
             samples += new
             stats["git_samples"] += len(new)

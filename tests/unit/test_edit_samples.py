@@ -91,6 +91,15 @@ def test_git_history_gives_each_files_versions_and_holds_out_the_newest_commits(
     # the files of the newest commits (pkg/util.py, tests/test_core.py) never appear
     assert not any("expanduser" in t or "test_add" in t for ts in found.values() for t in ts)
     style = RenderStyle.for_language("python", "<file_sep>")
-    samples, stats = edit_samples(None, [], style, lambda t: len(t.split()), seed=0, repositories=[root])
+    samples, stats = edit_samples(
+        None,
+        [],
+        style,
+        lambda t: len(t.split()),
+        seed=0,
+        repositories=[root],
+        heldout_commits=2,
+        min_heldout_files=1,
+    )
     assert stats["git_files"] == 1 and stats["git_samples"] == len(samples) > 0
     assert stats["history_samples"] == stats["lintseq_samples"] == 0
