@@ -89,6 +89,7 @@ class FinetuneConfig:
         self.target_modules = tuple(self.target_modules)
         self.repo_exclude = tuple(self.repo_exclude)
         self.sara_reselect_at = tuple(self.sara_reselect_at)
+        self.edit_repositories = tuple(self.edit_repositories)
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if any(not 0.0 < f < 1.0 for f in self.sara_reselect_at):
