@@ -24,6 +24,7 @@ from transformers.cache_utils import DynamicLayer
 
 from splice.completion.pie_plan import ReusePlan
 from splice.completion.runner import ModelRunner
+from splice.kernels.pie_rotate import rerotate_keys_
 from splice.kernels.rope import RopeSpec, rotate_keys
 
 
@@ -129,16 +130,12 @@ def apply_plan(
     rotate = plan.rotate and moved_at.numel() > 0
     reused_keys, reused_values, reused_orig = [], [], []
     for k, v, ko in zip(old.keys, old.values, old.orig_keys, strict=True):
-        k_sel = k.index_select(1, src)  # [H_kv, R, D], a fresh tensor
-        ko_sel = ko.index_select(1, src)
-        if rotate:
-            assert spec is not None
-            k_sel.index_copy_(
-                1, moved_at, rotate_keys(ko_sel.index_select(1, moved_at), offset[moved_at], spec)
-            )
-        reused_keys.append(k_sel)
+        reused_keys.append(k.index_select(1, src))  # [H_kv, R, D], a fresh tensor
         reused_values.append(v.index_select(1, src))
-        reused_orig.append(ko_sel)
+        reused_orig.append(ko.index_select(1, src))
+    if rotate:  # every layer in one kernel launch on a GPU
+        assert spec is not None
+        rerotate_keys_(reused_keys, reused_orig, moved_at, offset[moved_at], spec)
 
     n = plan.new_length
     logits = old.logits

@@ -1,0 +1,82 @@
+"""How the Triton kernels are built and when they run.
+
+Triton is optional (`pip install 'splice[gpu]'`; the tests install it). Kernels are compiled
+for CUDA tensors; CI runs the same kernel source on CPU tensors through Triton's interpreter
+(`TRITON_INTERPRET=1`), which is slow but exact enough to test against the torch references.
+Kernel bodies are plain functions written against `triton.language`; :func:`build` jits them on
+first use, in the mode the tensors' device asks for, and caches them per mode, so one process
+can hold both (a CPU test in the interpreter next to a CUDA run).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable
+from functools import cache
+from typing import Any, Literal
+
+import torch
+
+Backend = Literal["auto", "triton", "torch"]
+BACKENDS: tuple[Backend, ...] = ("auto", "triton", "torch")
+
+
+def available() -> bool:
+    """Whether the `triton` package can be imported."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """Whether kernels on CPU tensors run in Triton's interpreter (`TRITON_INTERPRET=1`)."""
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def use_triton(backend: Backend, device: torch.device) -> bool:
+    """Resolve `backend` for tensors on `device`.
+
+    "auto" compiles for CUDA when Triton is installed and uses the torch reference otherwise (a
+    CPU never runs the interpreter unless asked: it is for tests). "triton" insists: on a CPU it
+    needs `TRITON_INTERPRET=1`.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return False
+    if backend == "auto":
+        return device.type == "cuda" and available()
+    if not available():
+        raise RuntimeError("the triton backend needs the `triton` package: pip install triton")
+    if device.type != "cuda" and not interpreting():
+        raise RuntimeError("Triton kernels on CPU tensors need TRITON_INTERPRET=1 (Triton's interpreter)")
+    return True
+
+
+def build(functions: tuple[Callable[..., None], ...], device: torch.device) -> tuple[Any, ...]:
+    """`functions` (plain Python kernel bodies written against `triton.language`) jitted for
+    `device`: compiled for CUDA, interpreted on a CPU. Cached per mode."""
+    return _build(functions, device.type != "cuda")
+
+
+@cache
+def _build(functions: tuple[Callable[..., None], ...], interpret: bool) -> tuple[Any, ...]:
+    import triton
+
+    # `triton.jit` reads TRITON_INTERPRET when it decorates: set it for exactly this build.
+    before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+    try:
+        return tuple(triton.jit(fn) for fn in functions)
+    finally:
+        if before is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = before
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
