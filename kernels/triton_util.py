@@ -4,8 +4,9 @@ Triton is optional (`pip install 'splice[gpu]'`; the tests install it). Kernels 
 for CUDA tensors; CI runs the same kernel source on CPU tensors through Triton's interpreter
 (`TRITON_INTERPRET=1`), which is slow but exact enough to test against the torch references.
 Kernel bodies are plain functions written against `triton.language`; :func:`build` jits them on
-first use, in the mode the tensors' device asks for, and caches them per mode, so one process
-can hold both (a CPU test in the interpreter next to a CUDA run).
+first use. The interpreter must be switched on before anything imports `triton` (transformers
+does, when it is installed): `tests/conftest.py` sets `TRITON_INTERPRET=1` first thing on a
+machine without CUDA.
 """
 
 from __future__ import annotations
@@ -53,25 +54,20 @@ def use_triton(backend: Backend, device: torch.device) -> bool:
 
 
 def build(functions: tuple[Callable[..., None], ...], device: torch.device) -> tuple[Any, ...]:
-    """`functions` (plain Python kernel bodies written against `triton.language`) jitted for
-    `device`: compiled for CUDA, interpreted on a CPU. Cached per mode."""
-    return _build(functions, device.type != "cuda")
+    """`functions` (plain Python kernel bodies written against `triton.language`) jitted on first
+    use. Whether they compile or are interpreted is Triton's own choice, made from
+    TRITON_INTERPRET when `triton` is first imported (its standard library, `tl.sum` and the
+    like, is decorated then): a process runs kernels either compiled for CUDA or interpreted."""
+    if device.type != "cuda" and not interpreting():
+        raise RuntimeError("Triton kernels on CPU tensors need TRITON_INTERPRET=1 (Triton's interpreter)")
+    return _build(functions)
 
 
 @cache
-def _build(functions: tuple[Callable[..., None], ...], interpret: bool) -> tuple[Any, ...]:
+def _build(functions: tuple[Callable[..., None], ...]) -> tuple[Any, ...]:
     import triton
 
-    # `triton.jit` reads TRITON_INTERPRET when it decorates: set it for exactly this build.
-    before = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
-    try:
-        return tuple(triton.jit(fn) for fn in functions)
-    finally:
-        if before is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = before
+    return tuple(triton.jit(fn) for fn in functions)
 
 
 def next_power_of_2(n: int) -> int:

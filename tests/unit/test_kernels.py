@@ -11,20 +11,27 @@ import pytest
 import torch
 
 from splice.kernels import triton_util
+from splice.kernels.decode_attention import DecodeStats, decode_attention, decode_attention_reference
 from splice.kernels.pie_rotate import rerotate_keys_, rerotate_keys_reference_
 from splice.kernels.rope import RopeSpec, _default_inv_freq, apply_rope
 
 pytestmark = pytest.mark.skipif(not triton_util.available(), reason="triton is not installed")
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+DEVICES = [
+    pytest.param(
+        "cpu",
+        marks=pytest.mark.skipif(
+            not triton_util.interpreting(), reason="Triton's interpreter is off (TRITON_INTERPRET=1)"
+        ),
+    ),
+    pytest.param("cuda", marks=pytest.mark.gpu),
+]
 # Largest error allowed against the fp32 reference, per storage dtype: a rounding of the output
 # (the interpreter rounds bf16 towards zero, so one ulp).
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
-@pytest.fixture(autouse=True)
-def _interpret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+interpreted = pytest.mark.skipif(not triton_util.interpreting(), reason="needs TRITON_INTERPRET=1")
 
 
 def _spec(head_dim: int, rotary_dim: int, interleaved: bool) -> RopeSpec:
@@ -61,6 +68,7 @@ def test_rerotation_matches_reference(
         assert torch.equal(g[..., rotary_dim:], k[..., rotary_dim:])
 
 
+@interpreted
 def test_rerotation_equals_rope_at_the_new_position() -> None:
     """fp32: rotating RoPE_p(x) by Δ gives RoPE_{p+Δ}(x), the key a fresh encode would hold."""
     spec = _spec(32, 32, False)
@@ -88,9 +96,94 @@ def test_rerotation_input_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         rerotate_keys_([keys[0].transpose(0, 1).contiguous().transpose(0, 1)], keys, index, offset, spec)
     with pytest.raises(ValueError, match="unknown kernel backend"):
         rerotate_keys_(keys, [keys[0].clone()], index, offset, spec, backend="cuda")  # type: ignore[arg-type]
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         rerotate_keys_(keys, [keys[0].clone()], index, offset, spec, backend="triton")
     before = keys[0].clone()
     rerotate_keys_(keys, [keys[0].clone()], index[:0], offset[:0], spec, backend="triton")  # no rows
     assert torch.equal(keys[0], before)
+
+
+# Decode attention: fp32 math; bf16/fp16 multiply probabilities and values in the storage dtype.
+ATTENTION_TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+def _cache(
+    batch: int, q_heads: int, kv_heads: int, seq: int, dim: int, dtype: torch.dtype, device: str, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, q_heads, dim, generator=gen)
+    k = torch.randn(batch, kv_heads, seq, dim, generator=gen)
+    v = torch.randn(batch, kv_heads, seq, dim, generator=gen)
+    lengths = torch.randint(1, seq + 1, (batch,), generator=gen)
+    lengths[0] = seq
+    return q.to(device, dtype), k.to(device, dtype), v.to(device, dtype), lengths.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", ["unified", "split"])
+@pytest.mark.parametrize(
+    ("batch", "q_heads", "kv_heads", "seq", "dim", "splits"),
+    [(1, 4, 2, 130, 64, None), (3, 6, 2, 300, 32, 4), (2, 8, 8, 70, 80, 2), (2, 14, 2, 97, 64, 1)],
+)
+def test_decode_attention_matches_sdpa(
+    device: str,
+    dtype: torch.dtype,
+    method: str,
+    batch: int,
+    q_heads: int,
+    kv_heads: int,
+    seq: int,
+    dim: int,
+    splits: int | None,
+) -> None:
+    q, k, v, lengths = _cache(batch, q_heads, kv_heads, seq, dim, dtype, device, seed=seq + dim)
+    recomputed = DecodeStats.recomputed
+    got = decode_attention(q, k, v, lengths=lengths, method=method, splits=splits, backend="triton")  # type: ignore[arg-type]
+    want = decode_attention_reference(q, k, v, lengths=lengths)
+    assert got.shape == q.shape and got.dtype == dtype
+    tol = ATTENTION_TOLERANCE[dtype]
+    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
+    assert DecodeStats.recomputed == recomputed  # random scores stay inside the unified window
+    # The padding past a sequence's length is never read: changing it changes nothing.
+    k2 = k.clone()
+    k2[1:, :, -1] = 1e4
+    again = decode_attention(q, k2, v, lengths=lengths, method=method, splits=splits, backend="triton")  # type: ignore[arg-type]
+    short = lengths[1:] < seq
+    torch.testing.assert_close(again[1:][short].float(), got[1:][short].float())
+
+
+@interpreted
+@pytest.mark.parametrize("phi", [None, 0.0])
+def test_unified_max_recomputes_when_a_score_leaves_the_window(phi: float | None) -> None:
+    q, k, v, lengths = _cache(1, 4, 2, 200, 32, torch.float16, "cpu", seed=3)
+    k[0, :, 150] = q[0, ::2] * 4  # one key far above the sink's (and above 0): exp(s - φ) overflows
+    recomputed = DecodeStats.recomputed
+    got = decode_attention(q, k, v, lengths=lengths, method="unified", phi=phi, splits=3, backend="triton")
+    assert DecodeStats.recomputed == recomputed + 1
+    want = decode_attention_reference(q, k, v, lengths=lengths)
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-3, atol=2e-3)
+
+
+@interpreted
+def test_unified_max_with_a_constant_phi() -> None:
+    q, k, v, lengths = _cache(2, 4, 1, 90, 16, torch.float32, "cpu", seed=5)
+    got = decode_attention(q, k, v, lengths=lengths, phi=1.5, splits=3, backend="triton")
+    torch.testing.assert_close(got, decode_attention_reference(q, k, v, lengths=lengths))
+
+
+def test_decode_attention_input_errors() -> None:
+    q, k, v, _ = _cache(2, 4, 2, 10, 16, torch.float32, "cpu", seed=1)
+    with pytest.raises(ValueError, match="multiple of Hkv"):
+        decode_attention(q[:, :3], k, v)
+    with pytest.raises(ValueError, match=r"k, v \[B, Hkv, S, D\]"):
+        decode_attention(q, k, v[:, :1])
+    with pytest.raises(ValueError, match="lengths"):
+        decode_attention(q, k, v, lengths=torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match="empty"):
+        decode_attention(q, k[:, :, :0], v[:, :, :0])
+    with pytest.raises(ValueError, match="method"):
+        decode_attention(q, k, v, method="online", backend="triton")  # type: ignore[arg-type]
+    # The default backend on a CPU is the reference itself.
+    assert torch.equal(decode_attention(q, k, v), decode_attention_reference(q, k, v))
