@@ -49,6 +49,7 @@ from splice.assistant.schemas import (
 from splice.assistant.sessions import EditorSession
 from splice.assistant.settings import Settings
 from splice.assistant.version import __version__
+from splice.completion.document_cache import DocumentKey
 from splice.completion.engine import CompletionEngine
 from splice.completion.fim import repository_separator
 from splice.retrieval.context import ContextAssembler
@@ -352,7 +353,16 @@ def create_app(
             doc = await state.documents.get(tenant, uri)
         except UnknownDocument as exc:
             raise ApiError(404, "unknown_document", str(exc)) from exc
-        return {"uri": doc.uri, "version": doc.version, "languageId": doc.language_id, "text": doc.text}
+        service = state.completions
+        key = DocumentKey(tenant, uri, service.engine.loaded.model_id, adapter=service.adapter_for(tenant))
+        return {
+            "uri": doc.uri,
+            "version": doc.version,
+            "languageId": doc.language_id,
+            "text": doc.text,
+            # this replica's KV cache of it (tokens, bytes, per-layer [KV heads, tokens, head dim])
+            "kvCache": service.engine.kv.describe(key),
+        }
 
     @app.post("/v1/repositories", openapi_extra=body_doc(RepositoryRequest), status_code=202)
     async def register_repository(request: Request, state: StateDep) -> dict[str, Any]:

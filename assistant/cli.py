@@ -368,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("finetune", "fine-tuning methods and data mixes on a team's repository"),
         ("edit-context", "completions with and without the recent-edits slot, paired"),
         ("next-edit", "next-edit suggestions against the next real step, on held-out histories"),
+        ("gpu", "kernels, PIE vs full, batched decode on a 1B-class shape (a GPU; --shape tiny on CPU)"),
     ):
         source = f"bench/{BENCH_MODULES[name]}.py"
         extra = bench_sub.add_parser(name, help=f"{text} ({source})", description=f"See {source}.")
@@ -449,6 +450,7 @@ BENCH_MODULES = {
     "load": "load",
     "edit-context": "edit_context",
     "next-edit": "next_edit",
+    "gpu": "gpu",
 }
 
 

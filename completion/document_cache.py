@@ -65,6 +65,10 @@ class DocumentCacheStore(Generic[T]):
         self.stats.hits += 1
         return item
 
+    def look(self, key: DocumentKey) -> T | None:
+        """`key`'s item without counting a hit or refreshing its place in the LRU order."""
+        return self._items.get(key)
+
     def put(self, key: DocumentKey, item: T) -> list[DocumentKey]:
         """Store `item` as the most recently used; returns the keys evicted to make room."""
         self.drop(key)

@@ -62,6 +62,10 @@ class PackedKV:
         return len(self.ids)
 
     @property
+    def layer_shapes(self) -> list[tuple[int, int, int]]:
+        return [(k.q.shape[0], k.q.shape[1], k.q.shape[2]) for k in self.keys]
+
+    @property
     def nbytes(self) -> int:
         tensors = [*self.keys, *self.values, *self.orig_keys]
         return sum(t.nbytes for t in tensors) + self.offset.numel() * 8

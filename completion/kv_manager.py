@@ -34,6 +34,7 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -251,6 +252,20 @@ class KVManager:
         with self._lock:
             stored = self.caches.get(document)
         return unpack(stored) if stored is not None else None
+
+    def describe(self, document: DocumentKey) -> dict[str, Any] | None:
+        """What `document`'s cache holds, without unpacking it: tokens, bytes, storage format and
+        per layer (KV heads, tokens, head dim); None when it has none."""
+        with self._lock:
+            stored = self.caches.look(document)  # looking is not using: no LRU touch
+            if stored is None:
+                return None
+            return {
+                "tokens": stored.length,
+                "bytes": stored.nbytes,
+                "format": self.kv_format,
+                "layers": [list(shape) for shape in stored.layer_shapes],
+            }
 
     def _encode(
         self, ids: list[int], old: DocumentKV | None, method: ReuseMethod

@@ -35,7 +35,10 @@ from typing import Any, Literal
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from splice.completion import openelm
+
 log = logging.getLogger(__name__)
+openelm.register()  # OpenELM-shaped model directories load through AutoModelForCausalLM
 
 DEFAULT_SPEC = "default"
 DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"

@@ -44,6 +44,11 @@ class DocumentKV:
         return len(self.ids)
 
     @property
+    def layer_shapes(self) -> list[tuple[int, int, int]]:
+        """(KV heads, tokens, head dim) per layer: models such as OpenELM differ by layer."""
+        return [(k.shape[0], k.shape[1], k.shape[2]) for k in self.keys]
+
+    @property
     def nbytes(self) -> int:
         tensors = [*self.keys, *self.values, *self.orig_keys]
         return sum(t.numel() * t.element_size() for t in tensors) + self.offset.numel() * 8

@@ -16,7 +16,8 @@ layer, the final norm, the LM head), so one entry serves every use:
 
 It supports the families whose transformers forward is exactly `XForCausalLM(model=XModel(
 embed_tokens, rotary_emb, layers, norm), lm_head)` with nothing in between (`FAMILIES`: Llama,
-Mistral, Qwen2, Qwen3, StableLM; what the service loads, GGUF included; tested against
+Mistral, Qwen2, Qwen3, StableLM, and OpenELM-shaped models (`openelm.py`: per-layer head
+counts); what the service loads, GGUF included; tested against
 transformers' own forward). Families that scale embeddings or cap logits (Gemma, ...) are not
 listed: for them `ModelRunner.supported` is False and only full-depth runs are possible (they call
 the model whole).
@@ -34,11 +35,11 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from splice.completion.early_exit import EXIT, STOP, ExitHeads, ExitThresholds
 
-FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "stablelm"})
+FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "stablelm", "openelm"})
 # Families whose keys are k_proj (+ Qwen3's per-head k_norm) rotated over the whole head: state
 # propagation computes their K/V directly. StableLM (partial rotary, optional q/k layer norms)
 # runs its attention module instead.
-_PLAIN_KV = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+_PLAIN_KV = frozenset({"llama", "mistral", "qwen2", "qwen3", "openelm"})
 
 
 @dataclass

@@ -94,6 +94,8 @@ def decode_attention(
     flags = torch.zeros(batch, kv_heads, splits, dtype=torch.int32, device=q.device)
     low, high = _WINDOW[v.dtype if v.dtype in _WINDOW else torch.float32]
 
+    upcast = q.device.type != "cuda" and q.dtype == torch.bfloat16
+
     def launch(unified: bool) -> None:
         kernel[(batch * kv_heads, splits)](
             q,
@@ -121,9 +123,10 @@ def decode_attention(
             BLOCK_N=BLOCK_N,
             UNIFIED=unified,
             SINK_PHI=phi is None,
-            EXACT=q.dtype == torch.float32,
             # Triton's interpreter multiplies bf16 matrices wrongly (3.9): upcast there only.
-            UPCAST=q.device.type != "cuda" and q.dtype == torch.bfloat16,
+            UPCAST=upcast,
+            # fp32 operands: exact products (no TF32); 16-bit ones multiply on the tensor cores.
+            PRECISION="ieee" if q.dtype == torch.float32 or upcast else "tf32",
         )
 
     DecodeStats.calls += 1
@@ -149,7 +152,7 @@ def decode_attention_reference(
     scale: float | None = None,
 ) -> torch.Tensor:
     """PyTorch SDPA over the same cache (fp32 math), with the padding past `lengths` masked."""
-    batch, q_heads, dim = _check(q, k, v, lengths)
+    _, q_heads, _ = _check(q, k, v, lengths)
     seq, group = k.shape[2], q_heads // k.shape[1]
     keys = k.float().repeat_interleave(group, dim=1)  # [B, Hq, S, D]
     values = v.float().repeat_interleave(group, dim=1)
@@ -220,8 +223,8 @@ def _split_kernel(  # type: ignore[no-untyped-def]
     BLOCK_N: tl.constexpr,
     UNIFIED: tl.constexpr,
     SINK_PHI: tl.constexpr,
-    EXACT: tl.constexpr,
     UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -265,10 +268,7 @@ def _split_kernel(  # type: ignore[no-untyped-def]
         if UPCAST:
             keys = keys.to(tl.float32)
             values = values.to(tl.float32)
-        if EXACT:
-            scores = tl.dot(q, tl.trans(keys), input_precision="ieee")
-        else:
-            scores = tl.dot(q, tl.trans(keys))
+        scores = tl.dot(q, tl.trans(keys), input_precision=PRECISION)
         scores = tl.where(n_ok[None, :], scores * scale, float("-inf"))  # [G, N]
         block_top = tl.max(scores, axis=1)
         if UNIFIED:  # no rescaling: every block and split shares φ
@@ -281,10 +281,7 @@ def _split_kernel(  # type: ignore[no-untyped-def]
             acc = acc * alpha[:, None]
             total = total * alpha
             top = new_top
-        if EXACT:
-            acc += tl.dot(p, values.to(tl.float32), input_precision="ieee")
-        else:
-            acc += tl.dot(p.to(values.dtype), values)
+        acc += tl.dot(p.to(values.dtype), values, input_precision=PRECISION)
         total += tl.sum(p, axis=1)
 
     out = (batch * kv_heads * GROUP + q_head) * splits + split  # [G] rows of acc/total/top

@@ -89,6 +89,7 @@ _INTERLEAVED_BY_MODEL_TYPE: dict[str, bool] = {
             "falcon",
             "persimmon",
             "exaone4",
+            "openelm",  # splice.completion.openelm: Qwen3 layers, NeoX pairing
         ],
         False,
     ),

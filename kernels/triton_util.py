@@ -36,12 +36,17 @@ def interpreting() -> bool:
 def use_triton(backend: Backend, device: torch.device) -> bool:
     """Resolve `backend` for tensors on `device`.
 
-    "auto" compiles for CUDA when Triton is installed and uses the torch reference otherwise (a
-    CPU never runs the interpreter unless asked: it is for tests). "triton" insists: on a CPU it
-    needs `TRITON_INTERPRET=1`.
+    "auto" follows `SPLICE_KERNELS` (auto|triton|torch) when it is set; otherwise it compiles for
+    CUDA when Triton is installed and uses the torch reference elsewhere (a CPU never runs the
+    interpreter unless asked: it is for tests). "triton" insists: on a CPU it needs
+    `TRITON_INTERPRET=1`.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "auto":  # the service's setting, when there is one
+        backend = os.environ.get("SPLICE_KERNELS", "auto")  # type: ignore[assignment]
+        if backend not in BACKENDS:
+            raise ValueError(f"SPLICE_KERNELS must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "torch":
         return False
     if backend == "auto":

@@ -3,7 +3,8 @@
 The tokenizers are byte-level BPE models trained in a fraction of a second on Python source
 from the standard library, with the exact special-token strings of each FIM model family, so
 template detection and token handling are exercised on real `tokenizers` objects. The models
-are real transformers classes (Llama, Qwen2) built from small configs with fixed seeds.
+are real transformers classes (Llama, Qwen2, and Qwen3 layers shaped as OpenELM) built from
+small configs with fixed seeds.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+
+from splice.completion.openelm import OpenELMConfig, OpenELMForCausalLM, layer_wise_scaling
 
 # Special tokens per family, copied from each family's released tokenizer.
 FAMILY_SPECIAL_TOKENS: dict[str, list[str]] = {
@@ -156,6 +159,10 @@ def build_model(
         model: PreTrainedModel = LlamaForCausalLM(LlamaConfig(**common))
     elif arch == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif arch == "openelm":  # layer-wise scaling: 2/4/4/4 query heads, 1/2/2/2 KV heads, FFN 32..256
+        common.update(num_hidden_layers=4, head_dim=16)
+        scaling = layer_wise_scaling(64, 4, 16, num_gqa_groups=2, ffn_dim_divisor=32)
+        model = OpenELMForCausalLM(OpenELMConfig(**common, **scaling))  # type: ignore[arg-type]
     else:
         raise ValueError(f"unknown arch {arch!r}")
     with torch.no_grad():

@@ -187,3 +187,40 @@ def test_decode_attention_input_errors() -> None:
         decode_attention(q, k, v, method="online", backend="triton")  # type: ignore[arg-type]
     # The default backend on a CPU is the reference itself.
     assert torch.equal(decode_attention(q, k, v), decode_attention_reference(q, k, v))
+
+
+@interpreted
+def test_pie_through_the_kernel_on_an_openelm_cache_equals_the_torch_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PIE end to end on an OpenELM-shaped model (KV heads 1/2/2/2 by layer): 60 random edits with
+    the re-rotation in the Triton kernel (SPLICE_KERNELS=triton) give the caches the torch path
+    gives."""
+    import random
+
+    from splice.completion.pie import apply_plan, encode_full
+    from splice.completion.pie_plan import plan_reuse
+    from splice.completion.token_edits import diff_tokens
+    from splice.kernels.rope import rope_spec_from_config
+    from splice_testkit.tiny import build_model, build_tokenizer
+
+    model = build_model(build_tokenizer("plain"), "openelm")
+    spec = rope_spec_from_config(model.config)
+    rng = random.Random(2)
+    ids = [rng.randrange(20, 500) for _ in range(60)]
+    docs = {backend: encode_full(model, ids) for backend in ("triton", "torch")}
+    for _ in range(60):
+        at, cut = rng.randrange(len(ids)), rng.randrange(3)
+        new = ids[:at] + [rng.randrange(20, 500) for _ in range(rng.randrange(3))] + ids[at + cut :]
+        if not new or new == ids:
+            continue
+        plan = plan_reuse(ids, new, diff_tokens(ids, new), "pie", logits_fresh=True)
+        for backend in docs:
+            monkeypatch.setenv("SPLICE_KERNELS", backend)
+            docs[backend], _ = apply_plan(model, docs[backend], new, plan, spec)
+        ids = new
+    got, want = docs["triton"], docs["torch"]
+    assert got.layer_shapes == want.layer_shapes and [s[0] for s in got.layer_shapes] == [1, 2, 2, 2]
+    assert int(got.offset.abs().max()) > 0  # tokens really moved
+    for a, b in zip(got.keys, want.keys, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -23,6 +23,7 @@ from splice_testkit.tiny import build_model, build_tokenizer
 
 VARIANTS = {
     "llama": ("llama", None),
+    "openelm": ("openelm", None),  # per-layer KV heads 1/2/2/2 (splice.completion.openelm)
     "llama-yarn": (
         "llama",
         {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 128},

@@ -1,5 +1,6 @@
 """The model runner against transformers' own forward, on tiny random-weight models built from
-configs: Llama, Qwen2 and a partial-rotary StableLM (real transformers classes)."""
+configs: Llama, Qwen2, a partial-rotary StableLM (real transformers classes) and an OpenELM-shaped
+model (Qwen3 layers with a different number of heads and FFN width per layer)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from transformers import (
     StableLmForCausalLM,
 )
 
+from splice.completion.openelm import OpenELMConfig, OpenELMForCausalLM, layer_wise_scaling
 from splice.completion.runner import ModelRunner
 
 TINY = dict(
@@ -37,6 +39,12 @@ def _models() -> dict[str, PreTrainedModel]:
         "llama": LlamaForCausalLM(LlamaConfig(**TINY)),
         "qwen2": Qwen2ForCausalLM(Qwen2Config(**TINY)),
         "stablelm-partial": StableLmForCausalLM(StableLmConfig(**TINY, partial_rotary_factor=0.5)),
+        "openelm": OpenELMForCausalLM(
+            OpenELMConfig(
+                **{**TINY, "head_dim": 16},
+                **layer_wise_scaling(64, 4, 16, num_gqa_groups=2, ffn_dim_divisor=32),
+            )
+        ),
     }
 
 
