@@ -12,7 +12,9 @@ layer, the final norm, the LM head), so one entry serves every use:
 - early-exit decode steps (`decode_exit`): the exit controller is asked at each exit layer, and an
   exited token's skipped layers get K/V from the exited hidden state (`propagate`);
 - self-speculative drafting: tokens through the lower layers only (`run_lower`), then the upper
-  layers over all of them in one pass (`run_upper`), reusing the lower layers' K/V.
+  layers over all of them in one pass (`run_upper`), reusing the lower layers' K/V;
+- batched decoding (`run_batch`): several requests' decode or verification steps in one pass,
+  each over its own slot of a static KV pool (`batch_kv.py`), rows of different lengths.
 
 It supports the families whose transformers forward is exactly `XForCausalLM(model=XModel(
 embed_tokens, rotary_emb, layers, norm), lm_head)` with nothing in between (`FAMILIES`: Llama,
@@ -33,6 +35,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from splice.completion.batch_kv import KVPool
 from splice.completion.early_exit import EXIT, STOP, ExitHeads, ExitThresholds
 
 FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "stablelm", "openelm"})
@@ -179,6 +182,32 @@ class ModelRunner:
         for index in range(depth, self.num_layers):
             hidden = self._layer(index, hidden, masks, rotary, positions, cache)
         return self.head(self.decoder.norm(hidden))[0].float()
+
+    @torch.inference_mode()
+    def run_batch(self, pool: KVPool, slots: list[int], rows: list[list[int]]) -> list[torch.Tensor]:
+        """One forward pass over several requests' slots of `pool` (`batch_kv.py`): row b feeds
+        the tokens `rows[b]` (one to decode, or one and a draft to verify) after what its slot
+        holds. Returns each row's logits [len(rows[b]), V] fp32. The slots' lengths are left to
+        the caller (`KVPool.advance`), which knows how many fed tokens each keeps."""
+        if not self.supported or self.sliding:
+            raise ValueError("batched decoding needs a layer-by-layer runner without sliding windows")
+        implementation = getattr(self.config, "_attn_implementation", "sdpa")
+        if implementation not in ("sdpa", "eager"):
+            raise ValueError(f"batched decoding needs a 4D attention mask; {implementation!r} takes none")
+        view = pool.batch(slots, [len(r) for r in rows])
+        device = pool.keys[0].device
+        # Padding repeats each row's last token; its outputs are dropped and its K/V overwritten.
+        padded = [r + r[-1:] * (view.width - len(r)) for r in rows]
+        hidden = self.decoder.embed_tokens(torch.tensor(padded, dtype=torch.long, device=device))
+        mask = view.mask()
+        if implementation == "eager":  # eager attention adds its mask
+            mask = torch.where(mask, 0.0, torch.finfo(hidden.dtype).min).to(hidden.dtype)
+        masks = {"full_attention": mask}
+        rotary = self.decoder.rotary_emb(hidden, position_ids=view.positions)
+        for index in range(self.num_layers):
+            hidden = self._layer(index, hidden, masks, rotary, view.positions, view)  # type: ignore[arg-type]
+        logits = self.head(self.decoder.norm(hidden)).float()  # [B, Q, V]
+        return [logits[b, : len(r)] for b, r in enumerate(rows)]
 
     def propagate(
         self, hidden: torch.Tensor, cache: DynamicCache, start: int, masks: dict[str, Any], rotary: Any
