@@ -61,7 +61,11 @@ class CompletionService:
     def __init__(self, engine: CompletionEngine, metrics: Metrics, settings: Settings) -> None:
         self.engine = engine
         self.scheduler = StepScheduler(
-            engine, settings.queue_size, on_start=self.on_start, on_finish=self.on_finish
+            engine,
+            settings.queue_size,
+            max_running=engine.config.max_batch,
+            on_start=self.on_start,
+            on_finish=self.on_finish,
         )
         self.metrics = metrics
         self.settings = settings

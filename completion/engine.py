@@ -17,12 +17,14 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from transformers import DynamicCache
 
+from splice.completion.batch_kv import KVPool
 from splice.completion.deltas import DeltaRouter, served_id
 from splice.completion.document_cache import DocumentKey
 from splice.completion.drafting import DraftConfig
@@ -37,7 +39,7 @@ from splice.completion.fim import (
     resolve_template,
     stop_token_ids,
 )
-from splice.completion.generation import Generation, TextSink
+from splice.completion.generation import Generation, TextSink, accepted_prefix
 from splice.completion.healing import TokenHealer
 from splice.completion.kv_format import KVFormat
 from splice.completion.kv_manager import EncodeStats, KVManager
@@ -93,6 +95,11 @@ class EngineConfig:
     # model must have exit heads (`splice train exits`; the default model's ship with its adapter).
     early_exit: bool = False
     exit_thresholds: ExitThresholds = field(default_factory=ExitThresholds)
+    # Batched decoding (splice.completion.batch_kv): up to max_batch running requests decode in one
+    # forward pass, each in a slot of a static KV pool of batch_slot_tokens tokens (None: the
+    # largest prompt plus 256 new tokens plus a draft). 1: one request at a time (the CPU default).
+    max_batch: int = 1
+    batch_slot_tokens: int | None = None
 
     def drift_policy(self, model_type: str | None) -> tuple[DriftPolicy, str]:
         """The drift policy for a model family, with this config's overrides."""
@@ -115,6 +122,10 @@ class EngineConfig:
             raise ValueError("context_window must be at least 16 tokens")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 8:
             raise ValueError("max_prompt_tokens must be at least 8 tokens")
+        if not 1 <= self.max_batch <= 256:
+            raise ValueError("max_batch must be in [1, 256]")
+        if self.batch_slot_tokens is not None and self.batch_slot_tokens < 16:
+            raise ValueError("batch_slot_tokens must be at least 16 tokens")
 
 
 @dataclass(frozen=True)
@@ -270,9 +281,64 @@ class CompletionEngine:
             kv_format=self.config.kv_format,
         )
 
+        self.pool: KVPool | None = None  # batched decoding's slots, allocated on first use
+
     @property
     def device(self) -> torch.device:
         return self.loaded.device
+
+    @property
+    def batching(self) -> bool:
+        """Whether running requests decode in batched passes (`max_batch` > 1 and a model the
+        runner steps layer by layer, without sliding windows)."""
+        return self.config.max_batch > 1 and self.runner.supported and not self.runner.sliding
+
+    def admit_batch(self, owner: Hashable, generation: Generation) -> bool:
+        """Move `generation`'s cache into a slot of the batch pool, if batching is on, the
+        generation can batch, a slot is free and its prompt plus output fits one; else False
+        (it then decodes on its own)."""
+        if not self.batching or not generation.batchable or generation.cache is None:
+            return False
+        if self.pool is None:
+            config = self.model.config
+            heads = (
+                getattr(config, "num_kv_heads", None) or [config.num_key_value_heads] * self.runner.num_layers
+            )
+            head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+            slot_tokens = self.config.batch_slot_tokens or min(
+                self.context_window, self.max_prompt_tokens(256) + 256 + self.config.draft.max_tokens + 1
+            )
+            self.pool = KVPool(
+                heads,
+                head_dim,
+                self.config.max_batch,
+                slot_tokens,
+                dtype=self.loaded.dtype,
+                device=self.device,
+            )
+            log.info(
+                "batched decoding: %d slots of %d tokens (%.0f MB of KV)",
+                self.pool.slots,
+                slot_tokens,
+                self.pool.bytes / 2**20,
+            )
+        need = (
+            generation.cache.get_seq_length()
+            + generation.params.max_tokens
+            + self.config.draft.max_tokens
+            + 1
+        )
+        if not self.pool.fits(need):
+            return False
+        self.pool.admit(owner, generation.cache)
+        generation.cache = None  # its KV lives in the slot now
+        return True
+
+    def step_batch(self, owners: list[Hashable], rows: list[list[int]]) -> list[torch.Tensor]:
+        """One batched pass: row b feeds `rows[b]` after what `owners[b]`'s slot holds. Returns each
+        row's logits; the caller advances the slots (`pool.advance`) by what each keeps."""
+        assert self.pool is not None
+        return self.runner.run_batch(self.pool, [self.pool.slot_of(o) for o in owners], rows)
 
     def max_prompt_tokens(self, max_tokens: int) -> int:
         """Prompt budget: what the context window leaves after the tokens to generate."""
@@ -349,10 +415,7 @@ class CompletionEngine:
         ids = torch.tensor([[token, *draft]], dtype=torch.long, device=self.device)  # [1, 1 + k]
         logits = self.runner.run(ids, cache, logits="all").logits  # [1 + k, V]
         assert logits is not None
-        greedy = torch.argmax(logits[:-1], dim=-1).tolist()
-        accepted = 0
-        while accepted < len(draft) and greedy[accepted] == draft[accepted]:
-            accepted += 1
+        accepted = accepted_prefix(logits, draft)
         if accepted < len(draft):
             cache.crop(accepted - len(draft))  # a negative count drops that many from the end
         return accepted, logits[accepted]
@@ -381,10 +444,7 @@ class CompletionEngine:
                 break
         states.append(self.runner.run_lower(torch.tensor([[current]], device=self.device), cache, depth))
         logits = self.runner.run_upper(torch.cat(states, dim=1), cache, depth)  # [1 + len(draft), V]
-        greedy = torch.argmax(logits[:-1], dim=-1).tolist()
-        accepted = 0
-        while accepted < len(draft) and greedy[accepted] == draft[accepted]:
-            accepted += 1
+        accepted = accepted_prefix(logits, draft)
         if accepted < len(draft):
             cache.crop(accepted - len(draft))
         return draft, accepted, logits[accepted]

@@ -51,7 +51,7 @@ class Generation:
         inp: CompletionInput,
         params: GenerationParams,
         prompt: PreparedPrompt,
-        cache: DynamicCache,
+        cache: DynamicCache | None,  # None once the scheduler moved it into a batch slot
         logits: torch.Tensor,  # [V] after the prompt's last token
         *,
         encode: EncodeStats,
@@ -80,6 +80,7 @@ class Generation:
         self.finish: FinishReason = "length"
         self.done = False
         self.verified: list[int] = []  # accepted draft tokens, already in the cache, not yet delivered
+        self._fed: list[int] = []  # the draft a batched pass verifies (`prepare` -> `absorb`)
         config = engine.config
         greedy = self.generator is None
         self.lookup: LookupDrafter | None = None
@@ -100,14 +101,60 @@ class Generation:
 
     def step(self) -> bool:
         """Deliver the settled tokens and run the next forward pass; True once finished."""
+        token = self._settle()
+        if token is not None:
+            self._forward(token)
+        return self.done
+
+    @property
+    def batchable(self) -> bool:
+        """Whether its passes can run in a batch with other requests' (`prepare` / `absorb`):
+        plain decode steps and lookup verifications can; self-speculative drafting and early
+        exit run passes of their own."""
+        return self.self_draft is None and not self.early_exit
+
+    def prepare(self) -> list[int] | None:
+        """Batched stepping, first half: deliver the settled tokens and return what the next pass
+        feeds (the last token, then a lookup draft if any), or None once finished. The caller
+        runs that pass, in a batch with other requests', and hands the logits to `absorb`."""
+        token = self._settle()
+        if token is None:
+            return None
+        self._fed = self._lookup_draft()
+        return [token, *self._fed]
+
+    def absorb(self, logits: torch.Tensor) -> int:
+        """Batched stepping, second half: the logits [1 + len(draft), V] of the pass `prepare`
+        asked for. Returns how many of the fed tokens the cache keeps (the token and the
+        accepted draft); the caller drops the rest from the request's KV."""
+        draft, self._fed = self._fed, []
+        self.passes += 1
+        self.layers += self.engine.runner.num_layers
+        if not draft:
+            self.logits = logits[0]
+            return 1
+        accepted = accepted_prefix(logits, draft)
+        assert self.lookup is not None
+        self.lookup.feedback(len(draft), accepted)
+        self._verified(draft, accepted)
+        self.logits = logits[accepted]
+        return 1 + accepted
+
+    def _settle(self) -> int | None:
+        """Deliver the tokens the last pass settled; the token the next pass feeds, or None."""
         while not self.done:
             from_draft = bool(self.verified)  # an accepted draft token: its verification fed it
             token = self.verified.pop(0) if from_draft else self._sample()
             if self._deliver(token) or from_draft:
                 continue
-            self._forward(token)
-            break
-        return self.done
+            return token
+        return None
+
+    def _lookup_draft(self) -> list[int]:
+        lookup, left = self.lookup, self.params.max_tokens - len(self.generated)
+        if lookup is None or self.pending or not lookup.ready():
+            return []
+        return lookup.propose()[:left]
 
     def cancel(self) -> None:
         """End here; `result()` then reports what was generated with finish reason cancelled."""
@@ -165,9 +212,11 @@ class Generation:
     def _forward(self, token: int) -> None:
         """One pass after `token`: verify a draft, self-speculate, exit early, or decode one."""
         engine, left = self.engine, self.params.max_tokens - len(self.generated)
+        if self.cache is None:
+            raise RuntimeError("this generation decodes in a batch: step it with prepare() and absorb()")
         self.passes += 1
         lookup = self.lookup
-        draft = lookup.propose()[:left] if lookup is not None and not self.pending and lookup.ready() else []
+        draft = self._lookup_draft()
         if draft:
             accepted, self.logits = engine.verify(self.cache, token, draft)
             assert lookup is not None
@@ -247,6 +296,16 @@ class Generation:
             exited_tokens=self.exited,
             early_stop_removed=self.removed,
         )
+
+
+def accepted_prefix(logits: torch.Tensor, draft: list[int]) -> int:
+    """How many drafted tokens greedy decoding confirms: logits [1 + k, V] of a pass that fed the
+    last token and the k drafted ones."""
+    greedy = torch.argmax(logits[:-1], dim=-1).tolist()
+    accepted = 0
+    while accepted < len(draft) and greedy[accepted] == draft[accepted]:
+        accepted += 1
+    return accepted
 
 
 def _make_generator(params: GenerationParams, device: torch.device) -> torch.Generator | None:

@@ -7,13 +7,16 @@ takes it, `TextDelta`s while it decodes (when it streams), then `Finished` with 
 
 One worker thread owns the engine. Each turn it admits waiting requests while fewer than
 `max_running` generations run (encoding their prompts: prefill or PIE reuse), then runs one step
-of each running generation (`splice.completion.generation`). Between steps it honours
+of each running generation (`splice.completion.generation`). With batching on
+(`EngineConfig.max_batch` > 1), the generations whose passes can batch (plain decode steps and
+lookup verifications) move their KV into a slot of the engine's pool and step together: one
+forward pass per adapter for all of them (`CompletionEngine.step_batch`); the others (self-
+speculative drafting, early exit, or no free slot) step alone. Between steps it honours
 cancellation: a cancelled request that waits leaves the queue at once and never runs, a running
 one ends at its next step, and the document cache it was built from is left as it was. A request
 with a `latest_wins` key cancels the earlier ones with the same key (an editor's newer completion
-for the same document replaces the older). On CPU one generation runs at a time (`max_running=1`);
-running several requests' decode steps in one batched forward pass is the GPU's next step, and
-`schedule()` is where it goes.
+for the same document replaces the older). On CPU one generation runs at a time by default
+(`max_running=1`); a GPU runs a batch.
 """
 
 from __future__ import annotations
@@ -95,6 +98,12 @@ class _Entry:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[Event | _Failed]
     generation: Generation | None = None
+    batched: bool = False  # its KV is in a slot of the engine's batch pool
+
+    @property
+    def owner(self) -> int:
+        """Its key in the batch pool."""
+        return id(self)
 
 
 Hook = Callable[[Request], None]
@@ -200,11 +209,12 @@ class StepScheduler:
 
     # -- the worker thread ----------------------------------------------------------------------
 
-    def schedule(self) -> list[_Entry]:
-        """The generations that step this turn: every running one, one pass each (batch 1 on
-        CPU; a batched pass over several requests' decode steps belongs here)."""
+    def schedule(self) -> tuple[list[_Entry], list[_Entry]]:
+        """The generations that step this turn, one pass each: (those that decode together in
+        one batched pass, those that run passes of their own)."""
         with self._lock:
-            return [entry for entry in self._running if entry.generation is not None]
+            ready = [entry for entry in self._running if entry.generation is not None]
+        return [e for e in ready if e.batched], [e for e in ready if not e.batched]
 
     def _work(self) -> None:
         while True:
@@ -222,7 +232,10 @@ class StepScheduler:
                     self._running.append(admitted[-1])  # visible to latest-wins while it encodes
             for entry in admitted:
                 self._admit(entry)
-            for entry in self.schedule():
+            batched, alone = self.schedule()
+            if batched:
+                self._step_batch(batched)
+            for entry in alone:
                 self._step(entry)
         for entry in stranded:
             self._finish(entry, CompletionResult.cancelled())
@@ -250,6 +263,7 @@ class StepScheduler:
                     on_text=on_text if request.stream else None,
                     audit=request.audit,
                 )
+            entry.batched = self.engine.admit_batch(entry.owner, entry.generation)
         except Exception as exc:  # bad input the engine found (ValueError) or a real failure
             self._remove(entry)
             if request.cancelled.is_set():  # nobody waits for this answer any more
@@ -277,9 +291,48 @@ class StepScheduler:
         self._remove(entry)
         self._finish(entry, result)
 
+    def _step_batch(self, entries: list[_Entry]) -> None:
+        """One pass for all of `entries` (their KV in the batch pool): each delivers what its
+        last pass settled and says what it feeds next; one forward pass per adapter runs them."""
+        ready: dict[str | None, list[tuple[_Entry, list[int]]]] = {}
+        for entry in entries:
+            generation = entry.generation
+            assert generation is not None
+            try:
+                if entry.request.cancelled.is_set():
+                    generation.cancel()
+                fed = generation.prepare()
+                if fed is None:
+                    result = generation.result()
+            except Exception as exc:
+                self._remove(entry)
+                self._fail(entry, exc)
+                continue
+            if fed is None:
+                self._remove(entry)
+                self._finish(entry, result)
+            else:  # tenants' adapters differ per request: one pass per adapter
+                ready.setdefault(entry.request.adapter, []).append((entry, fed))
+        pool = self.engine.pool
+        for adapter, group in ready.items():
+            try:
+                with self.engine.deltas.use(adapter):
+                    logits = self.engine.step_batch([e.owner for e, _ in group], [fed for _, fed in group])
+                assert pool is not None
+                for (entry, _), rows in zip(group, logits, strict=True):
+                    assert entry.generation is not None
+                    pool.advance(pool.slot_of(entry.owner), entry.generation.absorb(rows))
+            except Exception as exc:
+                for entry, _ in group:
+                    self._remove(entry)
+                    self._fail(entry, exc)
+
     def _remove(self, entry: _Entry) -> None:
         with self._lock:
             self._running.remove(entry)
+        if entry.batched and self.engine.pool is not None:
+            self.engine.pool.release(entry.owner)
+            entry.batched = False
         started = entry.request.started_at
         if started is not None:
             self._avg_s = 0.8 * self._avg_s + 0.2 * (time.perf_counter() - started)

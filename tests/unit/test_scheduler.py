@@ -210,3 +210,67 @@ def test_shutdown_refuses_new_requests(engine: CompletionEngine) -> None:
         asyncio.run(submit())
     with pytest.raises(ValueError):
         StepScheduler(engine, queue_size=-1)
+
+
+def test_batched_decoding_gives_each_request_what_it_gets_alone() -> None:
+    """max_batch=3: the three requests decode in shared passes (lookup verifications among them,
+    one with a document cache), and each result equals the request decoded alone."""
+    from splice.completion.document_cache import DocumentKey
+
+    engine = make_engine("plain", "llama", max_batch=3)
+    solo = make_engine("plain", "llama")
+    params = GenerationParams(max_tokens=24)
+    repeated = CompletionInput("x = [1, 2, 3]\ny = [1, 2, 3]\nz = [1, 2, 3]\nw = [1, ", "")
+    inputs = [*INPUTS, repeated]
+    key = DocumentKey("t", "doc.py", "tiny-llama")
+    requests = [Request(inp, params, stream=True) for inp in inputs]
+    requests[1] = Request(inputs[1], params, document=key)
+    alone = [solo.complete(inp, params) for inp in inputs]
+    widths: list[list[int]] = []
+    step_batch = engine.step_batch
+
+    def spy(owners: list[object], rows: list[list[int]]) -> list[object]:
+        widths.append([len(r) for r in rows])
+        return step_batch(owners, rows)  # type: ignore[arg-type, return-value]
+
+    engine.step_batch = spy  # type: ignore[assignment, method-assign]
+    scheduler = StepScheduler(engine, queue_size=4, max_running=3)
+
+    async def scenario() -> list[list[Event]]:
+        streams = [scheduler.submit(r) for r in requests]
+        return list(await asyncio.gather(*(_collect(s) for s in streams)))
+
+    try:
+        seen = asyncio.run(scenario())
+    finally:
+        scheduler.shutdown()
+    for events, expected in zip(seen, alone, strict=True):
+        result = events[-1].result  # type: ignore[union-attr]
+        assert (result.text, result.completion_tokens) == (expected.text, expected.completion_tokens)
+    assert max(len(w) for w in widths) == 3  # three requests in one pass
+    assert any(max(w) > 1 for w in widths)  # a draft verified inside a batch
+    assert engine.pool is not None and engine.pool.used == 0  # every slot given back
+    assert seen[1][-1].result.completion_tokens > 0  # type: ignore[union-attr]
+
+
+def test_a_batched_request_cancelled_mid_decode_frees_its_slot() -> None:
+    engine = make_engine("plain", "llama", max_batch=2)
+    params = GenerationParams(max_tokens=40)
+    scheduler = StepScheduler(engine, queue_size=4, max_running=2)
+    first = Request(INPUTS[0], params, stream=True)
+
+    async def scenario() -> tuple[list[Event], list[Event]]:
+        events = scheduler.submit(first)
+        other = asyncio.ensure_future(_collect(scheduler.submit(Request(INPUTS[1], params))))
+        got = [await events.__anext__(), await events.__anext__()]  # Started, then a first delta
+        scheduler.cancel(first)
+        got += [e async for e in events]
+        return got, await other
+
+    try:
+        cancelled, finished = asyncio.run(scenario())
+    finally:
+        scheduler.shutdown()
+    assert cancelled[-1].result.finish_reason == "cancelled"  # type: ignore[union-attr]
+    assert finished[-1].result.text == make_engine("plain", "llama").complete(INPUTS[1], params).text  # type: ignore[union-attr]
+    assert engine.pool is not None and engine.pool.used == 0
