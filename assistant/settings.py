@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -121,6 +122,21 @@ class Settings(BaseSettings):
     exit_heads: Path | None = Field(
         None, description="Early-exit heads folder from `splice train exits` (default: the adapter's own)"
     )
+    max_batch: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Running requests that decode together in one forward pass, each in a slot of a "
+        "static KV pool (default: 16 on CUDA, 1 on a CPU, where a batch is no faster)",
+    )
+    batch_slot_tokens: int | None = Field(
+        None, ge=16, description="Tokens per batch slot (default: the prompt limit + 256 + a draft)"
+    )
+    kernels: Literal["auto", "triton", "torch"] = Field(
+        "auto",
+        description="Where PIE re-rotation and decode attention run (auto: Triton kernels on CUDA "
+        "when `triton` is installed, torch elsewhere); read by splice.kernels from SPLICE_KERNELS",
+    )
     default_max_tokens: int = Field(64, ge=1, description="max_tokens when a request gives none")
     max_tokens_limit: int = Field(512, ge=1, description="Largest max_tokens a request may ask for")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (413 beyond)")
@@ -235,4 +251,6 @@ class Settings(BaseSettings):
             draft=DraftConfig(max_tokens=self.draft_tokens),
             early_exit=self.early_exit == "on",
             exit_thresholds=ExitThresholds(exit=self.exit_threshold, stop=self.stop_threshold),
+            max_batch=self.max_batch or (16 if self.device != "cpu" and torch.cuda.is_available() else 1),
+            batch_slot_tokens=self.batch_slot_tokens,
         )

@@ -18,9 +18,11 @@ One run prints one table per part and writes them all to JSON:
 4. **Decode ms/token at batch 1/8/32**: the model's decode step over B caches of one context
    (eager, transformers DynamicCache), tokens/s.
 5. **Completion latency with E concurrent editors**: E editors each send one completion (PIE
-   update of their own document + 16 decode steps) at random times within one second; the
-   service's scheduler runs one request at a time (batch 1: what it does today), so the latency is
-   queueing plus own work: p50/p99 over the requests.
+   update of their own document + 16 decode steps) at random times within one second
+   (`--arrival-window`); served one
+   at a time (batch 1) and with continuous batching (the largest `--batches`: requests admitted
+   into slots of a static KV pool and decoded together, as the step scheduler does), p50/p99 of
+   arrival → last token.
 
 Shapes: `deepseek-coder-1.3b` (Llama, 24 layers, 16 heads), `qwen2.5-coder-1.5b` (Qwen2, 28
 layers, 12 query / 2 KV heads), `openelm-270m` (per-layer heads, layer-wise scaling) and `tiny`
@@ -50,9 +52,11 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from splice.completion.batch_kv import KVPool
 from splice.completion.openelm import OpenELMConfig, OpenELMForCausalLM, layer_wise_scaling
 from splice.completion.pie import DocumentKV, apply_plan, encode_full
 from splice.completion.pie_plan import plan_reuse
+from splice.completion.runner import ModelRunner
 from splice.completion.token_edits import diff_tokens
 from splice.kernels import triton_util
 from splice.kernels.decode_attention import decode_attention, decode_attention_reference
@@ -305,48 +309,83 @@ def decode_rows(
 
 
 def editor_rows(
-    model: PreTrainedModel, context: int, editors: int, device: torch.device, new_tokens: int = 16
+    model: PreTrainedModel,
+    context: int,
+    editors: int,
+    device: torch.device,
+    batch: int,
+    window_s: float = 1.0,
+    new_tokens: int = 16,
 ) -> dict[str, Any]:
-    """E editors, one completion each, arriving uniformly within one second; served one at a time."""
+    """E editors, one completion each, arriving at random times within `window_s` seconds. Each
+    completion is a PIE update of its document, then `new_tokens` greedy tokens. Up to `batch`
+    requests run at once: admitted into slots of a static KV pool, they decode together in one
+    pass per step (`ModelRunner.run_batch`, what the step scheduler does); batch 1 runs them one
+    at a time. Latency: from arrival to the last token, on the real clock."""
     spec = rope_spec_from_config(model.config)
-    vocab = model.config.vocab_size
+    config = model.config
+    vocab = config.vocab_size
+    runner = ModelRunner(model)
     rng = random.Random(7)
     docs = []
     for _ in range(editors):
         ids = [rng.randrange(vocab) for _ in range(context)]
         docs.append((encode_full(model, ids), edit_of(ids, rng, vocab)))
+    heads = list(
+        getattr(config, "num_kv_heads", None) or [config.num_key_value_heads] * config.num_hidden_layers
+    )
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+    pool = KVPool(heads, head_dim, batch, context + 8 + new_tokens + 1, dtype=model.dtype, device=device)
 
-    def serve(doc: DocumentKV, new: list[int]) -> None:
+    def admit(index: int) -> int:
+        doc, new = docs[index]
         plan = plan_reuse(doc.ids, new, diff_tokens(doc.ids, new), "pie+refresh", refresh_first_k=8)
         out, _ = apply_plan(model, doc, new, plan, spec)
-        cache = out.to_cache(model.config)
         assert out.logits is not None
-        token = out.logits.argmax().view(1, 1)
-        with torch.inference_mode():
-            for _ in range(new_tokens - 1):
-                token = (
-                    model(input_ids=token, cache=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
-                )
+        pool.admit(index, out.to_cache(config))
+        return int(out.logits.argmax())
+
+    def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    serve(*docs[0])  # warm-up
-    arrivals = sorted(rng.random() for _ in range(editors))
-    clock, latencies = 0.0, []
-    for arrival, (doc, new) in zip(arrivals, docs, strict=True):
-        start = time.perf_counter()
-        serve(doc, new)
-        work = time.perf_counter() - start
-        clock = max(clock, arrival) + work  # a batch-1 scheduler: one request at a time
-        latencies.append(clock - arrival)
+    offsets = sorted(window_s * rng.random() for _ in range(editors))
+    start = time.perf_counter()
+    waiting = list(range(editors))
+    running: dict[int, tuple[int, int]] = {}  # request -> (next token, tokens made)
+    latencies: list[float] = []
+    passes = 0
+    while waiting or running:
+        now = time.perf_counter() - start
+        while waiting and offsets[waiting[0]] <= now and len(running) < batch:
+            index = waiting.pop(0)
+            running[index] = (admit(index), 1)
+        if not running:
+            time.sleep(max(0.0, offsets[waiting[0]] - now))
+            continue
+        owners = list(running)
+        logits = runner.run_batch(pool, [pool.slot_of(o) for o in owners], [[running[o][0]] for o in owners])
+        passes += 1
+        for owner, rows in zip(owners, logits, strict=True):
+            pool.advance(pool.slot_of(owner), 1)
+            token, made = int(rows[-1].argmax()), running[owner][1] + 1
+            if made < new_tokens:
+                running[owner] = (token, made)
+                continue
+            sync()
+            latencies.append(time.perf_counter() - start - offsets[owner])
+            del running[owner]
+            pool.release(owner)
     latencies.sort()
     return {
         "editors": editors,
+        "batch": batch,
         "context": context,
         "new_tokens": new_tokens,
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-        "scheduler": "batch 1",
+        "passes": passes,
+        "wall_s": time.perf_counter() - start,
     }
 
 
@@ -373,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--editors", type=int, default=32)
     parser.add_argument("--editor-context", type=int, default=8192)
+    parser.add_argument(
+        "--arrival-window", type=float, default=1.0, help="part 5: editors arrive within this many seconds"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=5)
@@ -434,7 +476,10 @@ def main(argv: list[str] | None = None) -> int:
         (
             "editors",
             "5. completion latency, concurrent editors",
-            lambda: [editor_rows(model, args.editor_context, args.editors, device)],
+            lambda: [
+                editor_rows(model, args.editor_context, args.editors, device, b, args.arrival_window)
+                for b in sorted({1, max(args.batches)})
+            ],
         ),
     ]
     for key, title, run in parts:

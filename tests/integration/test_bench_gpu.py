@@ -18,8 +18,8 @@ def test_bench_gpu_tiny_shape_runs_every_part(tmp_path: Path, capsys: pytest.Cap
     code = cli_main(
         [
             "bench", "gpu", "--shape", "tiny", "--device", "cpu", "--contexts", "96", "--batches", "1", "3",
-            "--decode-context", "48", "--editors", "3", "--editor-context", "64", "--repeats", "1",
-            "--json", str(out),
+            "--decode-context", "48", "--editors", "3", "--editor-context", "64", "--arrival-window", "0",
+            "--repeats", "1", "--json", str(out),
         ]
     )  # fmt: skip
     assert code == 0
@@ -33,8 +33,11 @@ def test_bench_gpu_tiny_shape_runs_every_part(tmp_path: Path, capsys: pytest.Cap
     for row in result["attention"]:
         assert row["split_max_error"] < 1e-5 and row["unified_max_error"] < 1e-5
     assert [row["batch"] for row in result["decode"]] == [1, 3]
-    (editors,) = result["editors"]
-    assert editors["editors"] == 3 and editors["p99_ms"] >= editors["p50_ms"] > 0
+    assert [row["batch"] for row in result["editors"]] == [1, 3]
+    for editors in result["editors"]:
+        assert editors["editors"] == 3 and editors["p99_ms"] >= editors["p50_ms"] > 0
+    alone, together = result["editors"]
+    assert alone["passes"] == 3 * 15 and together["passes"] < alone["passes"]  # decode steps shared
     printed = capsys.readouterr().out
     for part in (
         "1. time to first token",
