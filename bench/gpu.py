@@ -25,8 +25,9 @@ One run prints one table per part and writes them all to JSON:
    arrival → last token.
 
 Shapes: `deepseek-coder-1.3b` (Llama, 24 layers, 16 heads), `qwen2.5-coder-1.5b` (Qwen2, 28
-layers, 12 query / 2 KV heads), `openelm-270m` (per-layer heads, layer-wise scaling) and `tiny`
-(for a CPU smoke run: CI runs it with the kernels in Triton's interpreter).
+layers, 12 query / 2 KV heads), `openelm-270m` (per-layer heads, layer-wise scaling),
+`smollm2-135m` (the default model's shape, for CPU runs) and `tiny` (a smoke run: CI runs it with
+the kernels in Triton's interpreter).
 """
 
 from __future__ import annotations
@@ -109,6 +110,20 @@ def shape_model(shape: str, max_context: int) -> PreTrainedModel:
                 **layer_wise_scaling(1280, 16, 64),  # type: ignore[arg-type]
             )
         )
+    if shape == "smollm2-135m":  # the default model's shape, for CPU runs
+        return LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=49152,
+                hidden_size=576,
+                intermediate_size=1536,
+                num_hidden_layers=30,
+                num_attention_heads=9,
+                num_key_value_heads=3,
+                max_position_embeddings=positions,
+                rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+                tie_word_embeddings=True,
+            )
+        )
     if shape == "tiny":
         return LlamaForCausalLM(
             LlamaConfig(
@@ -124,7 +139,7 @@ def shape_model(shape: str, max_context: int) -> PreTrainedModel:
     raise SystemExit(f"unknown --shape {shape!r}; choose from {', '.join(SHAPES)}")
 
 
-SHAPES = ("deepseek-coder-1.3b", "qwen2.5-coder-1.5b", "openelm-270m", "tiny")
+SHAPES = ("deepseek-coder-1.3b", "qwen2.5-coder-1.5b", "openelm-270m", "smollm2-135m", "tiny")
 
 
 def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:

@@ -76,8 +76,12 @@ class KVPool:
             )
         slot = self.used
         for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
-            ck, cv = cache.layers[layer].keys, cache.layers[layer].values
-            assert isinstance(ck, torch.Tensor) and isinstance(cv, torch.Tensor)
+            ck = getattr(cache.layers[layer], "keys", None)
+            cv = getattr(cache.layers[layer], "values", None)
+            if not isinstance(ck, torch.Tensor) or not isinstance(cv, torch.Tensor):
+                raise TypeError(
+                    f"batch slots need full-attention KV layers, got {type(cache.layers[layer]).__name__}"
+                )
             if ck.shape[2] != length:
                 raise ValueError("every layer of an admitted cache must hold the same number of tokens")
             k[slot, :, :length] = ck[0]

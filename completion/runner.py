@@ -35,6 +35,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from splice.completion.attention import use_kernel_attention
 from splice.completion.batch_kv import KVPool
 from splice.completion.early_exit import EXIT, STOP, ExitHeads, ExitThresholds
 
@@ -80,6 +81,8 @@ class ModelRunner:
             types = getattr(self.config, "layer_types", None)
             self.layer_types: list[str] = list(types) if types else ["full_attention"] * self.num_layers
             self.sliding = "sliding_attention" in self.layer_types
+        # Decode steps through the Triton decode-attention kernel where it runs (`attention.py`).
+        self.kernel_attention = self.supported and use_kernel_attention(model)
 
     @torch.inference_mode()
     def run(
@@ -192,7 +195,7 @@ class ModelRunner:
         if not self.supported or self.sliding:
             raise ValueError("batched decoding needs a layer-by-layer runner without sliding windows")
         implementation = getattr(self.config, "_attn_implementation", "sdpa")
-        if implementation not in ("sdpa", "eager"):
+        if implementation not in ("sdpa", "eager", "splice"):
             raise ValueError(f"batched decoding needs a 4D attention mask; {implementation!r} takes none")
         view = pool.batch(slots, [len(r) for r in rows])
         device = pool.keys[0].device
@@ -204,8 +207,10 @@ class ModelRunner:
             mask = torch.where(mask, 0.0, torch.finfo(hidden.dtype).min).to(hidden.dtype)
         masks = {"full_attention": mask}
         rotary = self.decoder.rotary_emb(hidden, position_ids=view.positions)
+        # One token per row: the kernel reads each row's valid length instead of the mask.
+        lengths = {"splice_lengths": view.starts + 1} if self.kernel_attention and view.width == 1 else {}
         for index in range(self.num_layers):
-            hidden = self._layer(index, hidden, masks, rotary, view.positions, view)  # type: ignore[arg-type]
+            hidden = self._layer(index, hidden, masks, rotary, view.positions, view, **lengths)  # type: ignore[arg-type]
         logits = self.head(self.decoder.norm(hidden)).float()  # [B, Q, V]
         return [logits[b, : len(r)] for b, r in enumerate(rows)]
 
@@ -266,6 +271,7 @@ class ModelRunner:
         rotary: Any,
         positions: torch.Tensor,
         cache: DynamicCache,
+        **attention: Any,
     ) -> torch.Tensor:
         out: torch.Tensor = self.decoder.layers[index](
             hidden,
@@ -274,5 +280,6 @@ class ModelRunner:
             position_ids=positions,
             cache=cache,
             use_cache=True,
+            **attention,
         )
         return out

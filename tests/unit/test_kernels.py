@@ -224,3 +224,49 @@ def test_pie_through_the_kernel_on_an_openelm_cache_equals_the_torch_path(
     assert int(got.offset.abs().max()) > 0  # tokens really moved
     for a, b in zip(got.keys, want.keys, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@interpreted
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "openelm"])
+def test_decode_steps_through_the_kernel_attention_equal_sdpa(
+    arch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the kernels on (SPLICE_KERNELS=triton), the runner switches the model's attention to
+    `"splice"`: decode steps, alone and batched over pool slots of different lengths, run the
+    decode-attention kernel and give SDPA's logits."""
+    from transformers import DynamicCache
+
+    from splice.completion.batch_kv import KVPool
+    from splice.completion.runner import ModelRunner
+    from splice_testkit.tiny import build_model, build_tokenizer
+
+    tokenizer = build_tokenizer("plain")
+    monkeypatch.setenv("SPLICE_KERNELS", "torch")
+    reference = ModelRunner(build_model(tokenizer, arch))
+    monkeypatch.setenv("SPLICE_KERNELS", "triton")
+    kernel = ModelRunner(build_model(tokenizer, arch))  # the same seed: the same weights
+    assert kernel.kernel_attention and not reference.kernel_attention
+    assert kernel.model.config._attn_implementation == "splice"
+
+    config = kernel.model.config
+    heads = getattr(config, "num_kv_heads", None) or [config.num_key_value_heads] * config.num_hidden_layers
+    pools = {}
+    calls = DecodeStats.calls
+    for name, runner in (("reference", reference), ("kernel", kernel)):
+        pool = KVPool(heads, 16, 2, 64, dtype=torch.float32, device=torch.device("cpu"))
+        steps = []
+        for slot, n in enumerate((9, 23)):
+            cache = DynamicCache(config=runner.model.config)
+            ids = torch.arange(30, 30 + n).unsqueeze(0)
+            runner.run(ids, cache)
+            for token in (5, 6, 7):  # decode steps alone
+                steps.append(runner.run(torch.tensor([[token]]), cache).logits)
+            pool.admit(slot, cache)
+        for tokens in ([[8], [9]], [[10], [11]]):  # batched decode steps, different lengths
+            steps.extend(runner.run_batch(pool, [0, 1], tokens))
+            pool.advance(0, 1)
+            pool.advance(1, 1)
+        pools[name] = steps
+    assert DecodeStats.calls > calls  # the kernel ran
+    for got, want in zip(pools["kernel"], pools["reference"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
