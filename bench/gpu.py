@@ -53,7 +53,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from splice.completion.batch_kv import KVPool
+from splice.completion.batch_kv import KVPool, kv_shape
 from splice.completion.openelm import OpenELMConfig, OpenELMForCausalLM, layer_wise_scaling
 from splice.completion.pie import DocumentKV, apply_plan, encode_full
 from splice.completion.pie_plan import plan_reuse
@@ -209,9 +209,7 @@ def rotation_rows(
 ) -> list[dict[str, Any]]:
     spec = rope_spec_from_config(model.config)
     config = model.config
-    heads = list(
-        getattr(config, "num_kv_heads", None) or [config.num_key_value_heads] * config.num_hidden_layers
-    )
+    heads, _ = kv_shape(config)
     peak, copy_gbps = device_peak(device)
     use_kernel = device.type == "cuda" or triton_util.interpreting()
     rows = []
@@ -346,10 +344,7 @@ def editor_rows(
     for _ in range(editors):
         ids = [rng.randrange(vocab) for _ in range(context)]
         docs.append((encode_full(model, ids), edit_of(ids, rng, vocab)))
-    heads = list(
-        getattr(config, "num_kv_heads", None) or [config.num_key_value_heads] * config.num_hidden_layers
-    )
-    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+    heads, head_dim = kv_shape(config)
     pool = KVPool(heads, head_dim, batch, context + 8 + new_tokens + 1, dtype=model.dtype, device=device)
 
     def admit(index: int) -> int:

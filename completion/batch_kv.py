@@ -28,6 +28,18 @@ import torch
 from transformers import DynamicCache
 
 
+def kv_shape(config: Any) -> tuple[list[int], int]:
+    """(KV heads per layer, head dim) of a transformers config; per-layer counts where the model
+    has them (OpenELM's `num_kv_heads`)."""
+    layers = int(config.num_hidden_layers)
+    heads = (
+        getattr(config, "num_kv_heads", None)
+        or [config.num_key_value_heads or config.num_attention_heads] * layers
+    )
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return [int(h) for h in heads], int(head_dim)
+
+
 class KVPool:
     """Slots of per-layer KV buffers (see the module docstring)."""
 

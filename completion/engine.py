@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from transformers import DynamicCache
 
-from splice.completion.batch_kv import KVPool
+from splice.completion.batch_kv import KVPool, kv_shape
 from splice.completion.deltas import DeltaRouter, served_id
 from splice.completion.document_cache import DocumentKey
 from splice.completion.drafting import DraftConfig
@@ -300,11 +300,7 @@ class CompletionEngine:
         if not self.batching or not generation.batchable or generation.cache is None:
             return False
         if self.pool is None:
-            config = self.model.config
-            heads = (
-                getattr(config, "num_kv_heads", None) or [config.num_key_value_heads] * self.runner.num_layers
-            )
-            head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+            heads, head_dim = kv_shape(self.model.config)
             slot_tokens = self.config.batch_slot_tokens or min(
                 self.context_window, self.max_prompt_tokens(256) + 256 + self.config.draft.max_tokens + 1
             )

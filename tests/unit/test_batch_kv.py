@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from splice.completion.batch_kv import KVPool
+from splice.completion.batch_kv import KVPool, kv_shape
 from splice.completion.runner import ModelRunner
 from splice_testkit.tiny import build_model, build_tokenizer
 
@@ -20,8 +20,7 @@ def model(request: pytest.FixtureRequest) -> PreTrainedModel:
 
 def _pool(model: PreTrainedModel, slots: int = 4, capacity: int = 96) -> KVPool:
     config = model.config
-    heads = getattr(config, "num_kv_heads", None) or [config.num_key_value_heads] * config.num_hidden_layers
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    heads, head_dim = kv_shape(config)
     return KVPool(heads, head_dim, slots, capacity, dtype=torch.float32, device=torch.device("cpu"))
 
 

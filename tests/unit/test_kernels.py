@@ -236,7 +236,7 @@ def test_decode_steps_through_the_kernel_attention_equal_sdpa(
     decode-attention kernel and give SDPA's logits."""
     from transformers import DynamicCache
 
-    from splice.completion.batch_kv import KVPool
+    from splice.completion.batch_kv import KVPool, kv_shape
     from splice.completion.runner import ModelRunner
     from splice_testkit.tiny import build_model, build_tokenizer
 
@@ -249,7 +249,7 @@ def test_decode_steps_through_the_kernel_attention_equal_sdpa(
     assert kernel.model.config._attn_implementation == "splice"
 
     config = kernel.model.config
-    heads = getattr(config, "num_kv_heads", None) or [config.num_key_value_heads] * config.num_hidden_layers
+    heads, _ = kv_shape(config)
     pools = {}
     calls = DecodeStats.calls
     for name, runner in (("reference", reference), ("kernel", kernel)):
