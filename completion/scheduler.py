@@ -200,12 +200,17 @@ class StepScheduler:
             if not finished:  # the reader went away: nobody wants the rest
                 self.cancel(entry.request)
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Cancel everything and wait (up to `timeout_s`) for the worker to leave its current
+        step: a worker thread still inside a forward pass when the interpreter exits aborts it."""
         with self._lock:
             self._closed = True
             for entry in [*self._waiting, *self._running]:
                 entry.request.cancelled.set()
             self._wake.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
 
     # -- the worker thread ----------------------------------------------------------------------
 
