@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     batch_slot_tokens: int | None = Field(
         None, ge=16, description="Tokens per batch slot (default: the prompt limit + 256 + a draft)"
     )
+    batch_kv_mb: int = Field(
+        8192,
+        ge=1,
+        description="Memory budget of the batch KV pool (fewer slots than SPLICE_MAX_BATCH beyond it)",
+    )
     kernels: Literal["auto", "triton", "torch"] = Field(
         "auto",
         description="Where PIE re-rotation and decode attention run (auto: Triton kernels on CUDA "
@@ -253,4 +258,5 @@ class Settings(BaseSettings):
             exit_thresholds=ExitThresholds(exit=self.exit_threshold, stop=self.stop_threshold),
             max_batch=self.max_batch or (16 if self.device != "cpu" and torch.cuda.is_available() else 1),
             batch_slot_tokens=self.batch_slot_tokens,
+            batch_memory_bytes=self.batch_kv_mb << 20,
         )

@@ -97,9 +97,11 @@ class EngineConfig:
     exit_thresholds: ExitThresholds = field(default_factory=ExitThresholds)
     # Batched decoding (splice.completion.batch_kv): up to max_batch running requests decode in one
     # forward pass, each in a slot of a static KV pool of batch_slot_tokens tokens (None: the
-    # largest prompt plus 256 new tokens plus a draft). 1: one request at a time (the CPU default).
+    # largest prompt plus 256 new tokens plus a draft), within batch_memory_bytes. 1: one request at
+    # a time (the CPU default).
     max_batch: int = 1
     batch_slot_tokens: int | None = None
+    batch_memory_bytes: int = 8 << 30  # the pool's budget: fewer slots than max_batch beyond it
 
     def drift_policy(self, model_type: str | None) -> tuple[DriftPolicy, str]:
         """The drift policy for a model family, with this config's overrides."""
@@ -304,13 +306,19 @@ class CompletionEngine:
             slot_tokens = self.config.batch_slot_tokens or min(
                 self.context_window, self.max_prompt_tokens(256) + 256 + self.config.draft.max_tokens + 1
             )
+            slot_bytes = 2 * sum(heads) * head_dim * slot_tokens * self.loaded.dtype.itemsize
+            slots = max(1, min(self.config.max_batch, self.config.batch_memory_bytes // slot_bytes))
+            if slots < self.config.max_batch:
+                log.warning(
+                    "batched decoding: %d slots of %d tokens fit the %d MB batch KV budget, not %d "
+                    "(raise SPLICE_BATCH_KV_MB or lower SPLICE_BATCH_SLOT_TOKENS)",
+                    slots,
+                    slot_tokens,
+                    self.config.batch_memory_bytes >> 20,
+                    self.config.max_batch,
+                )
             self.pool = KVPool(
-                heads,
-                head_dim,
-                self.config.max_batch,
-                slot_tokens,
-                dtype=self.loaded.dtype,
-                device=self.device,
+                heads, head_dim, slots, slot_tokens, dtype=self.loaded.dtype, device=self.device
             )
             log.info(
                 "batched decoding: %d slots of %d tokens (%.0f MB of KV)",

@@ -9,6 +9,7 @@ import threading
 import pytest
 from unit.test_engine import make_engine
 
+from splice.completion.batch_kv import kv_shape
 from splice.completion.engine import CompletionEngine, CompletionInput, CompletionResult, GenerationParams
 from splice.completion.scheduler import Event, Finished, QueueFull, Request, Started, StepScheduler, TextDelta
 
@@ -274,3 +275,28 @@ def test_a_batched_request_cancelled_mid_decode_frees_its_slot() -> None:
     assert cancelled[-1].result.finish_reason == "cancelled"  # type: ignore[union-attr]
     assert finished[-1].result.text == make_engine("plain", "llama").complete(INPUTS[1], params).text  # type: ignore[union-attr]
     assert engine.pool is not None and engine.pool.used == 0
+
+
+def test_the_batch_pool_keeps_to_its_memory_budget() -> None:
+    """max_batch=8 but a budget for 2 slots: the pool has 2, and a third request decodes alone."""
+    probe = make_engine("plain", "llama", max_batch=8)
+    heads, head_dim = kv_shape(probe.model.config)
+    slot_tokens = 200
+    slot_bytes = 2 * sum(heads) * head_dim * slot_tokens * 4  # fp32
+    engine = make_engine(
+        "plain", "llama", max_batch=8, batch_slot_tokens=slot_tokens, batch_memory_bytes=2 * slot_bytes + 1
+    )
+    params = GenerationParams(max_tokens=8)
+    scheduler = StepScheduler(engine, queue_size=4, max_running=3)
+
+    async def scenario() -> list[list[Event]]:
+        return list(await asyncio.gather(*(_collect(scheduler.submit(Request(i, params))) for i in INPUTS)))
+
+    try:
+        seen = asyncio.run(scenario())
+    finally:
+        scheduler.shutdown()
+    assert engine.pool is not None and engine.pool.slots == 2
+    alone = make_engine("plain", "llama")
+    for events, inp in zip(seen, INPUTS, strict=True):
+        assert events[-1].result.text == alone.complete(inp, params).text  # type: ignore[union-attr]
