@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         "--decode-context", type=int, default=2048, help="cache length per sequence in part 4"
     )
     parser.add_argument("--editors", type=int, default=32)
-    parser.add_argument("--editor-context", type=int, default=8192)
+    parser.add_argument("--editor-context", type=int, default=2048, help="part 5: each editor's document")
     parser.add_argument(
         "--arrival-window", type=float, default=1.0, help="part 5: editors arrive within this many seconds"
     )
