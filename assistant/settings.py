@@ -142,6 +142,12 @@ class Settings(BaseSettings):
         description="Where PIE re-rotation and decode attention run (auto: Triton kernels on CUDA "
         "when `triton` is installed, torch elsewhere); read by splice.kernels from SPLICE_KERNELS",
     )
+    cpu_linear: Literal["auto", "packed", "plain"] = Field(
+        "auto",
+        description="Linear layers on a CPU (auto: fp32 weights packed once for oneDNN, decoding and "
+        "draft verification get faster, weights take twice the memory; plain: MKL's F.linear); "
+        "read by splice.kernels.cpu_linear from SPLICE_CPU_LINEAR",
+    )
     default_max_tokens: int = Field(64, ge=1, description="max_tokens when a request gives none")
     max_tokens_limit: int = Field(512, ge=1, description="Largest max_tokens a request may ask for")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (413 beyond)")

@@ -6,7 +6,9 @@ them) and HumanEval infilling sets (`--humaneval`, e.g. SingleLine and MultiLine
 prompt is encoded once and shared by every method through one document cache, so each method
 times its decoding only.
 
-Methods: `greedy` (one token a forward pass, as before drafting), `hf-generate` (transformers'
+Methods: `greedy` (one token a forward pass, as before drafting), `greedy-unpacked` (the same
+with MKL's `F.linear` instead of the packed oneDNN weights a CPU decodes with,
+kernels/cpu_linear.py: the service before packing; only where packing is on), `hf-generate` (transformers'
 `generate`, greedy, the same number of new tokens: the library's own per-token overhead),
 `lookup-K` (lookup drafting, K tokens drafted a pass, splice.completion.drafting), and where the
 model has exit heads (splice.completion.early_exit): `exit-T` (early exit at Exit threshold T),
@@ -35,6 +37,7 @@ default K) and a held-out half (`held-out`); both rows are printed, the defaults
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -58,6 +61,7 @@ from splice.completion.engine import (
     GenerationParams,
 )
 from splice.completion.models import LoadedModel
+from splice.kernels.cpu_linear import packed_bytes, plain_linears
 from splice.training.gate import edit_similarity
 
 
@@ -139,7 +143,7 @@ def methods_for(
     self_sizes: list[int] = [],  # noqa: B006 (read only)
 ) -> dict[str, EngineConfig]:
     """Engine settings per method (hf-generate runs the model's own `generate`)."""
-    methods = {"greedy": base, "hf-generate": base}
+    methods = {"greedy": base, "greedy-unpacked": base, "hf-generate": base}
     for k in draft_sizes:
         methods[f"lookup-{k}"] = replace(base, drafting="lookup", draft=DraftConfig(max_tokens=k))
     for k in self_sizes:
@@ -216,6 +220,8 @@ def run(
         exit_thresholds, stop_thresholds, self_sizes = [], [], []
     methods = methods_for(base, draft_sizes, exit_thresholds, stop_thresholds, self_sizes)
     engines = {name: CompletionEngine(loaded, config) for name, config in methods.items()}
+    if not packed_bytes(loaded.model):  # (engines pack the model's linear layers where they can)
+        del engines["greedy-unpacked"]
     shared = engines["greedy"].kv
     for engine in engines.values():
         engine.kv = shared  # one prompt encoding per task, reused by every method
@@ -236,7 +242,8 @@ def run(
                 row.passes += count
                 row.tokens += count
                 continue
-            result, line_ms = _first_line_ms(engine, task, params)
+            with plain_linears() if name == "greedy-unpacked" else contextlib.nullcontext():
+                result, line_ms = _first_line_ms(engine, task, params)
             if name == "greedy":
                 greedy_text = result.text
                 greedy_tokens = result.completion_tokens

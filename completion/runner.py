@@ -16,6 +16,10 @@ layer, the final norm, the LM head), so one entry serves every use:
 - batched decoding (`run_batch`): several requests' decode or verification steps in one pass,
   each over its own slot of a static KV pool (`batch_kv.py`), rows of different lengths.
 
+On a CPU it gives the model's linear layers packed oneDNN weights (`kernels/cpu_linear.py`,
+`SPLICE_CPU_LINEAR`): a one-token step gets cheaper, a pass that verifies a draft costs about
+what a one-token step does, and each row's numbers do not depend on how many rows a pass has.
+
 It supports the families whose transformers forward is exactly `XForCausalLM(model=XModel(
 embed_tokens, rotary_emb, layers, norm), lm_head)` with nothing in between (`FAMILIES`: Llama,
 Mistral, Qwen2, Qwen3, StableLM, and OpenELM-shaped models (`openelm.py`: per-layer head
@@ -38,6 +42,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from splice.completion.attention import use_kernel_attention
 from splice.completion.batch_kv import KVPool
 from splice.completion.early_exit import EXIT, STOP, ExitHeads, ExitThresholds
+from splice.kernels.cpu_linear import pack_linears
 
 FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "stablelm", "openelm"})
 # Families whose keys are k_proj (+ Qwen3's per-head k_norm) rotated over the whole head: state
@@ -74,6 +79,9 @@ class ModelRunner:
             and all(hasattr(decoder, p) for p in parts)
         )
         self.num_layers = int(self.config.num_hidden_layers)
+        if not getattr(model, "_splice_linears_packed", False):  # once per model, not per runner
+            pack_linears(model)
+            setattr(model, "_splice_linears_packed", True)  # noqa: B010 (nn.Module's typed setattr)
         if self.supported:
             assert decoder is not None
             self.decoder: Any = decoder

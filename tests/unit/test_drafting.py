@@ -11,6 +11,7 @@ from unit.test_engine import PROMPTS, make_engine
 from splice.completion.document_cache import DocumentKey
 from splice.completion.drafting import DraftConfig, LookupDrafter
 from splice.completion.engine import CompletionEngine, CompletionInput, EngineConfig, GenerationParams
+from splice.kernels.cpu_linear import pack_linears, supported
 
 REPETITIVE = [
     CompletionInput(
@@ -46,10 +47,20 @@ def test_draft_settings_are_validated() -> None:
         EngineConfig(drafting="magic")  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module", params=[("plain", "llama"), ("qwen", "qwen2")], ids=["llama", "qwen2"])
+@pytest.fixture(
+    scope="module",
+    params=[("plain", "llama", False), ("qwen", "qwen2", False), ("plain", "llama", True)],
+    ids=["llama", "qwen2", "llama-packed"],
+)
 def engines(request: pytest.FixtureRequest) -> tuple[CompletionEngine, CompletionEngine]:
-    family, arch = request.param
+    """A plain and a drafting engine on one model; `-packed`: every linear layer packed
+    (kernels/cpu_linear.py, what the service does on a CPU for layers of a real model's size)."""
+    family, arch, packed = request.param
     plain = make_engine(family, arch, drafting="off")
+    if packed:
+        if not supported():
+            pytest.skip("this PyTorch build has no oneDNN packed linear")
+        assert pack_linears(plain.loaded.model, "packed", min_params=0) > 0
     return plain, CompletionEngine(plain.loaded, EngineConfig(drafting="lookup"))  # the same model
 
 
