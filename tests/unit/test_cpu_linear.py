@@ -119,3 +119,36 @@ def test_packed_runner_equals_the_plain_model(arch: str) -> None:
     for want, got in zip(outs[0], outs[1], strict=True):
         assert want is not None and got is not None
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "openelm"])
+def test_masked_grouped_query_passes_equal_sdpa(arch: str) -> None:
+    """On a CPU the runner switches a model to `"splice-cpu"` attention: masked passes of several
+    tokens (draft verification, PIE's custom masks) let SDPA take the query groups itself instead
+    of copying K/V per group. The logits equal plain `"sdpa"`'s exactly."""
+    from splice.completion.attention import CPU_NAME
+
+    tokenizer = build_tokenizer("plain")
+    reference, model = build_model(tokenizer, arch), build_model(tokenizer, arch)
+    runner = ModelRunner(model)
+    assert model.config._attn_implementation == CPU_NAME
+    ref_runner = ModelRunner(reference)
+    reference.set_attn_implementation("sdpa")
+    assert reference.config._attn_implementation == "sdpa"
+    ids = torch.randint(5, len(tokenizer), (1, 48))
+    outs = []
+    for r in (ref_runner, runner):
+        cache = DynamicCache(config=r.model.config)
+        r.run(ids[:, :30], cache)
+        verify = r.run(ids[:, 30:39], cache, logits="all").logits  # 9 tokens after a cache: masked
+        # PIE-style: 4 tokens at chosen positions under a custom mask
+        n = cache.get_seq_length()
+        mask = torch.ones(4, n + 4, dtype=torch.bool).tril(n)
+        mask[:, 5:9] = False
+        pie = r.run(
+            ids[:, 39:43], cache, positions=torch.arange(n, n + 4)[None], attention_mask=mask[None, None]
+        )
+        outs.append((verify, pie.logits))
+    for want, got in zip(outs[0], outs[1], strict=True):
+        assert want is not None and got is not None
+        assert torch.equal(got, want)
