@@ -59,7 +59,7 @@ def splice_attention(
         )
         return out.unsqueeze(1), None
     grouped = query.shape[1] != key.shape[1]
-    plain = not kwargs.get("position_bias") and not kwargs.get("softcap")
+    plain = kwargs.get("position_bias") is None and kwargs.get("softcap") is None
     if query.device.type == "cpu" and grouped and attention_mask is not None and query.shape[2] > 1 and plain:
         out = torch.nn.functional.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=True
