@@ -143,7 +143,7 @@ def methods_for(
     self_sizes: list[int] = [],  # noqa: B006 (read only)
 ) -> dict[str, EngineConfig]:
     """Engine settings per method (hf-generate runs the model's own `generate`)."""
-    methods = {"greedy": base, "greedy-unpacked": base, "hf-generate": base}
+    methods = {"greedy": base, "hf-generate": base}
     for k in draft_sizes:
         methods[f"lookup-{k}"] = replace(base, drafting="lookup", draft=DraftConfig(max_tokens=k))
     for k in self_sizes:
@@ -220,8 +220,8 @@ def run(
         exit_thresholds, stop_thresholds, self_sizes = [], [], []
     methods = methods_for(base, draft_sizes, exit_thresholds, stop_thresholds, self_sizes)
     engines = {name: CompletionEngine(loaded, config) for name, config in methods.items()}
-    if not packed_bytes(loaded.model):  # (engines pack the model's linear layers where they can)
-        del engines["greedy-unpacked"]
+    if packed_bytes(loaded.model):  # the engines packed the linear layers: greedy's engine again, with MKL
+        engines = {"greedy": engines["greedy"], "greedy-unpacked": engines["greedy"], **engines}
     shared = engines["greedy"].kv
     for engine in engines.values():
         engine.kv = shared  # one prompt encoding per task, reused by every method

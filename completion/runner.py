@@ -39,7 +39,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from splice.completion.attention import use_cpu_attention, use_kernel_attention
+from splice.completion.attention import CPU_NAME, NAME, use_cpu_attention, use_kernel_attention
 from splice.completion.batch_kv import KVPool
 from splice.completion.early_exit import EXIT, STOP, ExitHeads, ExitThresholds
 from splice.kernels.cpu_linear import pack_linears
@@ -205,7 +205,7 @@ class ModelRunner:
         if not self.supported or self.sliding:
             raise ValueError("batched decoding needs a layer-by-layer runner without sliding windows")
         implementation = getattr(self.config, "_attn_implementation", "sdpa")
-        if implementation not in ("sdpa", "eager", "splice", "splice-cpu"):
+        if implementation not in ("sdpa", "eager", NAME, CPU_NAME):
             raise ValueError(f"batched decoding needs a 4D attention mask; {implementation!r} takes none")
         view = pool.batch(slots, [len(r) for r in rows])
         device = pool.keys[0].device
