@@ -148,12 +148,14 @@ def unpack_linears(model: nn.Module) -> int:
 @contextlib.contextmanager
 def plain_linears() -> Iterator[None]:
     """Within this block, on this thread, packed layers run `F.linear` (a benchmark's baseline:
-    `splice bench decode`'s `greedy-unpacked`)."""
+    `splice bench decode`'s `greedy-unpacked`). Blocks nest."""
+    outer = bool(_plain.__dict__)
     _plain.on = True
     try:
         yield
     finally:
-        del _plain.on
+        if not outer:
+            del _plain.on
 
 
 def packed_bytes(model: nn.Module) -> int:

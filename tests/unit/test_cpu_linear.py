@@ -12,7 +12,14 @@ from torch import nn
 from transformers import DynamicCache
 
 from splice.completion.runner import ModelRunner
-from splice.kernels.cpu_linear import pack_linears, packed_bytes, resolve_mode, supported, unpack_linears
+from splice.kernels.cpu_linear import (
+    pack_linears,
+    packed_bytes,
+    plain_linears,
+    resolve_mode,
+    supported,
+    unpack_linears,
+)
 from splice_testkit.tiny import build_model, build_tokenizer
 
 pytestmark = pytest.mark.skipif(not supported(), reason="this PyTorch build has no oneDNN packed linear")
@@ -49,6 +56,21 @@ def test_rows_do_not_depend_on_the_row_count() -> None:
         for i in range(9):
             assert torch.equal(layer(x[i : i + 1])[0], together[i])
         assert torch.equal(layer(x[:4]), together[:4])
+
+
+def test_plain_linears_blocks_nest() -> None:
+    """`plain_linears()` (the bench's MKL baseline) runs `F.linear` until its outermost block ends."""
+    layer = packed_layer(1536, 576)
+    x = torch.randn(9, 576)
+    with torch.inference_mode():
+        packed = layer(x)
+        plain = F.linear(x, layer.weight, layer.bias)
+        assert not torch.equal(packed, plain)  # the two libraries round differently: tells them apart
+        with plain_linears():
+            with plain_linears():
+                assert torch.equal(layer(x), plain)
+            assert torch.equal(layer(x), plain)  # the inner block's end keeps the outer one's setting
+        assert torch.equal(layer(x), packed)
 
 
 def test_an_in_place_weight_update_repacks() -> None:
