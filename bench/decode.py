@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from splice.bench.edits import load_steps
+from splice.bench.edits import Sample, add_sample_arguments, load_steps, sample_label
 from splice.completion.document_cache import DocumentKey
 from splice.completion.drafting import DraftConfig
 from splice.completion.early_exit import ExitThresholds
@@ -117,10 +117,19 @@ class Row:
         }
 
 
-def load_tasks(edits: Path | None, humaneval: list[Path], limit: int) -> list[Task]:
+def load_tasks(
+    edits: Path | None,
+    humaneval: list[Path],
+    limit: int,
+    *,
+    sample: Sample = "spread",
+    per_history: int = 3,
+) -> list[Task]:
     tasks: list[Task] = []
     if edits is not None:
-        for history, _, steps in load_steps(edits, limit, "next-line", 20):
+        for history, _, steps in load_steps(
+            edits, limit, "next-line", 20, sample=sample, per_history=per_history
+        ):
             for i, step in enumerate(steps):
                 inp = CompletionInput(step.prefix, step.suffix, "python")
                 tasks.append(Task(f"{history}#{i}", "edits", inp, target=step.target))
@@ -301,7 +310,9 @@ def print_table(result: dict[str, object]) -> None:
 
     print(
         f"\n{result['model']} on {result['device']} ({result['threads']} threads), "
-        f"prompts ≤ {result['context_tokens']} tokens, ≤ {result['max_tokens']} new tokens\n"
+        f"prompts ≤ {result['context_tokens']} tokens, ≤ {result['max_tokens']} new tokens"
+        + (f", edit steps: {result['edits_sample']}" if "edits_sample" in result else "")
+        + "\n"
     )
     print(
         "| tasks | split | method | n | ms/token | tokens/s | × greedy | first line ms p50 | passes/token "
@@ -335,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "--humaneval", type=Path, nargs="+", default=[], help="HumanEval infilling sets (.jsonl.gz)"
     )
     parser.add_argument("--limit", type=int, default=40, help="tasks per set (default 40)")
+    add_sample_arguments(parser)
     parser.add_argument("--model", default="default")
     parser.add_argument("--adapter", default="default", help="'default', a folder, or 'none'")
     parser.add_argument("--device", default="auto")
@@ -358,8 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         if path is not None and not path.is_file():
             print(f"{prog}: error: no such file: {path}", file=sys.stderr)
             return 2
-    if args.limit < 1 or args.max_tokens < 2 or args.context_tokens < 64:
-        parser.error("--limit must be >= 1, --max-tokens >= 2, --context-tokens >= 64")
+    if args.limit < 1 or args.max_tokens < 2 or args.context_tokens < 64 or args.per_history < 1:
+        parser.error("--limit and --per-history must be >= 1, --max-tokens >= 2, --context-tokens >= 64")
     try:
         for k in [*args.draft_sizes, *args.self_draft_sizes]:
             DraftConfig(max_tokens=k)
@@ -380,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    tasks = load_tasks(args.edits, args.humaneval, args.limit)
+    tasks = load_tasks(
+        args.edits, args.humaneval, args.limit, sample=args.sample, per_history=args.per_history
+    )
     result = run(
         loaded,
         tasks,
@@ -391,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         stop_thresholds=args.stop_thresholds,
         self_sizes=args.self_draft_sizes,
     )
+    if args.edits is not None:
+        result["edits_sample"] = sample_label(args.sample, args.per_history)
     if loaded.exit_heads is None and (args.exit_thresholds or args.stop_thresholds):
         print(f"{prog}: note: {loaded.model_id} has no exit heads; no early-exit methods", file=sys.stderr)
     print_table(result)

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -107,42 +108,69 @@ def target_line(diff: str, after: str, task: Task, lines_after: int) -> int | No
     return None
 
 
+Sample = Literal["spread", "file"]
+SAMPLES: tuple[Sample, ...] = ("spread", "file")
+
+
+def _history_steps(row: dict[str, object], task: Task, lines_after: int) -> list[Step]:
+    text = str(row["original"])
+    steps: list[Step] = []
+    for diff in row["steps"]:  # type: ignore[attr-defined]
+        try:
+            after = apply_unified_diff(text, diff)
+        except ValueError:
+            break
+        target = target_line(diff, after, task, lines_after)
+        if target is not None:
+            lines = after.splitlines(keepends=True)
+            line = lines[target].rstrip("\r\n")
+            indent = line[: len(line) - len(line.lstrip())]
+            head = "".join(lines[:target])
+            steps.append(
+                Step(
+                    str(row["id"]),
+                    text,
+                    after,
+                    head + indent,
+                    "\n" + "".join(lines[target + 1 :]),
+                    line.strip(),
+                )
+            )
+        text = after
+    return steps
+
+
 def load_steps(
-    path: Path, limit: int | None, task: Task = "edit-line", lines_after: int = 20
+    path: Path,
+    limit: int | None,
+    task: Task = "edit-line",
+    lines_after: int = 20,
+    *,
+    sample: Sample = "spread",
+    per_history: int = 3,
 ) -> Iterator[tuple[str, str, list[Step]]]:
-    """Yield (history id, original text, its steps), stopping after `limit` steps in total."""
-    count = 0
+    """Yield (history id, original text, its steps), stopping after `limit` steps in total.
+
+    `spread` (the default) visits the histories in the order of a hash of their id and takes at
+    most `per_history` consecutive steps from each, so a small `limit` still samples every
+    repository in the file (the public file is sorted by repository: its first 20 steps are all
+    astropy). `file` takes every step in file order, as the benchmarks did before.
+    """
+    if sample not in SAMPLES:
+        raise ValueError(f"unknown sample {sample!r}; choose from {', '.join(SAMPLES)}")
     with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for raw in fh:
-            row = json.loads(raw)
-            text, steps = row["original"], []
-            for diff in row["steps"]:
-                try:
-                    after = apply_unified_diff(text, diff)
-                except ValueError:
-                    break
-                target = target_line(diff, after, task, lines_after)
-                if target is not None:
-                    lines = after.splitlines(keepends=True)
-                    line = lines[target].rstrip("\r\n")
-                    indent = line[: len(line) - len(line.lstrip())]
-                    head = "".join(lines[:target])
-                    steps.append(
-                        Step(
-                            row["id"],
-                            text,
-                            after,
-                            head + indent,
-                            "\n" + "".join(lines[target + 1 :]),
-                            line.strip(),
-                        )
-                    )
-                text = after
-            if steps:
-                take = steps if limit is None else steps[: max(0, limit - count)]
-                if take:
-                    yield row["id"], row["original"], take
-                    count += len(take)
+        rows: Iterable[dict[str, object]] = (json.loads(raw) for raw in fh)
+        if sample == "spread":
+            rows = sorted(rows, key=lambda r: hashlib.sha1(str(r["id"]).encode()).hexdigest())
+        count = 0
+        for row in rows:
+            steps = _history_steps(row, task, lines_after)
+            if sample == "spread":
+                steps = steps[:per_history]
+            take = steps if limit is None else steps[: max(0, limit - count)]
+            if take:
+                yield str(row["id"]), str(row["original"]), take
+                count += len(take)
             if limit is not None and count >= limit:
                 return
 
@@ -295,6 +323,8 @@ def run(
     task: Task = "edit-line",
     lines_after: int = 20,
     drift_report: bool = False,
+    sample: Sample = "spread",
+    per_history: int = 3,
 ) -> dict[str, object]:
     engines: dict[str, CompletionEngine] = {}
     for m in methods:
@@ -313,7 +343,9 @@ def run(
     n_steps = 0
     rows: list[dict[str, object]] = []  # per step: each method's line, KL, top-1 and tokens encoded
     started = time.perf_counter()
-    for history, original, steps in load_steps(data, limit, task, lines_after):
+    for history, original, steps in load_steps(
+        data, limit, task, lines_after, sample=sample, per_history=per_history
+    ):
         key = DocumentKey("bench", history, loaded.model_id)
         # Prime every method's cache with the file before its first edit, encoded once: the
         # state is the same for all methods, and reuse never writes into a cache it reads.
@@ -387,6 +419,7 @@ def run(
         "model": loaded.model_id,
         "steps": n_steps,
         "task": task,
+        "sample": sample_label(sample, per_history),
         "context_tokens": context_tokens,
         "policies": policies,
         "device": str(loaded.device),
@@ -397,12 +430,30 @@ def run(
     }
 
 
+def sample_label(sample: Sample, per_history: int) -> str:
+    return sample if sample == "file" else f"spread, {per_history} per history"
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
+    """--sample and --per-history: how the edit histories' steps are picked (load_steps)."""
+    parser.add_argument(
+        "--sample",
+        choices=SAMPLES,
+        default="spread",
+        help="spread (default): histories in hash order, at most --per-history steps each, so a "
+        "small --limit covers every repository; file: every step in file order (older tables)",
+    )
+    parser.add_argument(
+        "--per-history", type=int, default=3, help="spread: steps taken per history (default 3)"
+    )
+
+
 def print_table(result: dict[str, object]) -> None:
     methods = result["methods"]
     assert isinstance(methods, dict)
     print(
         f"\n{result['model']}, {result['task']}, {result['steps']} steps, "
-        f"{result['context_tokens']} context tokens, "
+        f"{result['context_tokens']} context tokens, {result['sample']}, "
         f"{result['device']}"
     )
     width = max(12, *(len(name) for name in methods))
@@ -446,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=40, help="steps in total (default 40)")
     parser.add_argument("--context-tokens", type=int, default=2048)
+    add_sample_arguments(parser)
     parser.add_argument(
         "--refresh-first-k",
         type=int,
@@ -484,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.is_file():
         print(f"splice bench edits: error: no such file: {args.data}", file=sys.stderr)
         return 2
+    if args.per_history < 1:
+        print("splice bench edits: error: --per-history must be >= 1", file=sys.stderr)
+        return 2
     try:
         for m in args.methods:
             parse_method(m)
@@ -507,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         task=args.task,
         lines_after=args.lines_after,
         drift_report=args.drift_report,
+        sample=args.sample,
+        per_history=args.per_history,
     )
     print_table(result)
     if args.json:

@@ -15,7 +15,7 @@ from splice.bench.edits import apply_unified_diff, first_added_line, load_steps
 BENCH_EDITS = [sys.executable, "-m", "splice.assistant", "bench", "edits"]
 
 
-def history(tmp_path: Path) -> Path:
+def history_row(history_id: str = "gen/m.py") -> dict[str, object]:
     original = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(60))
     texts = [original]
     for step in range(3):
@@ -29,18 +29,45 @@ def history(tmp_path: Path) -> Path:
         )
         for a, b in itertools.pairwise(texts)
     ]
-    row = {
-        "id": "gen/m.py",
-        "repo": "gen",
-        "path": "m.py",
+    repo, _, path = history_id.partition("/")
+    return {
+        "id": history_id,
+        "repo": repo,
+        "path": path,
         "original": original,
         "steps": steps,
         "final": texts[-1],
     }
+
+
+def history(tmp_path: Path, ids: tuple[str, ...] = ("gen/m.py",)) -> Path:
     path = tmp_path / "edits.jsonl.gz"
     with gzip.open(path, "wt") as fh:
-        fh.write(json.dumps(row) + "\n")
+        for history_id in ids:
+            fh.write(json.dumps(history_row(history_id)) + "\n")
     return path
+
+
+def test_spread_sampling_reaches_every_repository_and_caps_steps_per_history(tmp_path: Path) -> None:
+    # The file is sorted by repository, like the public one: the first 6 steps are all repo a's.
+    ids = tuple(f"{repo}/f{i}.py" for repo in "abcd" for i in range(4))
+    data = history(tmp_path, ids)
+    in_file_order = list(load_steps(data, 6, "edit-line", sample="file"))
+    assert [h for h, _, _ in in_file_order] == ["a/f0.py", "a/f1.py"]
+    assert [len(steps) for _, _, steps in in_file_order] == [3, 3]
+    spread = list(load_steps(data, 4, "edit-line", per_history=1))
+    assert len(spread) == 4 and all(len(steps) == 1 for _, _, steps in spread)
+    assert len({h.split("/")[0] for h, _, _ in spread}) > 1  # not just the file's first repository
+    assert spread == list(load_steps(data, 4, "edit-line", per_history=1))  # deterministic
+    capped = list(load_steps(data, None, "edit-line", per_history=2))
+    assert len(capped) == 16 and all(len(steps) == 2 for _, _, steps in capped)
+    assert sorted(h for h, _, _ in capped) == sorted(ids)
+    try:
+        list(load_steps(data, 8, "edit-line", sample="random"))  # type: ignore[arg-type]
+    except ValueError as exc:
+        assert "unknown sample" in str(exc)
+    else:
+        raise AssertionError("an unknown sample was accepted")
 
 
 def test_unified_diff_application_and_target_line(tmp_path: Path) -> None:
