@@ -7,7 +7,10 @@ line --lines-after lines below the step's last change (the edit sits inside the 
 everything after it has moved, as in the PIE paper's setup). The prompt is the text before
 that line plus its indentation (the last --context-tokens tokens), the suffix is the rest.
 Every method keeps its own document cache across the steps of a history, so approximation
-errors accumulate as they would in an editor session.
+errors accumulate as they would in an editor session. Each history's caches start from the
+file before its first edit, encoded with prefix and suffix around the first step's cursor
+offset. The model is the one `splice serve` serves: the default model with its shipped FIM
+adapter (`--adapter none`: without it, prefix-only prompts).
 
 Methods: full (recompute), prefix (common-prefix reuse), naive (splice without fixing
 positions), pie, pie+refresh. Per method: exact match and edit similarity of the first line
@@ -15,7 +18,8 @@ against the true line, agreement with `full`, time to first token p50/p90, promp
 encoded per step and the ratio of each to `full`.
 
     splice bench edits --data ../shared/data/edit-histories/realistic-edits-public.jsonl.gz \\
-        [--task edit-line|next-line] [--model default] [--limit 40] [--context-tokens 2048] [--json OUT]
+        [--task edit-line|next-line] [--model default] [--adapter default] [--limit 40] \\
+        [--context-tokens 2048] [--json OUT]
 """
 
 from __future__ import annotations
@@ -34,11 +38,12 @@ from typing import Literal
 
 import torch
 
+from splice.completion.adapters import load_served_model
 from splice.completion.document_cache import DocumentKey
 from splice.completion.drift import distance_after_edit, kv_deviation, next_token_drift
 from splice.completion.engine import CompletionEngine, CompletionInput, EngineConfig, GenerationParams
 from splice.completion.kv_format import KV_FORMATS
-from splice.completion.models import LoadedModel, load_model, parse_spec
+from splice.completion.models import LoadedModel, ModelLoadError, parse_spec
 from splice.completion.pie import encode_full
 from splice.completion.pie_plan import REUSE_METHODS, ReuseMethod
 from splice.completion.token_edits import diff_tokens
@@ -347,10 +352,13 @@ def run(
         data, limit, task, lines_after, sample=sample, per_history=per_history
     ):
         key = DocumentKey("bench", history, loaded.model_id)
-        # Prime every method's cache with the file before its first edit, encoded once: the
-        # state is the same for all methods, and reuse never writes into a cache it reads.
+        # Prime every method's cache with the file before its first edit, split at the first
+        # step's cursor offset (prefix and suffix, as the editor's last completion there would
+        # have been), encoded once: the state is the same for all methods, and reuse never writes
+        # into a cache it reads.
         any_engine = next(iter(engines.values()))
-        primer = any_engine.prepare(CompletionInput(original[: len(steps[0].prefix)]), params.max_tokens)
+        cut = len(steps[0].prefix)
+        primer = any_engine.prepare(CompletionInput(original[:cut], original[cut:]), params.max_tokens)
         primed = encode_full(loaded.model, primer.input_ids)
         for engine in engines.values():
             engine.kv.store(key, primed)
@@ -417,6 +425,7 @@ def run(
             entry["tokens_ratio_to_full"] = entry["tokens_encoded_mean"] / base["tokens_encoded_mean"]
     return {
         "model": loaded.model_id,
+        "adapter": loaded.adapter_name,
         "steps": n_steps,
         "task": task,
         "sample": sample_label(sample, per_history),
@@ -452,7 +461,8 @@ def print_table(result: dict[str, object]) -> None:
     methods = result["methods"]
     assert isinstance(methods, dict)
     print(
-        f"\n{result['model']}, {result['task']}, {result['steps']} steps, "
+        f"\n{result['model']} (adapter: {result.get('adapter') or 'none'}), {result['task']}, "
+        f"{result['steps']} steps, "
         f"{result['context_tokens']} context tokens, {result['sample']}, "
         f"{result['device']}"
     )
@@ -494,6 +504,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data", type=Path, required=True, help="edit histories (.jsonl.gz)")
     parser.add_argument("--model", default="default")
+    parser.add_argument(
+        "--adapter",
+        default="default",
+        help="'default' (the shipped FIM adapter for the default model, none for others: the "
+        "model as `splice serve` serves it), a folder, or 'none'",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=40, help="steps in total (default 40)")
     parser.add_argument("--context-tokens", type=int, default=2048)
@@ -545,9 +561,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"splice bench edits: error: {exc}", file=sys.stderr)
         return 2
-    loaded = load_model(
-        parse_spec(args.model), device=args.device, progress=lambda m: print(m, file=sys.stderr)
-    )
+    adapter = None if args.adapter == "none" else args.adapter
+    try:
+        loaded = load_served_model(
+            parse_spec(args.model), adapter, device=args.device, progress=lambda m: print(m, file=sys.stderr)
+        )
+    except ModelLoadError as exc:
+        print(f"splice bench edits: error: {exc}", file=sys.stderr)
+        return 2
     methods = tuple(args.methods)
     if "full" in methods:  # full first, so agreement is measured against it
         methods = ("full", *(m for m in methods if m != "full"))

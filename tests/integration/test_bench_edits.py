@@ -192,3 +192,47 @@ def test_bench_ws_types_edits_and_kept_tokens_tokenize_less(tmp_path: Path, tiny
     assert kept["tokenized_chars_mean"] < 0.6 * whole["tokenized_chars_mean"]
     assert kept["encoded_tokens_mean"] == whole["encoded_tokens_mean"]
     assert "| kept |" in proc.stdout
+
+
+def test_primer_holds_the_suffix_so_a_first_step_reencodes_only_its_edit(
+    tmp_path: Path, tiny_qwen_dir: Path
+) -> None:
+    # Qwen's PSM layout puts the suffix in the middle of the prompt. A cache primed from the
+    # prefix alone would make every history's first step encode the whole suffix as new tokens
+    # (and leave nothing of it stale), which is not what an editor that completed there before sees.
+    from splice.bench.edits import run
+    from splice.completion.models import load_model, parse_spec
+
+    loaded = load_model(parse_spec(str(tiny_qwen_dir)), device="cpu", progress=lambda _m: None)
+    result = run(
+        loaded,
+        history(tmp_path),
+        methods=("full", "pie"),
+        limit=1,
+        context_tokens=256,
+        task="edit-line",
+        progress=False,
+    )
+    first = result["per_step"][0]["methods"]  # type: ignore[index]
+    assert first["full"]["encoded"] == 256  # the window is full: the suffix has ~1/4 of it
+    # the step inserted two short lines right at the cursor: that, and the last token, are new
+    assert 2 <= first["pie"]["encoded"] <= 24, first["pie"]["encoded"]
+
+
+def test_bench_edits_refuses_a_missing_adapter(tmp_path: Path, tiny_model_dir: Path) -> None:
+    proc = subprocess.run(
+        [
+            *BENCH_EDITS,
+            "--data",
+            str(history(tmp_path)),
+            "--model",
+            str(tiny_model_dir),
+            "--adapter",
+            str(tmp_path / "no-such-adapter"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "splice bench edits: error:" in proc.stderr and "no-such-adapter" in proc.stderr
