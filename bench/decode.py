@@ -49,7 +49,14 @@ from pathlib import Path
 
 import torch
 
-from splice.bench.edits import Sample, add_sample_arguments, load_steps, sample_label
+from splice.bench.edits import (
+    Sample,
+    add_model_arguments,
+    add_sample_arguments,
+    load_bench_model,
+    load_steps,
+    sample_label,
+)
 from splice.completion.document_cache import DocumentKey
 from splice.completion.drafting import DraftConfig
 from splice.completion.early_exit import ExitThresholds
@@ -193,20 +200,34 @@ def _key(task: Task, engine: CompletionEngine) -> DocumentKey:
 
 @torch.inference_mode()
 def _hf_generate(engine: CompletionEngine, task: Task, new_tokens: int) -> float:
-    """Decode ms of transformers' greedy `generate` for `new_tokens` tokens (prefill subtracted)."""
+    """Decode ms of transformers' greedy `generate` for `new_tokens` tokens: from the first token's
+    selection (after the prompt's pass) to the last one's, timed by a logits processor that
+    `generate` calls once per token; the fastest of three runs."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class Clock(LogitsProcessor):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            self.times.append(time.perf_counter())
+            return scores
+
     ids = torch.tensor([engine.prepare(task.inp, new_tokens).input_ids], device=engine.device)
-
-    def timed(n: int) -> float:  # the fastest of three: a one-step difference drowns in noise otherwise
-        best = math.inf
-        for _ in range(3):
-            start = time.perf_counter()
-            engine.model.generate(  # type: ignore[operator]  # (transformers' stubs type it as a Tensor)
-                ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None
-            )
-            best = min(best, (time.perf_counter() - start) * 1000.0)
-        return best
-
-    return max(timed(new_tokens) - timed(1), 0.0)
+    best = math.inf
+    for _ in range(3):
+        clock = Clock()
+        engine.model.generate(  # type: ignore[operator]  # (transformers' stubs type it as a Tensor)
+            ids,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+            logits_processor=LogitsProcessorList([clock]),
+        )
+        best = min(best, (clock.times[-1] - clock.times[0]) * 1000.0)
+    return best
 
 
 def run(
@@ -347,9 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--limit", type=int, default=40, help="tasks per set (default 40)")
     add_sample_arguments(parser)
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--adapter", default="default", help="'default', a folder, or 'none'")
-    parser.add_argument("--device", default="auto")
+    add_model_arguments(parser)
     parser.add_argument("--context-tokens", type=int, default=1024)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--draft-sizes", type=int, nargs="+", default=[4, 8, 16], help="lookup-K methods")
@@ -379,14 +398,11 @@ def main(argv: list[str] | None = None) -> int:
             ExitThresholds(exit=t)  # raises for a threshold out of range
     except ValueError as exc:
         parser.error(str(exc))
-    from splice.completion.adapters import attach_exit_heads, load_served_model
-    from splice.completion.models import ModelLoadError, parse_spec
+    from splice.completion.adapters import attach_exit_heads
+    from splice.completion.models import ModelLoadError
 
-    adapter = None if args.adapter == "none" else args.adapter
     try:
-        loaded = load_served_model(
-            parse_spec(args.model), adapter, device=args.device, progress=lambda m: print(m, file=sys.stderr)
-        )
+        loaded = load_bench_model(args)
         if args.exit_heads is not None:
             loaded = attach_exit_heads(loaded, args.exit_heads)
     except ModelLoadError as exc:

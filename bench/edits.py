@@ -443,6 +443,25 @@ def sample_label(sample: Sample, per_history: int) -> str:
     return sample if sample == "file" else f"spread, {per_history} per history"
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --adapter and --device: the model a bench measures, as `splice serve` serves it."""
+    parser.add_argument("--model", default="default", help="'default', a local folder or .gguf, or a hub id")
+    parser.add_argument(
+        "--adapter",
+        default="default",
+        help="'default' (the shipped FIM adapter for the default model, none for others: the "
+        "model as `splice serve` serves it), a folder, or 'none'",
+    )
+    parser.add_argument("--device", default="auto")
+
+
+def load_bench_model(args: argparse.Namespace) -> LoadedModel:
+    """The model of `add_model_arguments`' options, its adapter merged (raises ModelLoadError)."""
+    return load_served_model(
+        parse_spec(args.model), args.adapter, device=args.device, progress=lambda m: print(m, file=sys.stderr)
+    )
+
+
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     """--sample and --per-history: how the edit histories' steps are picked (load_steps)."""
     parser.add_argument(
@@ -503,14 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="splice bench edits", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", type=Path, required=True, help="edit histories (.jsonl.gz)")
-    parser.add_argument("--model", default="default")
-    parser.add_argument(
-        "--adapter",
-        default="default",
-        help="'default' (the shipped FIM adapter for the default model, none for others: the "
-        "model as `splice serve` serves it), a folder, or 'none'",
-    )
-    parser.add_argument("--device", default="auto")
+    add_model_arguments(parser)
     parser.add_argument("--limit", type=int, default=40, help="steps in total (default 40)")
     parser.add_argument("--context-tokens", type=int, default=2048)
     add_sample_arguments(parser)
@@ -561,11 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"splice bench edits: error: {exc}", file=sys.stderr)
         return 2
-    adapter = None if args.adapter == "none" else args.adapter
     try:
-        loaded = load_served_model(
-            parse_spec(args.model), adapter, device=args.device, progress=lambda m: print(m, file=sys.stderr)
-        )
+        loaded = load_bench_model(args)
     except ModelLoadError as exc:
         print(f"splice bench edits: error: {exc}", file=sys.stderr)
         return 2
