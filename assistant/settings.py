@@ -105,6 +105,9 @@ class Settings(BaseSettings):
         "head, needs exit heads); the output is greedy's token for token",
     )
     draft_tokens: int = Field(8, ge=1, le=64, description="lookup drafting: tokens drafted per pass")
+    draft_min_ngram: int = Field(
+        2, ge=1, le=4, description="lookup drafting: the shortest run of last tokens matched (1-4)"
+    )
     early_exit: Literal["off", "on"] = Field(
         "off",
         description="Decode steps stop at an intermediate layer when the exit controller is sure "
@@ -259,7 +262,7 @@ class Settings(BaseSettings):
             kv_format=self.kv_cache_format,
             keep_document_tokens=self.keep_document_tokens,
             drafting=self.drafting,
-            draft=DraftConfig(max_tokens=self.draft_tokens),
+            draft=DraftConfig(max_tokens=self.draft_tokens, min_ngram=self.draft_min_ngram),
             early_exit=self.early_exit == "on",
             exit_thresholds=ExitThresholds(exit=self.exit_threshold, stop=self.stop_threshold),
             max_batch=self.max_batch or (16 if self.device != "cpu" and torch.cuda.is_available() else 1),

@@ -10,7 +10,8 @@ Methods: `greedy` (one token a forward pass, as before drafting), `greedy-unpack
 with MKL's `F.linear` instead of the packed oneDNN weights a CPU decodes with,
 kernels/cpu_linear.py: the service before packing; only where packing is on), `hf-generate` (transformers'
 `generate`, greedy, the same number of new tokens: the library's own per-token overhead),
-`lookup-K` (lookup drafting, K tokens drafted a pass, splice.completion.drafting), and where the
+`lookup-K` (lookup drafting, K tokens drafted a pass, splice.completion.drafting; `lookup-K-nM` with
+`--lookup-min-ngrams`: drafting only from matches of at least M tokens), and where the
 model has exit heads (splice.completion.early_exit): `exit-T` (early exit at Exit threshold T),
 `self-K` (self-speculative drafting: up to K tokens drafted by the layers up to the deepest exit
 layer and its lens, verified by the layers above in one pass, lossless), `stop-S` (the
@@ -157,11 +158,17 @@ def methods_for(
     exit_thresholds: list[float],
     stop_thresholds: list[float],
     self_sizes: list[int] = [],  # noqa: B006 (read only)
+    min_ngrams: list[int] = [],  # noqa: B006 (read only)
 ) -> dict[str, EngineConfig]:
-    """Engine settings per method (hf-generate runs the model's own `generate`)."""
+    """Engine settings per method (hf-generate runs the model's own `generate`). `min_ngrams`:
+    lookup's shortest match, one method per value (`lookup-K-nM`; none given: the default)."""
     methods = {"greedy": base, "hf-generate": base}
     for k in draft_sizes:
-        methods[f"lookup-{k}"] = replace(base, drafting="lookup", draft=DraftConfig(max_tokens=k))
+        shortest: list[int | None] = [*min_ngrams] or [None]
+        for m in shortest:
+            config = DraftConfig(max_tokens=k) if m is None else DraftConfig(max_tokens=k, min_ngram=m)
+            name = f"lookup-{k}" if m is None else f"lookup-{k}-n{m}"
+            methods[name] = replace(base, drafting="lookup", draft=config)
     for k in self_sizes:
         methods[f"self-{k}"] = replace(base, drafting="self", draft=DraftConfig(max_tokens=k))
     for t in exit_thresholds:
@@ -173,7 +180,11 @@ def methods_for(
         k = min(draft_sizes, key=lambda x: abs(x - 8))
         t = sorted(exit_thresholds)[len(exit_thresholds) // 2]
         methods[f"lookup-{k}+exit-{t:g}"] = replace(
-            methods[f"lookup-{k}"], early_exit=True, exit_thresholds=ExitThresholds(exit=t)
+            base,
+            drafting="lookup",
+            draft=DraftConfig(max_tokens=k),
+            early_exit=True,
+            exit_thresholds=ExitThresholds(exit=t),
         )
     return methods
 
@@ -240,6 +251,7 @@ def run(
     exit_thresholds: list[float] = [],  # noqa: B006 (read only)
     stop_thresholds: list[float] = [],  # noqa: B006
     self_sizes: list[int] = [],  # noqa: B006
+    min_ngrams: list[int] = [],  # noqa: B006
     progress: bool = True,
 ) -> dict[str, object]:
     from splice.training.sandbox import run_program
@@ -248,7 +260,7 @@ def run(
     if loaded.exit_heads is None:
         # no heads: no early exit, no self-drafting
         exit_thresholds, stop_thresholds, self_sizes = [], [], []
-    methods = methods_for(base, draft_sizes, exit_thresholds, stop_thresholds, self_sizes)
+    methods = methods_for(base, draft_sizes, exit_thresholds, stop_thresholds, self_sizes, min_ngrams)
     engines = {name: CompletionEngine(loaded, config) for name, config in methods.items()}
     if packed_bytes(loaded.model):  # the engines packed the linear layers: greedy's engine again, with MKL
         engines = {"greedy": engines["greedy"], "greedy-unpacked": engines["greedy"], **engines}
@@ -373,6 +385,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--draft-sizes", type=int, nargs="+", default=[4, 8, 16], help="lookup-K methods")
     parser.add_argument(
+        "--lookup-min-ngrams",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="M",
+        help="lookup's shortest match, one lookup-K-nM method per value (default: the drafter's own)",
+    )
+    parser.add_argument(
         "--exit-thresholds", type=float, nargs="*", default=[0.8, 0.9, 0.95], help="exit-T methods"
     )
     parser.add_argument("--exit-heads", type=Path, help="exit heads folder (default: the adapter's own)")
@@ -394,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for k in [*args.draft_sizes, *args.self_draft_sizes]:
             DraftConfig(max_tokens=k)
+        for m in args.lookup_min_ngrams:
+            DraftConfig(min_ngram=m)
         for t in [*args.exit_thresholds, *args.stop_thresholds]:
             ExitThresholds(exit=t)  # raises for a threshold out of range
     except ValueError as exc:
@@ -420,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         exit_thresholds=args.exit_thresholds,
         stop_thresholds=args.stop_thresholds,
         self_sizes=args.self_draft_sizes,
+        min_ngrams=args.lookup_min_ngrams,
     )
     if args.edits is not None:
         result["edits_sample"] = sample_label(args.sample, args.per_history)

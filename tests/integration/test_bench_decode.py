@@ -112,6 +112,19 @@ def test_bench_decode_runs_every_method(tmp_path: Path, tiny_model_dir: Path) ->
     assert "| lookup-6 |" in proc.stdout and "identical" in proc.stdout and "| exit-0.5 |" in proc.stdout
 
 
+def test_lookup_min_ngrams_give_one_method_each() -> None:
+    from splice.bench.decode import methods_for
+    from splice.completion.engine import EngineConfig
+
+    base = EngineConfig(drafting="off")
+    default = methods_for(base, [8], [], [])
+    assert default["lookup-8"].draft.min_ngram == 2 and default["lookup-8"].drafting == "lookup"
+    both = methods_for(base, [8], [], [], [], [1, 3])
+    assert [m for m in both if m.startswith("lookup")] == ["lookup-8-n1", "lookup-8-n3"]
+    assert (both["lookup-8-n1"].draft.min_ngram, both["lookup-8-n3"].draft.min_ngram) == (1, 3)
+    assert both["lookup-8-n3"].draft.max_tokens == 8
+
+
 def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
     missing = subprocess.run(
         [*BENCH_DECODE, "--edits", str(tmp_path / "none.jsonl.gz")],
@@ -136,6 +149,13 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
         timeout=120,
     )
     assert threshold.returncode == 2 and "threshold must be in (0, 1]" in threshold.stderr
+    ngram = subprocess.run(
+        [*BENCH_DECODE, "--edits", str(history(tmp_path)), "--lookup-min-ngrams", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ngram.returncode == 2 and "1 <= min_ngram <= max_ngram" in ngram.stderr
 
 
 def test_exit_heads_of_another_model_are_refused(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -31,6 +31,12 @@ def test_propose_copies_what_followed_the_latest_occurrence() -> None:
     assert drafter.propose() == []  # (2, 8) never occurred
 
 
+def test_min_ngram_sets_the_shortest_match() -> None:
+    # Only the last token (5) occurred before; what followed it there is a draft from a 1-gram.
+    assert LookupDrafter([5, 7, 8, 5], DraftConfig(max_tokens=3, min_ngram=1)).propose() == [7, 8, 5]
+    assert LookupDrafter([5, 7, 8, 5], DraftConfig(max_tokens=3)).propose() == []  # (default: 2)
+
+
 def test_longer_matches_are_preferred() -> None:
     # (3, 1, 2) occurred once, followed by 5; (1, 2) occurred later, followed by 6.
     drafter = LookupDrafter([3, 1, 2, 5, 0, 1, 2, 6, 3, 1, 2], DraftConfig(max_tokens=1, max_ngram=3))
@@ -169,3 +175,15 @@ def test_draft_length_adapts_to_acceptance() -> None:
     fixed = LookupDrafter([1, 2, 3, 4, 1, 2], DraftConfig(max_tokens=3, adaptive=False))
     fixed.feedback(3, 0)
     assert fixed.length == 3 and fixed.propose() == [3, 4, 1]
+
+
+def test_the_min_ngram_setting_reaches_the_drafter(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from splice.assistant.settings import Settings
+
+    monkeypatch.setenv("SPLICE_DRAFT_MIN_NGRAM", "1")
+    assert Settings().engine_config().draft.min_ngram == 1
+    monkeypatch.setenv("SPLICE_DRAFT_MIN_NGRAM", "5")  # longer than the longest match (4)
+    with pytest.raises(ValidationError, match="draft_min_ngram"):
+        Settings()
