@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     )
     draft_tokens: int = Field(8, ge=1, le=64, description="lookup drafting: tokens drafted per pass")
     draft_min_ngram: int = Field(
-        2, ge=1, le=4, description="lookup drafting: the shortest run of last tokens matched (1-4)"
+        1, ge=1, le=4, description="lookup drafting: the shortest run of last tokens matched (1-4)"
     )
     early_exit: Literal["off", "on"] = Field(
         "off",

@@ -118,7 +118,7 @@ def test_lookup_min_ngrams_give_one_method_each() -> None:
 
     base = EngineConfig(drafting="off")
     default = methods_for(base, [8], [], [])
-    assert default["lookup-8"].draft.min_ngram == 2 and default["lookup-8"].drafting == "lookup"
+    assert default["lookup-8"].draft.min_ngram == 1 and default["lookup-8"].drafting == "lookup"
     both = methods_for(base, [8], [], [], [], [1, 3])
     assert [m for m in both if m.startswith("lookup")] == ["lookup-8-n1", "lookup-8-n3"]
     assert (both["lookup-8-n1"].draft.min_ngram, both["lookup-8-n3"].draft.min_ngram) == (1, 3)

@@ -33,8 +33,8 @@ def test_propose_copies_what_followed_the_latest_occurrence() -> None:
 
 def test_min_ngram_sets_the_shortest_match() -> None:
     # Only the last token (5) occurred before; what followed it there is a draft from a 1-gram.
-    assert LookupDrafter([5, 7, 8, 5], DraftConfig(max_tokens=3, min_ngram=1)).propose() == [7, 8, 5]
-    assert LookupDrafter([5, 7, 8, 5], DraftConfig(max_tokens=3)).propose() == []  # (default: 2)
+    assert LookupDrafter([5, 7, 8, 5], DraftConfig(max_tokens=3)).propose() == [7, 8, 5]  # (default: 1)
+    assert LookupDrafter([5, 7, 8, 5], DraftConfig(max_tokens=3, min_ngram=2)).propose() == []
 
 
 def test_longer_matches_are_preferred() -> None:
@@ -182,8 +182,8 @@ def test_the_min_ngram_setting_reaches_the_drafter(monkeypatch: pytest.MonkeyPat
 
     from splice.assistant.settings import Settings
 
-    monkeypatch.setenv("SPLICE_DRAFT_MIN_NGRAM", "1")
-    assert Settings().engine_config().draft.min_ngram == 1
+    monkeypatch.setenv("SPLICE_DRAFT_MIN_NGRAM", "3")
+    assert Settings().engine_config().draft.min_ngram == 3
     monkeypatch.setenv("SPLICE_DRAFT_MIN_NGRAM", "5")  # longer than the longest match (4)
     with pytest.raises(ValidationError, match="draft_min_ngram"):
         Settings()
