@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from integration.test_bench_edits import history
 
@@ -125,37 +126,23 @@ def test_lookup_min_ngrams_give_one_method_each() -> None:
     assert both["lookup-8-n3"].draft.max_tokens == 8
 
 
-def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
-    missing = subprocess.run(
-        [*BENCH_DECODE, "--edits", str(tmp_path / "none.jsonl.gz")],
-        capture_output=True,
-        text=True,
-        timeout=120,
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--edits", "{missing}"], "no such file"),
+        ([], "--edits and/or --humaneval"),
+        (["--edits", "{history}", "--draft-sizes", "0"], "max_tokens must be in [1, 64]"),
+        (["--edits", "{history}", "--exit-thresholds", "1.5"], "threshold must be in (0, 1]"),
+        (["--edits", "{history}", "--lookup-min-ngrams", "0"], "1 <= min_ngram <= max_ngram"),
+    ],
+    ids=["missing-file", "no-tasks", "draft-size", "threshold", "min-ngram"],
+)
+def test_bad_arguments_are_clear_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    paths = {"{missing}": str(tmp_path / "none.jsonl.gz"), "{history}": str(history(tmp_path))}
+    proc = subprocess.run(
+        [*BENCH_DECODE, *(paths.get(a, a) for a in args)], capture_output=True, text=True, timeout=120
     )
-    assert missing.returncode == 2 and "no such file" in missing.stderr
-    nothing = subprocess.run(BENCH_DECODE, capture_output=True, text=True, timeout=120)
-    assert nothing.returncode == 2 and "--edits and/or --humaneval" in nothing.stderr
-    bad = subprocess.run(
-        [*BENCH_DECODE, "--edits", str(history(tmp_path)), "--draft-sizes", "0"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert bad.returncode == 2 and "max_tokens must be in [1, 64]" in bad.stderr
-    threshold = subprocess.run(
-        [*BENCH_DECODE, "--edits", str(history(tmp_path)), "--exit-thresholds", "1.5"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert threshold.returncode == 2 and "threshold must be in (0, 1]" in threshold.stderr
-    ngram = subprocess.run(
-        [*BENCH_DECODE, "--edits", str(history(tmp_path)), "--lookup-min-ngrams", "0"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert ngram.returncode == 2 and "1 <= min_ngram <= max_ngram" in ngram.stderr
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
 
 
 def test_exit_heads_of_another_model_are_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
