@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from splice.completion.early_exit import EXITS_DIR, ExitHeadsError, load_exit_heads
-from splice.completion.models import LoadedModel, ModelLoadError, ModelSpec, load_model
+from splice.completion.models import LoadedModel, ModelLoadError, ModelSpec, load_model, quiet_peft
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ def apply_adapter(loaded: LoadedModel, path: Path) -> LoadedModel:
         if _vocab_rows(model) < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     try:
-        peft_model = PeftModel.from_pretrained(model, str(path), torch_dtype=loaded.dtype)
+        with quiet_peft():
+            peft_model = PeftModel.from_pretrained(model, str(path), torch_dtype=loaded.dtype)
         merged = peft_model.merge_and_unload()
     except Exception as exc:
         raise AdapterError(f"could not apply adapter {path}: {exc}") from exc

@@ -26,8 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -252,6 +254,18 @@ def check_rotary(config: object, where: str) -> None:
         raise ModelLoadError(
             f"{where}: model type {arch!r} has no rotary position embeddings; Splice needs RoPE"
         )
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft (0.21) reads `PreTrainedModel.is_gradient_checkpointing`, which transformers 5
+    deprecates: a FutureWarning at every adapter load or LoRA wrap that users cannot act on.
+    Within this block that one warning is dropped; every other warning shows as before."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 def resolve_device(device: str) -> torch.device:

@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from splice.completion.fim import FimTemplate
-from splice.completion.models import LoadedModel, load_model, parse_spec, resolve_device
+from splice.completion.models import LoadedModel, load_model, parse_spec, quiet_peft, resolve_device
 from splice.training.config import FinetuneConfig
 from splice.training.data import FimStream, batches, load_texts
 from splice.training.fim import IGNORE, add_fim_tokens
@@ -195,7 +195,8 @@ def prepare_model(config: FinetuneConfig, loaded: LoadedModel | None = None) -> 
         task_type="CAUSAL_LM",
         **extra,
     )
-    model = get_peft_model(loaded.model, lora)
+    with quiet_peft():
+        model = get_peft_model(loaded.model, lora)
     return Job(config, loaded, model, template, added, head)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 from splice.completion.adapters import AdapterError, apply_adapter, read_adapter_meta, resolve_adapter
 from splice.completion.engine import CompletionEngine, CompletionInput, EngineConfig, GenerationParams
 from splice.completion.fim import build_prompt, detect_template
-from splice.completion.models import LoadedModel, ModelSpec
+from splice.completion.models import LoadedModel, ModelSpec, quiet_peft
 from splice.training.config import FinetuneConfig
 from splice.training.export import export_adapter, record_eval
 from splice.training.trainer import TrainingError, adapter_state, latest_checkpoint, prepare_model, train
@@ -161,6 +162,24 @@ def test_exported_adapter_serves_like_the_peft_model(tmp_path: Path) -> None:
     card = (out / "README.md").read_text()
     assert "| SingleLine | this one | starcoder | 3 | 0.500 | 0.250 |" in card
     assert "| SingleLine | none (base model) | prefix-only | 3 | 0.250 | 0.000 |" in card
+
+
+def test_peft_calls_show_no_deprecation_users_cannot_act_on(tmp_path: Path) -> None:
+    # peft reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning at every
+    # adapter load and LoRA wrap): dropped where Splice calls peft, and only that warning.
+    job, state = _run(tmp_path / "run", max_steps=2)
+    out = export_adapter(job, state, tmp_path / "adapter", name="tiny-fim", manifest={})  # type: ignore[arg-type]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare_model(_config(tmp_path / "again"), _loaded())
+        apply_adapter(_loaded(), out)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_peft():
+            warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed", FutureWarning, 1)
+            warnings.warn("another deprecation", FutureWarning, 1)
+    assert [str(w.message) for w in caught] == ["another deprecation"]
 
 
 def test_apply_adapter_refuses_another_base_model(tmp_path: Path) -> None:
