@@ -164,11 +164,11 @@ def methods_for(
     lookup's shortest match, one method per value (`lookup-K-nM`; none given: the default)."""
     methods = {"greedy": base, "hf-generate": base}
     for k in draft_sizes:
-        shortest: list[int | None] = [*min_ngrams] or [None]
-        for m in shortest:
-            config = DraftConfig(max_tokens=k) if m is None else DraftConfig(max_tokens=k, min_ngram=m)
-            name = f"lookup-{k}" if m is None else f"lookup-{k}-n{m}"
-            methods[name] = replace(base, drafting="lookup", draft=config)
+        for m in min_ngrams or [0]:  # 0: the drafter's default, named plainly
+            draft = DraftConfig(max_tokens=k, min_ngram=m or DraftConfig.min_ngram)
+            methods[f"lookup-{k}-n{m}" if m else f"lookup-{k}"] = replace(
+                base, drafting="lookup", draft=draft
+            )
     for k in self_sizes:
         methods[f"self-{k}"] = replace(base, drafting="self", draft=DraftConfig(max_tokens=k))
     for t in exit_thresholds:
