@@ -338,10 +338,19 @@ class CompletionService:
             ),
         )
 
+    def with_suggestion(self, inp: CompletionInput, tenant: str, filepath: str | None) -> CompletionInput:
+        """`inp` with the rest of the file's last suggestion to draft, if the user is typing it
+        through (`ServedCompletions.expected`; lossless: it only drafts)."""
+        if not self.settings.draft_suggestions or self.engine.config.drafting != "lookup":
+            return inp
+        expected = self.served.expected(tenant, filepath, inp.prefix)
+        return dataclasses.replace(inp, expected=expected) if expected else inp
+
     async def request(
         self, req: CompletionRequest, tenant: str, stream: bool
     ) -> tuple[Request, list[Snippet]]:
         inp, params = self.to_job(req)
+        inp = self.with_suggestion(inp, tenant, _filepath(req))
         inp, snippets = await self._with_context(req, inp, tenant)
         adapter = self.adapter_for(tenant)
         document = self.document_key(req, tenant)
@@ -411,8 +420,9 @@ class CompletionService:
     def _remember(
         self, tenant: str, cid: str, req: CompletionRequest, request: Request, result: CompletionResult
     ) -> None:
-        filepath = req.document or (req.segments.filepath if req.segments else None)
-        self.served.remember(tenant, cid, filepath, request.input.prefix, request.input.suffix, result.text)
+        self.served.remember(
+            tenant, cid, _filepath(req), request.input.prefix, request.input.suffix, result.text
+        )
 
     async def watch_disconnect(self, http: HttpRequest, request: Request) -> None:
         while not request.cancelled.is_set():
@@ -420,6 +430,11 @@ class CompletionService:
                 self.scheduler.cancel(request)
                 return
             await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+def _filepath(req: CompletionRequest) -> str | None:
+    """The file a REST completion is for: its document, else the segments' filepath."""
+    return req.document or (req.segments.filepath if req.segments else None)
 
 
 def public_adapter(name: str | None) -> str | None:

@@ -67,15 +67,20 @@ def new_event(
 
 class ServedCompletions:
     """The last `capacity` completions served, per (tenant, completion id), with the document around
-    them, so that a `select` event can record what was accepted where. Bounded, in memory: a
-    select for a completion served by another replica or long ago records no text."""
+    them, so that a `select` event can record what was accepted where; and each file's latest
+    suggestion, per (tenant, file), so that the next completion there can draft the rest of it
+    while the user types it through (`expected`). Bounded, in memory: a select for a completion
+    served by another replica or long ago records no text, and drafts nothing there."""
 
     PREFIX_CHARS = 6000
     SUFFIX_CHARS = 3000
+    ANCHOR_CHARS = 256  # the text before a suggestion's cursor that must be unchanged to draft it
 
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
         self._served: OrderedDict[tuple[str, str], dict[str, str]] = OrderedDict()
+        # (tenant, file) -> (cursor offset, the text before it (ANCHOR_CHARS), the suggestion)
+        self._latest: OrderedDict[tuple[str, str], tuple[int, str, str]] = OrderedDict()
         self._lock = threading.Lock()
 
     def remember(self, tenant: str, completion_id: str, filepath: str | None, prefix: str, suffix: str,
@@ -91,8 +96,28 @@ class ServedCompletions:
         with self._lock:
             self._served[(tenant, completion_id)] = entry
             self._served.move_to_end((tenant, completion_id))
-            while len(self._served) > self.capacity:
-                self._served.popitem(last=False)
+            self._latest[(tenant, filepath)] = (len(prefix), prefix[-self.ANCHOR_CHARS :], text)
+            self._latest.move_to_end((tenant, filepath))
+            for table in (self._served, self._latest):
+                while len(table) > self.capacity:
+                    table.popitem(last=False)
+
+    def expected(self, tenant: str, filepath: str | None, prefix: str) -> str:
+        """The rest of `tenant`'s latest suggestion in `filepath` if the text before the cursor is
+        the text it was made for plus its first characters (typed through), else ""."""
+        if not filepath:
+            return ""
+        with self._lock:
+            latest = self._latest.get((tenant, filepath))
+        if latest is None:
+            return ""
+        offset, anchor, text = latest
+        typed = prefix[offset:]
+        if len(prefix) < offset or len(typed) >= len(text) or not text.startswith(typed):
+            return ""
+        if not prefix[:offset].endswith(anchor):
+            return ""
+        return text[len(typed) :]
 
     def accepted(self, tenant: str, completion_id: str) -> dict[str, str] | None:
         with self._lock:

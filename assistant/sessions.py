@@ -526,6 +526,7 @@ class EditorSession:
         try:
             try:
                 inp, _ = await self.completions.add_context(inp, self.tenant, job.uri)
+                inp = self.completions.with_suggestion(inp, self.tenant, job.uri)
                 if job.cancelled.is_set():  # replaced while its context was read
                     raise _Replaced
                 adapter = self.completions.adapter_for(self.tenant)

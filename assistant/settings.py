@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     draft_min_ngram: int = Field(
         1, ge=1, le=4, description="lookup drafting: the shortest run of last tokens matched (1-4)"
     )
+    draft_suggestions: bool = Field(
+        True,
+        description="lookup drafting: while the user types a file's last suggestion through, draft "
+        "the rest of it (off: drafts come from n-gram matches alone)",
+    )
     early_exit: Literal["off", "on"] = Field(
         "off",
         description="Decode steps stop at an intermediate layer when the exit controller is sure "

@@ -9,12 +9,20 @@ in one forward pass and keeps the longest prefix that greedy decoding would have
 (`CompletionEngine.complete`), so the output equals greedy decoding token for token; a wrong
 draft costs one wider forward pass, a right one saves a pass per accepted token.
 
+A suggestion the user is typing through is a draft of its own (`SuggestionDrafter`): when the
+document's last suggestion still fits (the user typed its first characters, or asks again at the
+same place), the rest of it (`CompletionInput.expected`) is drafted whole while the output spells
+it out, so the completion after each typed character costs one verification pass instead of a
+pass per token (Continue keeps streaming the old request for this; here the new request decodes
+from the new text, and the old suggestion only drafts: the output is greedy's either way).
+
 The index maps every n-gram (for each n in [min_ngram, max_ngram]) to the position after its
 latest occurrence, so a lookup is a few dict probes and appending a token updates it in O(n).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -102,3 +110,29 @@ class LookupDrafter(DraftLength):
             if start is not None:
                 return self.tokens[start : start + self.length]
         return []
+
+
+class SuggestionDrafter:
+    """Drafts the rest of an expected text (the suggestion being typed through) while the output
+    spells it out. `encode` tokenizes text without special tokens. Given up at the first draft
+    that verification does not keep whole: the output went its own way (or tokenized the text
+    differently), and a draft that keeps failing would cost a wider pass a step."""
+
+    def __init__(self, expected: str, encode: Callable[[str], list[int]], max_tokens: int) -> None:
+        self.expected = expected
+        self.encode = encode
+        self.max_tokens = max_tokens
+        self._at = -1  # the output length the cached tokens are for
+        self._tokens: list[int] = []
+
+    def propose(self, output: str) -> list[int]:
+        """Tokens for the expected text after `output` ([] once it no longer fits)."""
+        if not self.expected or len(output) >= len(self.expected) or not self.expected.startswith(output):
+            return []
+        if self._at != len(output):
+            self._at, self._tokens = len(output), self.encode(self.expected[len(output) :])
+        return self._tokens[: self.max_tokens]
+
+    def feedback(self, drafted: int, accepted: int) -> None:
+        if accepted < drafted:
+            self.expected = ""

@@ -142,6 +142,10 @@ class CompletionInput:
     # Text drafting may copy from besides the prompt, never shown to the model: what the last edit
     # removed (a line deleted and typed again gets drafted whole; splice.completion.drafting).
     draft_text: str = ""
+    # What the output is expected to start with, drafted whole while the output follows it: the
+    # rest of the suggestion the user is typing through (`ServedCompletions.expected`). Never
+    # shown to the model; greedy decoding's output is the same with or without it.
+    expected: str = ""
     # False: no token healing of the prefix's last token (a prompt that ends at a line boundary
     # the model was trained to continue from as is: the next-edit rewrite after its divider)
     heal: bool = True

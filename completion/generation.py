@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import DynamicCache
 
-from splice.completion.drafting import DraftLength, LookupDrafter
+from splice.completion.drafting import DraftLength, LookupDrafter, SuggestionDrafter
 from splice.completion.kv_manager import EncodeStats
 from splice.completion.postprocess import is_finished, postprocess, stable_prefix
 
@@ -84,10 +84,17 @@ class Generation:
         config = engine.config
         greedy = self.generator is None
         self.lookup: LookupDrafter | None = None
+        self.suggestion: SuggestionDrafter | None = None
+        self._from_suggestion = False  # the pending draft came from `suggestion`, not `lookup`
         if config.drafting == "lookup" and greedy:
             tok = engine.tokenizer
-            extra = tok(inp.draft_text, add_special_tokens=False).input_ids if inp.draft_text else []
-            self.lookup = LookupDrafter([*extra, *prompt.input_ids], config.draft)
+
+            def tokenize(text: str) -> list[int]:
+                return list(tok(text, add_special_tokens=False).input_ids) if text else []
+
+            self.lookup = LookupDrafter([*tokenize(inp.draft_text), *prompt.input_ids], config.draft)
+            if inp.expected:
+                self.suggestion = SuggestionDrafter(inp.expected, tokenize, config.draft.max_tokens)
         self.self_draft = DraftLength(config.draft) if config.drafting == "self" and greedy else None
         self.early_exit = config.early_exit if params.early_exit is None else params.early_exit
         if self.early_exit and engine.exit_heads is None:
@@ -134,8 +141,6 @@ class Generation:
             self.logits = logits[0]
             return 1
         accepted = accepted_prefix(logits, draft)
-        assert self.lookup is not None
-        self.lookup.feedback(len(draft), accepted)
         self._verified(draft, accepted)
         self.logits = logits[accepted]
         return 1 + accepted
@@ -151,8 +156,18 @@ class Generation:
         return None
 
     def _lookup_draft(self) -> list[int]:
+        """The next draft: the rest of the suggestion being typed through while the output
+        follows it, else lookup's (if drafting now)."""
         lookup, left = self.lookup, self.params.max_tokens - len(self.generated)
-        if lookup is None or self.pending or not lookup.ready():
+        self._from_suggestion = False
+        if lookup is None or self.pending:
+            return []
+        if self.suggestion is not None:
+            draft = self.suggestion.propose(self.raw)[:left]
+            if draft:
+                self._from_suggestion = True
+                return draft
+        if not lookup.ready():
             return []
         return lookup.propose()[:left]
 
@@ -215,18 +230,14 @@ class Generation:
         if self.cache is None:
             raise RuntimeError("this generation decodes in a batch: step it with prepare() and absorb()")
         self.passes += 1
-        lookup = self.lookup
         draft = self._lookup_draft()
         if draft:
             accepted, self.logits = engine.verify(self.cache, token, draft)
-            assert lookup is not None
-            lookup.feedback(len(draft), accepted)
             self._verified(draft, accepted)
             self.layers += engine.runner.num_layers
         elif self.self_draft is not None and not self.pending and left > 1 and self.self_draft.ready():
             k = min(self.self_draft.length, left)
             draft, accepted, self.logits = engine.speculate(self.cache, token, k)
-            self.self_draft.feedback(len(draft), accepted)
             self._verified(draft, accepted)
             assert engine.exit_heads is not None
             depth = engine.exit_heads.exit_layers[-1]
@@ -247,6 +258,12 @@ class Generation:
             self.layers += engine.runner.num_layers
 
     def _verified(self, draft: list[int], accepted: int) -> None:
+        """Bookkeeping after a verification pass (lookup's, the suggestion's or self-drafting's)."""
+        drafter: DraftLength | SuggestionDrafter | None = self.self_draft
+        if drafter is None:
+            drafter = self.suggestion if self._from_suggestion else self.lookup
+        assert drafter is not None
+        drafter.feedback(len(draft), accepted)
         self.verified = draft[:accepted]
         self.drafted += len(draft)
         self.verifications += 1

@@ -12,10 +12,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import torch
+from websockets.sync.client import connect
 
 from splice.bench.server import running_server
 from splice.completion.models import (
@@ -145,6 +147,48 @@ def test_same_text_same_completion_on_every_path(default_server: str, tmp_path: 
     assert cli.returncode == 0, cli.stderr
     assert tabby == openai == streamed == cli.stdout
     assert tabby.strip()
+
+
+def test_typing_a_suggestion_through_drafts_the_rest(default_server: str) -> None:
+    """After the user types the first characters of a suggestion, the next completion in that
+    file drafts the rest of it: fewer passes, and the same text as the same request without it
+    (no filepath: nothing to draft from). Over REST and over the WebSocket."""
+    url = f"{default_server}/v1/completions"
+
+    def ask(prefix: str, filepath: str | None) -> dict[str, Any]:
+        segments = {"prefix": prefix, "suffix": SUFFIX, **({"filepath": filepath} if filepath else {})}
+        resp = httpx.post(url, json={"segments": segments, "max_tokens": 48}, timeout=300)
+        assert resp.status_code == 200, resp.text
+        body: dict[str, Any] = resp.json()
+        return body
+
+    shown = ask(PREFIX, "src/files.py")["choices"][0]["text"]
+    typed = shown[:3]
+    assert len(shown) > 12, shown
+    drafted, plain = ask(PREFIX + typed, "src/files.py"), ask(PREFIX + typed, None)
+    assert drafted["choices"] == plain["choices"]
+    assert shown.startswith(typed + drafted["choices"][0]["text"][:8])  # it wrote the rest again
+    assert drafted["usage"]["accepted_draft_tokens"] > plain["usage"]["accepted_draft_tokens"]
+    assert drafted["usage"]["decode_passes"] < plain["usage"]["decode_passes"]
+
+    uri = "file:///src/files.py"
+    ws_url = default_server.replace("http://", "ws://") + "/v1/documents"
+    with connect(ws_url) as ws:
+        open_doc = {"type": "open", "uri": uri, "languageId": "python", "version": 1}
+        ws.send(json.dumps({**open_doc, "text": PREFIX + SUFFIX}))
+        line, char = PREFIX.count("\n"), len(PREFIX.rsplit("\n", 1)[1])
+        complete = {"type": "complete", "uri": uri, "requestId": "shown", "maxTokens": 48}
+        ws.send(json.dumps({**complete, "position": {"line": line, "character": char}}))
+        reply = json.loads(ws.recv(timeout=300))
+        assert reply["items"][0]["text"] == shown  # the same text as over REST
+        at = {"line": line, "character": char}
+        change = {"range": {"start": at, "end": at}, "text": typed}
+        ws.send(json.dumps({"type": "change", "uri": uri, "version": 2, "changes": [change]}))
+        where = {"line": line, "character": char + len(typed)}
+        ws.send(json.dumps({**complete, "requestId": "next", "position": where}))
+        reply = json.loads(ws.recv(timeout=300))
+    assert [item["text"] for item in reply["items"]] == [c["text"] for c in plain["choices"]]
+    assert reply["usage"]["decode_passes"] < plain["usage"]["decode_passes"]
 
 
 def test_gguf_file_spec_is_converted_once_and_reused(default_dir: Path, tmp_path: Path) -> None:

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 from unit.test_engine import PROMPTS, make_engine
 
 from splice.completion.document_cache import DocumentKey
-from splice.completion.drafting import DraftConfig, LookupDrafter
+from splice.completion.drafting import DraftConfig, LookupDrafter, SuggestionDrafter
 from splice.completion.engine import CompletionEngine, CompletionInput, EngineConfig, GenerationParams
 from splice.kernels.cpu_linear import pack_linears, supported
 
@@ -152,6 +153,48 @@ def test_removed_text_drafts_a_retyped_line() -> None:
     assert with_removed.raw == want.raw == without.raw
     assert with_removed.accepted_draft_tokens > without.accepted_draft_tokens
     assert with_removed.decode_passes < without.decode_passes
+
+
+def test_suggestion_drafter_follows_the_output_and_gives_up_at_a_rejection() -> None:
+    calls: list[str] = []
+
+    def encode(text: str) -> list[int]:
+        calls.append(text)
+        return [ord(c) for c in text]
+
+    drafter = SuggestionDrafter("abcdef", encode, max_tokens=4)
+    assert drafter.propose("") == [ord(c) for c in "abcd"]
+    assert drafter.propose("") == [ord(c) for c in "abcd"] and calls == ["abcdef"]  # tokenized once
+    drafter.feedback(4, 4)
+    assert drafter.propose("abcde") == [ord("f")]
+    assert drafter.propose("abcdef") == []  # spelled out whole
+    assert drafter.propose("abx") == []  # the output went its own way
+    drafter.feedback(1, 0)  # a draft not kept whole ends it, even where the output still fits
+    assert drafter.propose("a") == []
+
+
+def test_a_suggestion_typed_through_is_drafted() -> None:
+    """The rest of a suggestion the user typed the start of (`CompletionInput.expected`) is a
+    draft: most of it is accepted when greedy decoding writes it again, and the output is greedy's;
+    a wrong suggestion costs one rejected draft and changes nothing either."""
+    plain = make_engine("plain", "llama", drafting="off")
+    drafting = CompletionEngine(plain.loaded, EngineConfig(drafting="lookup"))
+    params = GenerationParams(max_tokens=24)
+    inp = CompletionInput("def total(items):\n    s = 0\n    for item in items:\n        s", "")
+    shown = plain.complete(inp, params)
+    first = plain.tokenizer.decode(plain.tokenizer(shown.raw).input_ids[:2])
+    assert shown.completion_tokens >= 8 and shown.raw.startswith(first)
+    typed = CompletionInput(inp.prefix + first, inp.suffix)  # the user typed its first two tokens
+    want = plain.complete(typed, params)
+    assert shown.raw.startswith(first + want.raw[:8])  # greedy writes the rest of it again
+    without = drafting.complete(typed, params)
+    through = drafting.complete(replace(typed, expected=shown.raw[len(first) :]), params)
+    assert through.raw == want.raw == without.raw
+    assert through.accepted_draft_tokens > without.accepted_draft_tokens
+    assert through.decode_passes < without.decode_passes
+    wrong = drafting.complete(replace(typed, expected="while True: pass"), params)
+    assert wrong.raw == want.raw
+    assert wrong.decode_passes <= without.decode_passes + 1
 
 
 def test_draft_length_adapts_to_acceptance() -> None:
