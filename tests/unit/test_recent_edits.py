@@ -3,6 +3,8 @@ elsewhere start new hunks, and the slot renders the newest hunks that fit, oldes
 
 from __future__ import annotations
 
+import random
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -122,3 +124,20 @@ def test_replacing_the_whole_text_is_a_new_baseline_not_an_edit() -> None:
     small.open("b.py", "x = 1\ny = 2\n")
     small.change("b.py", "x = 10\ny = 20\n")
     assert len(small.hunks) == 1
+
+
+def test_changed_lines_finds_the_longest_common_head_and_tail() -> None:
+    def by_hand(old: list[str], new: list[str]) -> tuple[int, int, int]:
+        n, a = min(len(old), len(new)), 0
+        while a < n and old[a] == new[a]:
+            a += 1
+        tail = 0
+        while tail < n - a and old[-1 - tail] == new[-1 - tail]:
+            tail += 1
+        return a, len(old) - tail, len(new) - tail
+
+    rng = random.Random(0)
+    for _ in range(2000):
+        old = [rng.choice("ab") for _ in range(rng.randint(0, 9))]
+        new = [rng.choice("ab") for _ in range(rng.randint(0, 9))]
+        assert changed_lines(old, new) == by_hand(old, new), (old, new)
