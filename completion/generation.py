@@ -127,7 +127,7 @@ class Generation:
         token = self._settle()
         if token is None:
             return None
-        self._fed = self._lookup_draft()
+        self._fed = self._next_draft()
         return [token, *self._fed]
 
     def absorb(self, logits: torch.Tensor) -> int:
@@ -155,7 +155,7 @@ class Generation:
             return token
         return None
 
-    def _lookup_draft(self) -> list[int]:
+    def _next_draft(self) -> list[int]:
         """The next draft: the rest of the suggestion being typed through while the output
         follows it, else lookup's (if drafting now)."""
         lookup, left = self.lookup, self.params.max_tokens - len(self.generated)
@@ -230,7 +230,7 @@ class Generation:
         if self.cache is None:
             raise RuntimeError("this generation decodes in a batch: step it with prepare() and absorb()")
         self.passes += 1
-        draft = self._lookup_draft()
+        draft = self._next_draft()
         if draft:
             accepted, self.logits = engine.verify(self.cache, token, draft)
             self._verified(draft, accepted)

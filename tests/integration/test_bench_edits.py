@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from splice.bench.edits import apply_unified_diff, first_added_line, load_steps
 
@@ -152,36 +153,25 @@ def test_missing_data_file_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "no such file" in proc.stderr
 
 
-def test_bench_ws_types_edits_and_kept_tokens_tokenize_less(tmp_path: Path, tiny_model_dir: Path) -> None:
+def bench_ws(
+    tmp_path: Path, model_dir: Path, *options: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`splice bench ws` on the generated history with a tiny model: (the process, its JSON)."""
     out = tmp_path / "ws.json"
+    args = ["--data", str(history(tmp_path)), "--model", str(model_dir), "--device", "cpu"]
+    args += ["--limit", "3", "--context-tokens", "256", *options, "--json", str(out)]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "splice.assistant",
-            "bench",
-            "ws",
-            "--data",
-            str(history(tmp_path)),
-            "--model",
-            str(tiny_model_dir),
-            "--device",
-            "cpu",
-            "--limit",
-            "3",
-            "--context-tokens",
-            "256",
-            "--max-tokens",
-            "4",
-            "--json",
-            str(out),
-        ],
+        [sys.executable, "-m", "splice.assistant", "bench", "ws", *args],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(out.read_text())
+    return proc, json.loads(out.read_text())
+
+
+def test_bench_ws_types_edits_and_kept_tokens_tokenize_less(tmp_path: Path, tiny_model_dir: Path) -> None:
+    proc, result = bench_ws(tmp_path, tiny_model_dir, "--max-tokens", "4")
     whole, kept = result["variants"]["whole"], result["variants"]["kept"]
     assert whole["completions"] == kept["completions"] == 2  # the first completion of a history is not timed
     assert result["identical_completions"] == "3/3"
@@ -197,17 +187,7 @@ def test_bench_ws_types_edits_and_kept_tokens_tokenize_less(tmp_path: Path, tiny
 def test_bench_ws_types_suggestions_through_with_and_without_their_drafts(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    out = tmp_path / "ws.json"
-    args = ["--data", str(history(tmp_path)), "--model", str(tiny_model_dir), "--device", "cpu"]
-    args += ["--limit", "3", "--context-tokens", "256", "--max-tokens", "6", "--type-through", "2"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "splice.assistant", "bench", "ws", *args, "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(out.read_text())
+    proc, result = bench_ws(tmp_path, tiny_model_dir, "--max-tokens", "6", "--type-through", "2")
     plain, drafted = result["variants"]["n-gram"], result["variants"]["suggestion"]
     # up to 2 characters typed per step, a completion timed after each: the same ones in both
     assert 0 < plain["completions"] == drafted["completions"] <= 6
