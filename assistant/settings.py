@@ -113,6 +113,12 @@ class Settings(BaseSettings):
         description="lookup drafting: while the user types a file's last suggestion through, draft "
         "the rest of it (off: drafts come from n-gram matches alone)",
     )
+    draft_suggestions_in_prompt: bool = Field(
+        True,
+        description="lookup drafting: verify the suggestion being typed through in the pass that "
+        "encodes the typed text, so a completion that follows it needs no decode pass of its own "
+        "(off: from the first decode pass on)",
+    )
     early_exit: Literal["off", "on"] = Field(
         "off",
         description="Decode steps stop at an intermediate layer when the exit controller is sure "
@@ -267,7 +273,11 @@ class Settings(BaseSettings):
             kv_format=self.kv_cache_format,
             keep_document_tokens=self.keep_document_tokens,
             drafting=self.drafting,
-            draft=DraftConfig(max_tokens=self.draft_tokens, min_ngram=self.draft_min_ngram),
+            draft=DraftConfig(
+                max_tokens=self.draft_tokens,
+                min_ngram=self.draft_min_ngram,
+                in_prompt_pass=self.draft_suggestions_in_prompt,
+            ),
             early_exit=self.early_exit == "on",
             exit_thresholds=ExitThresholds(exit=self.exit_threshold, stop=self.stop_threshold),
             max_batch=self.max_batch or (16 if self.device != "cpu" and torch.cuda.is_available() else 1),

@@ -20,7 +20,10 @@ the first N characters of its first line are typed one by one, with a completion
 (the editor asks again as the user types), and those completions are the ones timed. Variants:
 
 - `n-gram` (`SPLICE_DRAFT_SUGGESTIONS=false`): drafts from n-gram matches alone;
-- `suggestion` (the default): the rest of the suggestion being typed through is drafted whole.
+- `suggestion-decode` (`SPLICE_DRAFT_SUGGESTIONS_IN_PROMPT=false`): the rest of the suggestion
+  being typed through is drafted whole, from the first decode pass on;
+- `suggestion` (the default): the same, fed after the prompt and verified in the pass that
+  encodes the typed text.
 
     splice bench ws --data ../shared/data/edit-histories/realistic-edits-public.jsonl.gz \\
         [--model default] [--limit 24] [--context-tokens 2048] [--max-tokens 16] \\
@@ -46,7 +49,11 @@ from splice.bench.server import running_server
 from splice.completion.kv_manager import changed_span
 
 VARIANTS = {"whole": {"SPLICE_KEEP_DOCUMENT_TOKENS": "false"}, "kept": {}}
-TYPE_THROUGH_VARIANTS = {"n-gram": {"SPLICE_DRAFT_SUGGESTIONS": "false"}, "suggestion": {}}
+TYPE_THROUGH_VARIANTS = {
+    "n-gram": {"SPLICE_DRAFT_SUGGESTIONS": "false"},
+    "suggestion-decode": {"SPLICE_DRAFT_SUGGESTIONS_IN_PROMPT": "false"},
+    "suggestion": {},
+}
 URI = "file:///bench/document.py"
 
 
@@ -230,14 +237,14 @@ def run(
                 replay(urls[name], original, steps, max_tokens, stats[name], type_through)
             done += len(steps)
             print(f"[{done}/{total}] {history}", file=sys.stderr)
-    first, second = (stats[name].texts for name in variants)
-    same = sum(a == b for a, b in zip(first, second, strict=True))
+    texts = [stats[name].texts for name in variants]
+    same = sum(len(set(each)) == 1 for each in zip(*texts, strict=True))  # the same from every variant
     return {
         "model": model,
         "context_tokens": context_tokens,
         "max_tokens": max_tokens,
         "type_through": type_through,
-        "identical_completions": f"{same}/{len(first)}",
+        "identical_completions": f"{same}/{len(texts[0])}",
         "variants": {name: s.summary() for name, s in stats.items()},
     }
 
@@ -286,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         metavar="N",
         help="time completions while typing the first N characters of each suggestion "
-        "(suggestion drafts on vs off) instead of after each step (default 0: off)",
+        "(suggestion drafts off, from the first decode pass, and in the prompt's pass) instead "
+        "of after each step (default 0: off)",
     )
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)

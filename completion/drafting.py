@@ -44,6 +44,9 @@ class DraftConfig:
     # 2.5% slower on the third (next-line edits, within noise), on a CPU whose verification pass
     # costs ~1.4x a one-token pass; where it costs less, 1 gains more.
     min_ngram: int = 1
+    # A suggestion being typed through is fed after the prompt in the pass that encodes the typed
+    # text, and verified there (`generation.prompt_draft`); False: from the first decode pass on.
+    in_prompt_pass: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_tokens <= 64:

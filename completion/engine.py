@@ -39,7 +39,7 @@ from splice.completion.fim import (
     resolve_template,
     stop_token_ids,
 )
-from splice.completion.generation import Generation, TextSink, accepted_prefix
+from splice.completion.generation import Generation, TextSink, accepted_prefix, prompt_draft
 from splice.completion.healing import TokenHealer
 from splice.completion.kv_format import KVFormat
 from splice.completion.kv_manager import EncodeStats, KVManager
@@ -477,7 +477,8 @@ class CompletionEngine:
             cache, logits = self.prefill(prompt.input_ids)
             encode = EncodeStats(encoded=len(prompt.input_ids))
         else:
-            doc, encode = self.kv.encode(prompt.input_ids, document)
+            draft = prompt_draft(self, inp, params, prompt.heal)
+            doc, encode = self.kv.encode(prompt.input_ids, document, draft=draft)
             assert doc.logits is not None
             cache, logits = doc.to_cache(self.model.config), doc.logits
         timings.prompt_ms = (time.perf_counter() - started) * 1000.0
@@ -494,6 +495,7 @@ class CompletionEngine:
             started=started,
             on_text=on_text,
             audit=reference,
+            drafted=encode.draft,
         )
 
     def _audit(

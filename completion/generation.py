@@ -23,6 +23,7 @@ from transformers import DynamicCache
 
 from splice.completion.drafting import DraftLength, LookupDrafter, SuggestionDrafter
 from splice.completion.kv_manager import EncodeStats
+from splice.completion.pie import DraftRows
 from splice.completion.postprocess import is_finished, postprocess, stable_prefix
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class Generation:
         started: float,  # perf_counter() when the request started (TTFT counts from here)
         on_text: TextSink | None = None,
         audit: DriftAudit | None = None,
+        drafted: DraftRows | None = None,  # the suggestion verified in the prompt's pass
     ) -> None:
         self.engine = engine
         self.audit = audit
@@ -87,10 +89,9 @@ class Generation:
         self.suggestion: SuggestionDrafter | None = None
         self._from_suggestion = False  # the pending draft came from `suggestion`, not `lookup`
         if config.drafting == "lookup" and greedy:
-            tok = engine.tokenizer
 
             def tokenize(text: str) -> list[int]:
-                return list(tok(text, add_special_tokens=False).input_ids) if text else []
+                return _tokenize(engine, text)
 
             self.lookup = LookupDrafter([*tokenize(inp.draft_text), *prompt.input_ids], config.draft)
             if inp.expected:
@@ -103,6 +104,28 @@ class Generation:
         self.passes = self.verifications = self.drafted = self.accepted = 0
         self.layers = self.exited = self.removed = 0
         self.decode_start = time.perf_counter()
+        if drafted is not None:
+            self._accept_prompt_draft(drafted)
+
+    def _accept_prompt_draft(self, rows: DraftRows) -> None:
+        """The suggestion fed after the prompt in the prompt's own pass (`prompt_draft`): keep
+        what greedy decoding confirms, token healing included, as a verification pass would."""
+        if self.suggestion is None or self.cache is None:
+            raise ValueError("a prompt draft needs a greedy generation that drafts its suggestion")
+        accepted, pending = 0, self.pending
+        for row, token in zip(rows.logits, rows.tokens, strict=False):
+            if _sample(self._healed(row, pending), self.params, None) != token:
+                break
+            accepted += 1
+            if pending:
+                assert self.engine.healer is not None
+                pending = _spelled_out(pending, self.engine.healer.token_text[token])
+        if accepted:
+            for layer, (k, v) in enumerate(zip(rows.keys, rows.values, strict=True)):
+                self.cache.update(k[None, :, :accepted], v[None, :, :accepted], layer)
+        self._from_suggestion = True
+        self._verified(rows.tokens, accepted)
+        self.logits = rows.logits[accepted]
 
     # -- stepping ---------------------------------------------------------------------------
 
@@ -177,19 +200,21 @@ class Generation:
             self.finish, self.done = "cancelled", True
 
     def _sample(self) -> int:
-        logits = self.logits
-        if self.pending:
-            assert self.engine.healer is not None
-            logits = _restrict(logits, self.engine.healer.allowed(self.pending))
-        return _sample(logits, self.params, self.generator)
+        return _sample(self._healed(self.logits, self.pending), self.params, self.generator)
+
+    def _healed(self, logits: torch.Tensor, pending: str) -> torch.Tensor:
+        """`logits` [V] restricted to the tokens that can spell out `pending` healed text."""
+        if not pending:
+            return logits
+        assert self.engine.healer is not None
+        return _restrict(logits, self.engine.healer.allowed(pending))
 
     def _deliver(self, token: int) -> bool:
         """Append `token` to the output; True when that ends the generation."""
         engine, params = self.engine, self.params
         if self.pending:
             assert engine.healer is not None
-            spelled = engine.healer.token_text[token]
-            self.pending = "" if spelled.startswith(self.pending) else self.pending[len(spelled) :]
+            self.pending = _spelled_out(self.pending, engine.healer.token_text[token])
         if not self.generated:
             self.timings.first_token_ms = (time.perf_counter() - self.started) * 1000.0
             self.decode_start = time.perf_counter()
@@ -323,6 +348,28 @@ def accepted_prefix(logits: torch.Tensor, draft: list[int]) -> int:
     while accepted < len(draft) and greedy[accepted] == draft[accepted]:
         accepted += 1
     return accepted
+
+
+def prompt_draft(
+    engine: CompletionEngine, inp: CompletionInput, params: GenerationParams, heal: str
+) -> list[int]:
+    """What the prompt's own pass can verify after the prompt: the suggestion being typed
+    through (its healed text first), when the generation will draft it (greedy, lookup drafting).
+    A one-line suggestion then needs no decode pass of its own, only the one that ends it."""
+    config = engine.config
+    drafts = config.drafting == "lookup" and config.draft.in_prompt_pass and params.temperature == 0.0
+    if not inp.expected or not drafts:
+        return []
+    return _tokenize(engine, heal + inp.expected)[: params.max_tokens]
+
+
+def _tokenize(engine: CompletionEngine, text: str) -> list[int]:
+    return list(engine.tokenizer(text, add_special_tokens=False).input_ids) if text else []
+
+
+def _spelled_out(pending: str, spelled: str) -> str:
+    """The healed text still to spell out after a token that spells `spelled`."""
+    return "" if spelled.startswith(pending) else pending[len(spelled) :]
 
 
 def _make_generator(params: GenerationParams, device: torch.device) -> torch.Generator | None:

@@ -33,7 +33,8 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -42,7 +43,7 @@ from splice.completion.document_cache import DocumentCacheStore, DocumentKey
 from splice.completion.drift_policy import DriftPolicy
 from splice.completion.fim import TextEncoder, adds_dummy_prefix, plain_added_tokens
 from splice.completion.kv_format import KVFormat, PackedKV, pack, unpack
-from splice.completion.pie import DocumentKV, apply_plan, encode_full, select_refresh
+from splice.completion.pie import DocumentKV, DraftRows, apply_plan, encode_full, select_refresh
 from splice.completion.pie_plan import ReuseMethod, plan_reuse
 from splice.completion.token_edits import TextEdit, TokenizedText, diff_tokens, retokenize, tokenize
 from splice.kernels.rope import RopeSpec, UnsupportedRope, rope_spec_from_config
@@ -160,6 +161,7 @@ class EncodeStats:
     refreshed: int = 0  # of the encoded, kept tokens re-encoded against drift (pie+refresh)
     forced_full: bool = False  # the drift bound was passed: the prompt was encoded in full
     stale_deviation: float | None = None  # the probe's mean deviation of the tokens left stale
+    draft: DraftRows | None = field(default=None, compare=False, repr=False)  # run in the prompt's pass
 
 
 class KVManager:
@@ -216,12 +218,18 @@ class KVManager:
             return kept
 
     def encode(
-        self, ids: list[int], document: DocumentKey, method: ReuseMethod | None = None
+        self,
+        ids: list[int],
+        document: DocumentKey,
+        method: ReuseMethod | None = None,
+        *,
+        draft: Sequence[int] = (),
     ) -> tuple[DocumentKV, EncodeStats]:
         """Bring `document`'s cache to the sequence `ids`, re-encoding only what changed.
 
         Returns the cache and what it took. The cache is stored back (LRU, within the budget),
-        so the next request for the document starts from it.
+        so the next request for the document starts from it. A `draft` rides on the pass that
+        re-encodes the last token, when there is one (`EncodeStats.draft`, not stored).
         """
         method = method or self.reuse_method
         if method in ("naive", "pie", "pie+refresh") and self.rope_spec is None:
@@ -231,7 +239,7 @@ class KVManager:
             stored = self.caches.get(document)
         old = unpack(stored) if stored is not None else None
         try:
-            doc, stats = self._encode(ids, old, method)
+            doc, stats = self._encode(ids, old, method, draft)
         finally:
             with self._lock:
                 self._encoding.discard(document)
@@ -268,7 +276,7 @@ class KVManager:
             }
 
     def _encode(
-        self, ids: list[int], old: DocumentKV | None, method: ReuseMethod
+        self, ids: list[int], old: DocumentKV | None, method: ReuseMethod, draft: Sequence[int]
     ) -> tuple[DocumentKV, EncodeStats]:
         if old is None or method == "full":
             return encode_full(self.model, ids), EncodeStats(encoded=len(ids))
@@ -304,12 +312,13 @@ class KVManager:
                 )
                 return doc, forced
             plan, stale = probe.plan, probe.stale_deviation
-        doc, applied = apply_plan(self.model, old, ids, plan, self.rope_spec)
+        doc, applied = apply_plan(self.model, old, ids, plan, self.rope_spec, draft=draft)
         return doc, EncodeStats(
             encoded=applied.encoded + probe_cost,
             reused=applied.reused,
             refreshed=plan.refreshed,
             stale_deviation=stale,
+            draft=applied.draft,
         )
 
     def close(self, document: DocumentKey) -> bool:

@@ -10,13 +10,16 @@ the original, so hundreds of edits never compound rounding error.
 their new positions), then every token to encode is run through the model in ONE pass, each
 attending to everything before it at its new position (reused tokens and earlier encoded
 ones) through a custom 4D attention mask. The model appends the fresh K/V to the cache; they
-are then scattered into new-sequence order.
+are then scattered into new-sequence order. A `draft` given to `apply_plan` rides on the same
+pass after the sequence (`DraftRows`: the suggestion being typed through, verified without a
+decode pass of its own); it is not part of the document.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
@@ -59,11 +62,24 @@ class DocumentKV:
 
 
 @dataclass(frozen=True)
+class DraftRows:
+    """A draft fed right after a sequence in the pass that encoded its last token: the drafted
+    tokens, the logits [1 + k, V] after the sequence's last token and after each drafted one,
+    and each layer's K/V of the drafted tokens ([H_kv, k, D]), to append for those accepted."""
+
+    tokens: list[int]
+    logits: torch.Tensor
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+
+@dataclass(frozen=True)
 class ApplyStats:
     reused: int
     encoded: int
     rotated: int
     seconds: float
+    draft: DraftRows | None = field(default=None, compare=False, repr=False)  # the draft's pass, if run
 
 
 def _cache_of(config: PretrainedConfig, keys: list[torch.Tensor], values: list[torch.Tensor]) -> DynamicCache:
@@ -113,9 +129,17 @@ def encode_full(model: PreTrainedModel, ids: list[int]) -> DocumentKV:
 
 @torch.inference_mode()
 def apply_plan(
-    model: PreTrainedModel, old: DocumentKV, new_ids: list[int], plan: ReusePlan, spec: RopeSpec | None
+    model: PreTrainedModel,
+    old: DocumentKV,
+    new_ids: list[int],
+    plan: ReusePlan,
+    spec: RopeSpec | None,
+    *,
+    draft: Sequence[int] = (),
 ) -> tuple[DocumentKV, ApplyStats]:
-    """Execute `plan` against `old` for the sequence `new_ids`; returns the new cache."""
+    """Execute `plan` against `old` for the sequence `new_ids`; returns the new cache. A `draft`
+    is fed after the sequence in the same pass when the plan re-encodes the last token
+    (`ApplyStats.draft`; otherwise it is not run)."""
     start = time.perf_counter()
     if plan.new_length != len(new_ids):
         raise ValueError("plan and new_ids disagree on the sequence length")
@@ -144,6 +168,7 @@ def apply_plan(
 
     n = plan.new_length
     logits = old.logits
+    drafted: DraftRows | None = None
     if not plan.encoded:
         perm = torch.empty(n, dtype=torch.long, device=device)
         perm[dst] = torch.arange(plan.reused, device=device)
@@ -153,30 +178,41 @@ def apply_plan(
     else:
         # 2. Encode the new tokens in one pass: each sees the reused tokens and the encoded
         # ones at positions up to its own. The cache references the gathered tensors (no copy).
+        ends = plan.encode[-1] == n - 1  # the last token is encoded: its logits are fresh
+        fed = list(draft) if ends else []
         enc = torch.tensor(plan.encode, dtype=torch.long, device=device)
+        query = torch.cat([enc, torch.arange(n, n + len(fed), dtype=torch.long, device=device)])
         cache = _cache_of(model.config, reused_keys, reused_values)
-        kv_pos = torch.cat([dst, enc])  # positions of the keys: reused first, then encoded
-        mask = kv_pos.unsqueeze(0) <= enc.unsqueeze(1)  # [Q, R + Q]: attend to positions <= own
-        ids = torch.tensor([[new_ids[i] for i in plan.encode]], dtype=torch.long, device=device)
-        out = ModelRunner(model).run(ids, cache, positions=enc.unsqueeze(0), attention_mask=mask[None, None])
+        kv_pos = torch.cat([dst, query])  # positions of the keys: reused first, then encoded
+        mask = kv_pos.unsqueeze(0) <= query.unsqueeze(1)  # [Q, R + Q]: attend to positions <= own
+        ids = torch.tensor([[*(new_ids[i] for i in plan.encode), *fed]], dtype=torch.long, device=device)
+        out = ModelRunner(model).run(
+            ids, cache, positions=query.unsqueeze(0), attention_mask=mask[None, None], logits=1 + len(fed)
+        )
         assert out.logits is not None
+        layers = _layer_tensors(cache)
+        kept = plan.reused + plan.encoded  # the sequence's rows; the draft's follow
+        if fed:
+            drafted = DraftRows(
+                fed, out.logits, [k[:, kept:] for k, _ in layers], [v[:, kept:] for _, v in layers]
+            )
         # 3. [reused..., encoded...] -> new-sequence order, one copy per tensor.
         perm = torch.empty(n, dtype=torch.long, device=device)
         perm[dst] = torch.arange(plan.reused, device=device)
         perm[enc] = plan.reused + torch.arange(plan.encoded, device=device)
         keys, values, orig = [], [], []
-        for layer, (k, v) in enumerate(_layer_tensors(cache)):
+        for layer, (k, v) in enumerate(layers):
             keys.append(k.index_select(1, perm))
             values.append(v.index_select(1, perm))
             o = torch.empty_like(keys[-1])
             o.index_copy_(1, dst, reused_orig[layer])
-            o.index_copy_(1, enc, k[:, plan.reused :])
+            o.index_copy_(1, enc, k[:, plan.reused : kept])
             orig.append(o)
-        logits = out.logits[-1] if plan.encode[-1] == n - 1 else None
+        logits = out.logits[0] if ends else None
     new_offset = torch.zeros(n, dtype=torch.long, device=device)
     new_offset[dst] = offset
     doc = DocumentKV(list(new_ids), keys, values, orig, new_offset, logits)
-    stats = ApplyStats(plan.reused, plan.encoded, int(moved.sum()), time.perf_counter() - start)
+    stats = ApplyStats(plan.reused, plan.encoded, int(moved.sum()), time.perf_counter() - start, drafted)
     return doc, stats
 
 

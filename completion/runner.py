@@ -103,23 +103,27 @@ class ModelRunner:
         positions: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         layers: int | None = None,
-        logits: str = "last",
+        logits: str | int = "last",
     ) -> RunOutput:
         """Run `ids` [1, Q] after what `cache` holds, appending their K/V to it.
 
         positions: [1, Q] (default: right after the cache); attention_mask: a 4D mask [1, 1, Q, K]
         (default: causal); layers: stop after this many decoder layers (default: all; then the
-        final norm and the head run); logits: "last", "all" or "none".
+        final norm and the head run); logits: "last", "all", "none", or a number of positions
+        (the last ones: a prompt's last token and a draft fed after it).
         """
         depth = self.num_layers if layers is None else layers
         if not 0 < depth <= self.num_layers:
             raise ValueError(f"layers must be in [1, {self.num_layers}], got {layers}")
-        if logits not in ("last", "all", "none"):
-            raise ValueError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
+        if isinstance(logits, int):
+            if not 0 < logits <= ids.shape[1]:
+                raise ValueError(f"logits must be in [1, {ids.shape[1]}] positions, got {logits}")
+        elif logits not in ("last", "all", "none"):
+            raise ValueError(f"logits must be 'last', 'all', 'none' or a count, got {logits!r}")
+        keep = logits if isinstance(logits, int) else {"last": 1, "all": 0, "none": 1}[logits]  # 0: all
         if not self.supported:
             if depth != self.num_layers:
                 raise ValueError(f"{type(self.model).__name__} cannot stop before its last layer here")
-            keep = 1 if logits == "last" else 0
             out = self.model(
                 input_ids=ids,
                 position_ids=positions,
@@ -137,7 +141,7 @@ class ModelRunner:
             hidden = self._layer(index, hidden, masks, rotary, positions, cache)
         head = None
         if depth == self.num_layers and logits != "none":
-            normed = self.decoder.norm(hidden[:, -1:] if logits == "last" else hidden)
+            normed = self.decoder.norm(hidden[:, -keep:] if keep else hidden)
             head = self.head(normed)[0].float()
         return RunOutput(hidden, head, depth)
 

@@ -188,11 +188,12 @@ def test_bench_ws_types_suggestions_through_with_and_without_their_drafts(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     proc, result = bench_ws(tmp_path, tiny_model_dir, "--max-tokens", "6", "--type-through", "2")
-    plain, drafted = result["variants"]["n-gram"], result["variants"]["suggestion"]
-    # up to 2 characters typed per step, a completion timed after each: the same ones in both
-    assert 0 < plain["completions"] == drafted["completions"] <= 6
+    variants = result["variants"]
+    plain, decode, drafted = variants["n-gram"], variants["suggestion-decode"], variants["suggestion"]
+    # up to 2 characters typed per step, a completion timed after each: the same ones in all three
+    assert 0 < plain["completions"] == decode["completions"] == drafted["completions"] <= 6
     assert result["identical_completions"] == f"{plain['completions']}/{plain['completions']}"
-    assert "| suggestion |" in proc.stdout and "typing 2 characters through" in proc.stdout
+    assert "| suggestion-decode |" in proc.stdout and "typing 2 characters through" in proc.stdout
 
 
 def test_primer_holds_the_suffix_so_a_first_step_reencodes_only_its_edit(
