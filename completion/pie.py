@@ -17,9 +17,11 @@ decode pass of its own); it is not part of the document.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
@@ -148,72 +150,102 @@ def apply_plan(
         return doc, ApplyStats(0, len(new_ids), 0, time.perf_counter() - start)
     if plan.rotate and spec is None:
         raise ValueError("re-rotation needs a RopeSpec")
+    n = plan.new_length
+    if not plan.encoded and plan.reuse_src == plan.reuse_dst:  # nothing changed: the same tensors
+        doc = DocumentKV(list(new_ids), old.keys, old.values, old.orig_keys, old.offset, old.logits)
+        return doc, ApplyStats(plan.reused, 0, 0, time.perf_counter() - start)
     device = old.offset.device
     src = torch.tensor(plan.reuse_src, dtype=torch.long, device=device)
     dst = torch.tensor(plan.reuse_dst, dtype=torch.long, device=device)
     moved = (dst - src) != 0
-
-    # 1. Gather the reused tokens (in new order); re-rotate the moved ones from their originals.
     offset = old.offset.index_select(0, src) + (dst - src) if plan.rotate else old.offset.index_select(0, src)
-    moved_at = torch.nonzero(moved).squeeze(1)  # indices into src/dst of tokens that moved
-    rotate = plan.rotate and moved_at.numel() > 0
-    reused_keys, reused_values, reused_orig = [], [], []
-    for k, v, ko in zip(old.keys, old.values, old.orig_keys, strict=True):
-        reused_keys.append(k.index_select(1, src))  # [H_kv, R, D], a fresh tensor
-        reused_values.append(v.index_select(1, src))
-        reused_orig.append(ko.index_select(1, src))
-    if rotate:  # every layer in one kernel launch on a GPU
-        assert spec is not None
-        rerotate_keys_(reused_keys, reused_orig, moved_at, offset[moved_at], spec)
+    ends = plan.encoded > 0 and plan.encode[-1] == n - 1  # the last token is encoded: fresh logits
+    fed = list(draft) if ends else []
+    rows = n + len(fed)
 
-    n = plan.new_length
-    logits = old.logits
+    # 1. Every layer's buffers in new order: the reused tokens are copied in, run by run (an edit
+    # leaves a few contiguous runs), and the moved ones re-rotated from their originals.
+    runs = _runs(plan.reuse_src, plan.reuse_dst)
+    keys, values, orig = [], [], []
+    for k, v, ko in zip(old.keys, old.values, old.orig_keys, strict=True):
+        shape = (k.shape[0], rows, k.shape[2])
+        bufs = [torch.empty(shape, dtype=t.dtype, device=device) for t in (k, v, ko)]
+        for (o, d, length), (buf, t) in itertools.product(runs, zip(bufs, (k, v, ko), strict=True)):
+            buf[:, d : d + length].copy_(t[:, o : o + length])
+        keys.append(bufs[0])
+        values.append(bufs[1])
+        orig.append(bufs[2])
+    moved_at = dst[moved]  # new indices of the reused tokens that moved
+    if plan.rotate and moved_at.numel() > 0:  # every layer in one kernel launch on a GPU
+        assert spec is not None
+        rerotate_keys_(keys, orig, moved_at, offset[moved], spec)
+
+    # 2. Encode the new tokens (and a draft after them) in one pass, straight into the buffers:
+    # each attends to every position up to its own, reused or encoded in this pass.
     drafted: DraftRows | None = None
-    if not plan.encoded:
-        perm = torch.empty(n, dtype=torch.long, device=device)
-        perm[dst] = torch.arange(plan.reused, device=device)
-        keys = [k.index_select(1, perm) for k in reused_keys]
-        values = [v.index_select(1, perm) for v in reused_values]
-        orig = [ko.index_select(1, perm) for ko in reused_orig]
-    else:
-        # 2. Encode the new tokens in one pass: each sees the reused tokens and the encoded
-        # ones at positions up to its own. The cache references the gathered tensors (no copy).
-        ends = plan.encode[-1] == n - 1  # the last token is encoded: its logits are fresh
-        fed = list(draft) if ends else []
-        enc = torch.tensor(plan.encode, dtype=torch.long, device=device)
-        query = torch.cat([enc, torch.arange(n, n + len(fed), dtype=torch.long, device=device)])
-        cache = _cache_of(model.config, reused_keys, reused_values)
-        kv_pos = torch.cat([dst, query])  # positions of the keys: reused first, then encoded
-        mask = kv_pos.unsqueeze(0) <= query.unsqueeze(1)  # [Q, R + Q]: attend to positions <= own
+    logits = old.logits if not plan.encoded else None
+    if plan.encoded:
+        query = torch.tensor([*plan.encode, *range(n, rows)], dtype=torch.long, device=device)
+        cache = _placed_cache(model.config, keys, values, query)
+        mask = torch.arange(rows, device=device).unsqueeze(0) <= query.unsqueeze(1)  # [Q, rows]
         ids = torch.tensor([[*(new_ids[i] for i in plan.encode), *fed]], dtype=torch.long, device=device)
         out = ModelRunner(model).run(
             ids, cache, positions=query.unsqueeze(0), attention_mask=mask[None, None], logits=1 + len(fed)
         )
         assert out.logits is not None
-        layers = _layer_tensors(cache)
-        kept = plan.reused + plan.encoded  # the sequence's rows; the draft's follow
+        enc = query[: plan.encoded]
+        for k, ko in zip(keys, orig, strict=True):
+            ko.index_copy_(1, enc, k.index_select(1, enc))  # encoded now: original = current
         if fed:
-            drafted = DraftRows(
-                fed, out.logits, [k[:, kept:] for k, _ in layers], [v[:, kept:] for _, v in layers]
-            )
-        # 3. [reused..., encoded...] -> new-sequence order, one copy per tensor.
-        perm = torch.empty(n, dtype=torch.long, device=device)
-        perm[dst] = torch.arange(plan.reused, device=device)
-        perm[enc] = plan.reused + torch.arange(plan.encoded, device=device)
-        keys, values, orig = [], [], []
-        for layer, (k, v) in enumerate(layers):
-            keys.append(k.index_select(1, perm))
-            values.append(v.index_select(1, perm))
-            o = torch.empty_like(keys[-1])
-            o.index_copy_(1, dst, reused_orig[layer])
-            o.index_copy_(1, enc, k[:, plan.reused : kept])
-            orig.append(o)
+            drafted = DraftRows(fed, out.logits, [k[:, n:] for k in keys], [v[:, n:] for v in values])
         logits = out.logits[0] if ends else None
+    if fed:  # the document is the first n rows
+        keys, values, orig = ([t[:, :n] for t in ts] for ts in (keys, values, orig))
     new_offset = torch.zeros(n, dtype=torch.long, device=device)
     new_offset[dst] = offset
     doc = DocumentKV(list(new_ids), keys, values, orig, new_offset, logits)
     stats = ApplyStats(plan.reused, plan.encoded, int(moved.sum()), time.perf_counter() - start, drafted)
     return doc, stats
+
+
+def _runs(src: Sequence[int], dst: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(old start, new start, length) of each run of reused tokens contiguous on both sides."""
+    runs: list[tuple[int, int, int]] = []
+    for o, d in zip(src, dst, strict=True):
+        if runs and o == runs[-1][0] + runs[-1][2] and d == runs[-1][1] + runs[-1][2]:
+            runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+        else:
+            runs.append((o, d, 1))
+    return runs
+
+
+class _PlacedLayer(DynamicLayer):
+    """A layer whose buffers ([1, H_kv, S, D]) already span the whole sequence: a pass writes its
+    K/V at the positions `at` in place and attends to the whole buffer (its mask says what each
+    query sees), so encoding after an edit copies no cache."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, at: torch.Tensor) -> None:
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self.keys, self.values, self.at = keys, values, at
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.keys.index_copy_(2, self.at, key_states)
+        self.values.index_copy_(2, self.at, value_states)
+        return self.keys, self.values
+
+
+def _placed_cache(
+    config: PretrainedConfig, keys: list[torch.Tensor], values: list[torch.Tensor], at: torch.Tensor
+) -> DynamicCache:
+    """A cache over `keys`/`values` ([H_kv, S, D] per layer) that a pass writes into at `at`."""
+    cache = DynamicCache(config=config)
+    cache.layers = [
+        _PlacedLayer(k.unsqueeze(0), v.unsqueeze(0), at) for k, v in zip(keys, values, strict=True)
+    ]
+    return cache
 
 
 @dataclass(frozen=True)

@@ -239,40 +239,55 @@ def test_a_suggestion_is_verified_in_the_prompts_own_pass(family: str, arch: str
     needs no decode pass, healed text included; wrong or right, the output is greedy's and the
     document's cache holds the prompt only."""
     engine = make_engine(family, arch, drafting="lookup")
-    inp = CompletionInput("def total(items):\n    s = 0\n    for item in items:\n        s", "\n    return s")
+    prompts = [
+        CompletionInput("def total(items):\n    s = 0\n    for item in items:\n        s", "\n    return s"),
+        CompletionInput("import os\n\ndef read(path):\n    with open(path) as f:\n        return f", "\n"),
+        CompletionInput("class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self", ""),
+    ]
 
-    def primed(name: str) -> DocumentKey:  # a document whose cache holds `inp`'s prompt
+    def primed(inp: CompletionInput, name: str) -> DocumentKey:  # a document whose cache holds `inp`'s prompt
         key = DocumentKey("tenant", f"file:///{name}.py", "tiny")
         engine.complete(inp, GenerationParams(max_tokens=4), document=key)
         return key
 
-    shown = engine.complete(inp, GenerationParams(max_tokens=16))
-    found = None
-    for typed_chars in range(1, 6):  # the user types the suggestion's first characters
-        typed = CompletionInput(inp.prefix + shown.raw[:typed_chars], inp.suffix)
-        prepared = engine.prepare(typed, 16)
-        if prepared.input_ids == engine.prepare(inp, 16).input_ids:
-            continue  # healing took back all that was typed: no prompt pass to ride on
-        heal = prepared.heal
-        generation = engine.start(typed, GenerationParams(max_tokens=16), document=primed(f"g{typed_chars}"))
-        while not generation.step():
-            pass
-        greedy = generation.generated
-        for m in range(len(greedy), 1, -1):  # the longest output that its own text tokenizes back to
-            text = generation.raw if m == len(greedy) else None
-            if text is None:
-                decoded = engine.tokenizer.decode(greedy[:m], skip_special_tokens=True)
-                text = decoded[len(heal) :] if decoded.startswith(heal) else None
-            if text and engine.tokenizer(heal + text, add_special_tokens=False).input_ids == greedy[:m]:
-                found = typed, heal, text, m
-                break
-        if found is not None and heal:
-            break
+    def typed_through() -> tuple[CompletionInput, CompletionInput, str, int] | None:
+        """A prompt, the same with the first characters of its suggestion typed, and a greedy
+        output of m >= 2 tokens after those (healed text included) that its own text tokenizes
+        back to (a random model writes bytes that do not), preferring a healed one."""
+        found = None
+        for index, inp in enumerate(prompts):
+            shown = engine.complete(inp, GenerationParams(max_tokens=16))
+            for typed_chars in range(1, 8):  # the user types the suggestion's first characters
+                typed = CompletionInput(inp.prefix + shown.raw[:typed_chars], inp.suffix)
+                prepared = engine.prepare(typed, 16)
+                if prepared.input_ids == engine.prepare(inp, 16).input_ids:
+                    continue  # healing took back all that was typed: no prompt pass to ride on
+                heal = prepared.heal
+                generation = engine.start(
+                    typed, GenerationParams(max_tokens=16), document=primed(inp, f"g{index}-{typed_chars}")
+                )
+                while not generation.step():
+                    pass
+                greedy = generation.generated
+                for m in range(len(greedy), 1, -1):
+                    decoded = engine.tokenizer.decode(greedy[:m], skip_special_tokens=True)
+                    text = decoded[len(heal) :] if decoded.startswith(heal) else ""
+                    if (
+                        text
+                        and engine.tokenizer(heal + text, add_special_tokens=False).input_ids == greedy[:m]
+                    ):
+                        found = inp, typed, text, m
+                        if heal:
+                            return found
+                        break
+        return found
+
+    found = typed_through()
     assert found is not None, "no typed prefix whose greedy output tokenizes back to itself"
-    typed, heal, text, m = found
+    inp, typed, text, m = found
     params = GenerationParams(max_tokens=m)
-    without = engine.complete(typed, params, document=primed("without"))
-    through_key = primed("through")
+    without = engine.complete(typed, params, document=primed(inp, "without"))
+    through_key = primed(inp, "through")
     through = engine.complete(replace(typed, expected=text), params, document=through_key)
     assert through.raw == without.raw == text
     assert through.decode_passes == 0 < without.decode_passes  # all of it verified in the prompt's pass
@@ -280,7 +295,9 @@ def test_a_suggestion_is_verified_in_the_prompts_own_pass(family: str, arch: str
     cached = engine.kv.peek(through_key)
     assert cached is not None and cached.ids == engine.prepare(typed, m).input_ids  # no draft rows kept
     assert cached.keys[0].shape[1] == len(cached.ids)
-    wrong = engine.complete(replace(typed, expected="while True: pass"), params, document=primed("wrong"))
+    wrong = engine.complete(
+        replace(typed, expected="while True: pass"), params, document=primed(inp, "wrong")
+    )
     assert wrong.raw == without.raw
     again = GenerationParams(max_tokens=8)
     after = CompletionInput(typed.prefix + text, typed.suffix)
