@@ -204,3 +204,33 @@ def test_threshold_refresh_takes_every_token_above_it(model: PreTrainedModel) ->
     # the tokens above the mean deviation go; what stays stale deviates less on average
     assert 0 < some.plan.refreshed < candidates
     assert some.stale_deviation < nothing.stale_deviation
+
+
+def test_a_draft_rides_on_the_encoding_pass_and_is_not_kept(model: PreTrainedModel) -> None:
+    """A draft fed after the sequence in the pass that encodes an edit at the end: its logits
+    and K/V are a full forward's over the sequence and the draft, and the document is the same
+    as without it. An edit that leaves the last token's logits cached runs no draft."""
+    ids = tokens(40, seed=3)
+    doc = encode_full(model, ids)
+    new, draft = [*ids, 7, 8], [9, 10, 11]
+    plan = plan_reuse(doc.ids, new, diff_tokens(doc.ids, new), "pie", logits_fresh=True)
+    plain, _ = apply_plan(model, doc, new, plan, spec_of(model))
+    with_draft, stats = apply_plan(model, doc, new, plan, spec_of(model), draft=draft)
+    full = encode_full(model, [*new, *draft])
+    with torch.inference_mode():
+        reference = model(input_ids=torch.tensor([[*new, *draft]])).logits[0, -4:].float()
+    rows = stats.draft
+    assert rows is not None and rows.tokens == draft
+    torch.testing.assert_close(rows.logits, reference, rtol=1e-4, atol=1e-4)
+    n = len(new)
+    for layer, (k, v) in enumerate(zip(rows.keys, rows.values, strict=True)):
+        torch.testing.assert_close(k, full.keys[layer][:, n:], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(v, full.values[layer][:, n:], rtol=1e-4, atol=1e-4)
+    assert with_draft.ids == new and with_draft.keys[0].shape[1] == n
+    for a, b in zip([*with_draft.keys, *with_draft.values], [*plain.keys, *plain.values], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert with_draft.logits is not None and plain.logits is not None
+    torch.testing.assert_close(with_draft.logits, plain.logits)
+    same = plan_reuse(new, new, diff_tokens(new, new), "pie", logits_fresh=True)  # nothing to encode
+    again, unchanged = apply_plan(model, plain, new, same, spec_of(model), draft=draft)
+    assert unchanged.draft is None and unchanged.encoded == 0 and again.keys[0] is plain.keys[0]

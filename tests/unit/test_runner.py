@@ -86,6 +86,9 @@ def test_full_depth_logits_equal_transformers(model: PreTrainedModel) -> None:
     last = runner.run(ids, DynamicCache(config=model.config)).logits
     assert last is not None
     torch.testing.assert_close(last, reference[-1:], rtol=1e-5, atol=1e-5)
+    tail = runner.run(ids, DynamicCache(config=model.config), logits=3).logits  # a prompt + 2 drafted
+    assert tail is not None
+    torch.testing.assert_close(tail, reference[-3:], rtol=1e-5, atol=1e-5)
 
 
 def test_prefill_then_decode_with_the_cache_equals_a_full_forward(model: PreTrainedModel) -> None:
@@ -133,6 +136,9 @@ def test_bad_arguments_are_refused(model: PreTrainedModel) -> None:
             runner.run(_ids(3), DynamicCache(config=model.config), layers=layers)
     with pytest.raises(ValueError, match="logits must be"):
         runner.run(_ids(3), DynamicCache(config=model.config), logits="some")
+    for count in (0, 4):
+        with pytest.raises(ValueError, match="logits must be in"):
+            runner.run(_ids(3), DynamicCache(config=model.config), logits=count)
 
 
 def test_other_families_run_whole_and_cannot_stop_early() -> None:
@@ -147,5 +153,10 @@ def test_other_families_run_whole_and_cannot_stop_early() -> None:
     out = runner.run(ids, DynamicCache(config=model.config))
     assert out.logits is not None
     torch.testing.assert_close(out.logits, reference, rtol=1e-5, atol=1e-5)
+    tail = runner.run(ids, DynamicCache(config=model.config), logits=2).logits
+    with torch.inference_mode():
+        whole = model(input_ids=ids).logits[0, -2:].float()
+    assert tail is not None
+    torch.testing.assert_close(tail, whole, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="cannot stop before its last layer"):
         runner.run(ids, DynamicCache(config=model.config), layers=2)
