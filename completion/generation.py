@@ -121,8 +121,7 @@ class Generation:
                 assert self.engine.healer is not None
                 pending = _spelled_out(pending, self.engine.healer.token_text[token])
         if accepted:
-            for layer, (k, v) in enumerate(zip(rows.keys, rows.values, strict=True)):
-                self.cache.update(k[None, :, :accepted], v[None, :, :accepted], layer)
+            self.cache = rows.cache(self.engine.model.config, accepted)
         self._from_suggestion = True
         self._verified(rows.tokens, accepted)
         self.logits = rows.logits[accepted]

@@ -67,12 +67,18 @@ class DocumentKV:
 class DraftRows:
     """A draft fed right after a sequence in the pass that encoded its last token: the drafted
     tokens, the logits [1 + k, V] after the sequence's last token and after each drafted one,
-    and each layer's K/V of the drafted tokens ([H_kv, k, D]), to append for those accepted."""
+    and each layer's K/V of the sequence followed by the draft ([H_kv, n + k, D])."""
 
     tokens: list[int]
     logits: torch.Tensor
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
+
+    def cache(self, config: PretrainedConfig, accepted: int) -> DynamicCache:
+        """A cache to decode from: the sequence and its first `accepted` drafted tokens (views of
+        the pass's buffers, no copy; decoding appends to copies)."""
+        end = self.keys[0].shape[1] - len(self.tokens) + accepted
+        return _cache_of(config, [k[:, :end] for k in self.keys], [v[:, :end] for v in self.values])
 
 
 @dataclass(frozen=True)
@@ -197,7 +203,7 @@ def apply_plan(
         for k, ko in zip(keys, orig, strict=True):
             ko.index_copy_(1, enc, k.index_select(1, enc))  # encoded now: original = current
         if fed:
-            drafted = DraftRows(fed, out.logits, [k[:, n:] for k in keys], [v[:, n:] for v in values])
+            drafted = DraftRows(fed, out.logits, keys, values)
         logits = out.logits[0] if ends else None
     if fed:  # the document is the first n rows
         keys, values, orig = ([t[:, :n] for t in ts] for ts in (keys, values, orig))
