@@ -234,13 +234,15 @@ class _PlacedLayer(DynamicLayer):
         super().__init__()
         self.lazy_initialization(keys, values)
         self.keys, self.values, self.at = keys, values, at
+        self._buffers = keys, values
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        self.keys.index_copy_(2, self.at, key_states)
-        self.values.index_copy_(2, self.at, value_states)
-        return self.keys, self.values
+        keys, values = self._buffers
+        keys.index_copy_(2, self.at, key_states)
+        values.index_copy_(2, self.at, value_states)
+        return keys, values
 
 
 def _placed_cache(
