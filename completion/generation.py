@@ -354,7 +354,8 @@ def prompt_draft(
 ) -> list[int]:
     """What the prompt's own pass can verify after the prompt: the suggestion being typed
     through (its healed text first), when the generation will draft it (greedy, lookup drafting).
-    A one-line suggestion then needs no decode pass of its own, only the one that ends it."""
+    A completion that ends where the suggestion did then needs no decode pass at all: the token
+    after it is read from the same pass's last row."""
     config = engine.config
     drafts = config.drafting == "lookup" and config.draft.in_prompt_pass and params.temperature == 0.0
     if not inp.expected or not drafts:
