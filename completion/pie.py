@@ -7,10 +7,10 @@ the keys as they were first encoded (`orig_keys`) and, per token, how far it has
 the original, so hundreds of edits never compound rounding error.
 
 `apply_plan` builds the new sequence's cache: reused tokens are gathered (and re-rotated to
-their new positions), then every token to encode is run through the model in ONE pass, each
-attending to everything before it at its new position (reused tokens and earlier encoded
-ones) through a custom 4D attention mask. The model appends the fresh K/V to the cache; they
-are then scattered into new-sequence order. A `draft` given to `apply_plan` rides on the same
+their new positions) into buffers allocated once in new-sequence order, then every token to
+encode is run through the model in ONE pass that writes its K/V into those buffers in place,
+each attending to everything at or before its new position (reused tokens and encoded ones)
+through a custom 4D attention mask. A `draft` given to `apply_plan` rides on the same
 pass after the sequence (`DraftRows`: the suggestion being typed through, verified without a
 decode pass of its own); it is not part of the document.
 """
@@ -171,7 +171,7 @@ def apply_plan(
 
     # 1. Every layer's buffers in new order: the reused tokens are copied in, run by run (an edit
     # leaves a few contiguous runs), and the moved ones re-rotated from their originals.
-    runs = _runs(plan.reuse_src, plan.reuse_dst)
+    runs = _runs(src, dst)
     keys, values, orig = [], [], []
     for k, v, ko in zip(old.keys, old.values, old.orig_keys, strict=True):
         shape = (k.shape[0], rows, k.shape[2])
@@ -214,15 +214,14 @@ def apply_plan(
     return doc, stats
 
 
-def _runs(src: Sequence[int], dst: Sequence[int]) -> list[tuple[int, int, int]]:
-    """(old start, new start, length) of each run of reused tokens contiguous on both sides."""
-    runs: list[tuple[int, int, int]] = []
-    for o, d in zip(src, dst, strict=True):
-        if runs and o == runs[-1][0] + runs[-1][2] and d == runs[-1][1] + runs[-1][2]:
-            runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
-        else:
-            runs.append((o, d, 1))
-    return runs
+def _runs(src: torch.Tensor, dst: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(old start, new start, length) of each run of reused tokens contiguous on both sides
+    (vectorized: it runs on every completion, over every reused token)."""
+    breaks = ((src[1:] - src[:-1]) != 1) | ((dst[1:] - dst[:-1]) != 1)
+    starts = [0, *(torch.nonzero(breaks).squeeze(1) + 1).tolist()]
+    ends = [*starts[1:], src.numel()]
+    olds, news = src[starts].tolist(), dst[starts].tolist()
+    return [(o, d, e - s) for o, d, s, e in zip(olds, news, starts, ends, strict=True)]
 
 
 class _PlacedLayer(DynamicLayer):
